@@ -1,0 +1,41 @@
+# The two commands of the README (`make train`, `make test`) create the environment when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Users get the newest torch (the CUDA build on Linux). CI machines (CI=true) have no GPU and
+# take the CPU build instead; set TORCH_SPEC to choose another.
+TORCH_SPEC ?= $(if $(CI),torch==2.13.0,torch)
+ARGS ?=
+
+.PHONY: setup train test test-fast lint bench tensorboard clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with memlab (editable) and the dev tools
+
+train: setup  ## train the default model on MQAR; pass overrides as ARGS="model=transformer seed=1"
+	$(PY) scripts/train.py $(ARGS)
+
+test: setup  ## lint, then the full test suite (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-fast: setup  ## the suite without tests marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup  ## kernel and layer timings (table + JSON)
+	$(PY) scripts/bench.py $(ARGS)
+
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir logs/
+
+clean:  ## remove the environment (runs under logs/ are kept)
+	rm -rf $(VENV)

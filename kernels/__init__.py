@@ -1,0 +1,16 @@
+"""memlab.kernels: the hot ops, each a Triton kernel with a plain PyTorch twin.
+
+Public API (names and conventions of the linear-attention and Mamba ecosystems):
+``chunk_gated_delta_rule``, ``fused_recurrent_gated_delta_rule``, ``selective_scan``,
+``selective_state_update``. Every op takes ``backend="auto" | "triton" | "torch"``.
+"""
+
+from memlab.kernels.backend import KernelInputError, resolve_backend
+from memlab.kernels.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+__all__ = [
+    "KernelInputError",
+    "chunk_gated_delta_rule",
+    "fused_recurrent_gated_delta_rule",
+    "resolve_backend",
+]

@@ -1,0 +1,73 @@
+"""Ground truth for the gated delta rule: the recurrence of kernels.md, one token at a time.
+
+Deliberately written straight from the equations (an explicit K×K transition matrix per
+token) rather than in the cheaper rank-one form the fused-recurrent twin uses, so the two
+token-level implementations check each other as well as the chunked one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memlab.kernels.gated_delta_rule.common import l2norm, run_per_sequence
+
+
+def _naive_dense(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(q.dtype)
+    eye = torch.eye(K, dtype=q.dtype, device=q.device)
+    outputs = []
+    for t in range(T):
+        k_t, v_t, q_t = k[:, t], v[:, t], q[:, t]
+        b_t = beta[:, t, :, None, None]
+        transition = torch.exp(g[:, t])[:, :, None, None] * (
+            eye - b_t * k_t[..., :, None] * k_t[..., None, :]
+        )
+        S = transition @ S + b_t * k_t[..., :, None] * v_t[..., None, :]
+        outputs.append((S.transpose(-1, -2) @ q_t[..., None]).squeeze(-1))
+    o = torch.stack(outputs, dim=1) if outputs else v.new_zeros(B, 0, H, V)
+    return o, S
+
+
+def naive_recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reference gated delta rule, token by token, computed in the dtype of q.
+
+    S_t = exp(g_t) (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ;  o_t = scale · S_tᵀ q_t.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V]; g (log decay), beta: [B, T, H].
+        scale: defaults to K ** -0.5.
+        initial_state: [N, H, K, V], N = B, or the number of sequences in cu_seqlens.
+        cu_seqlens: int [N + 1] offsets of sequences packed along T (B must be 1).
+        use_qk_l2norm_in_kernel: L2-normalise q and k over K first.
+
+    Returns:
+        o [B, T, H, V] and, if output_final_state, the final states [N, H, K, V], both in
+        q's dtype. Differentiable by autograd; slow, meant for tests.
+    """
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
+    o, final_state = run_per_sequence(
+        "naive_recurrent_gated_delta_rule", _naive_dense, q, k, v, g, beta, initial_state, cu_seqlens
+    )
+    o = o * (q.shape[-1] ** -0.5 if scale is None else scale)
+    return o, (final_state if output_final_state else None)

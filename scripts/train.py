@@ -1,0 +1,32 @@
+"""Train (and test) a model: ``python scripts/train.py [overrides]``; ``-m`` for Hydra multiruns.
+
+Examples:
+    python scripts/train.py                               # the default model on MQAR
+    python scripts/train.py model=transformer trainer=gpu
+    python scripts/train.py experiment=ablate_shared      # a whole ablation, ends with a table
+    python scripts/train.py ... ckpt_path=last            # resume the newest run of that name
+"""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MEMLAB_ROOT", str(ROOT))
+# Hydra must let exceptions through so that a user's mistake is reported as one line.
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from memlab.train import optimized_value, train  # noqa: E402
+from memlab.utils.user_errors import exit_on_user_error  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return optimized_value(train(cfg), cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_user_error(main))

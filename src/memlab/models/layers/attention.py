@@ -1,0 +1,93 @@
+"""Causal multi-head softmax attention with RoPE over PyTorch SDPA: the Transformer baseline's mixer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlab.errors import ConfigError
+from memlab.models.layers.rotary import apply_rotary, rotary_angles
+from memlab.models.mixer import MixerOutput
+
+
+@dataclass
+class KVCache:
+    """Decoding cache of one attention layer; grows with the context (the baseline's cost).
+
+    k, v: [B, H, T_seen, head_dim] in the model dtype.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+def document_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed documents: (document id, position inside the document), each int64 [total]."""
+    idx = torch.arange(total, device=cu_seqlens.device)
+    doc = torch.searchsorted(cu_seqlens[1:].long(), idx, right=True)
+    return doc, idx - cu_seqlens.long()[doc]
+
+
+class Attention(nn.Module):
+    """Softmax attention mixer. x: [B, T, D] -> [B, T, D]; heads: ``num_heads`` × ``head_dim``."""
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        num_heads: int = 4,
+        head_dim: int | None = None,
+        rope_theta: float = 10000.0,
+    ) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise ConfigError(f"model.mixer.num_heads must be >= 1 (got {num_heads})")
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ConfigError(f"model.mixer.num_heads={num_heads} must divide d_model={d_model}")
+            head_dim = d_model // num_heads
+        if head_dim % 2:
+            raise ConfigError(f"model.mixer.head_dim must be even for RoPE (got {head_dim})")
+        self.layer_idx = layer_idx
+        self.num_heads, self.head_dim, self.rope_theta = num_heads, head_dim, rope_theta
+        self.qkv = nn.Linear(d_model, 3 * num_heads * head_dim, bias=False)
+        self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return KVCache(empty, empty.clone())
+
+    def forward(
+        self, x: torch.Tensor, state: KVCache | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> MixerOutput:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        offset = state.length if state is not None else 0
+        mask = None
+        if cu_seqlens is not None:
+            doc, positions = document_positions(cu_seqlens, T)
+            mask = (doc[:, None] == doc[None, :]) & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        else:
+            positions = torch.arange(offset, offset + T, device=x.device)
+        cos, sin = rotary_angles(positions, self.head_dim, self.rope_theta)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if state is not None:
+            k = torch.cat([state.k, k], dim=2)
+            v = torch.cat([state.v, v], dim=2)
+            state.k, state.v = k, v
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif offset == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Query i (absolute position offset + i) sees keys up to offset + i.
+            visible = torch.ones(T, offset + T, dtype=torch.bool, device=x.device).tril(diagonal=offset)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+        return MixerOutput(self.out(y.transpose(1, 2).reshape(B, T, -1)))

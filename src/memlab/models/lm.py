@@ -1,0 +1,133 @@
+"""A causal language model: embeddings, a stack of (mixer + SwiGLU) blocks, RMSNorm, LM head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from memlab.errors import ConfigError
+from memlab.models.block import Block
+
+
+@dataclass
+class LMOutput:
+    """logits: [B, T, vocab_size] (model dtype); aux_losses and stats summed/collected over layers."""
+
+    logits: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class LanguageModel(nn.Module):
+    """Decoder-only LM whose layers differ only in their token mixer.
+
+    Args:
+        vocab_size: number of token ids.
+        d_model: residual width.
+        n_layers: number of blocks.
+        mixer: factory called as ``mixer(d_model=d_model, layer_idx=i)`` (a Hydra partial).
+        mlp_ratio: SwiGLU hidden width = int(mlp_ratio · d_model).
+        tie_embeddings: share the input embedding with the LM head.
+        norm_eps: RMSNorm epsilon.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        mixer: Callable[..., nn.Module],
+        mlp_ratio: float = 4.0,
+        tie_embeddings: bool = True,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        for key, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
+            if int(value) < 1:
+                raise ConfigError(f"model.{key} must be >= 1 (got {value})")
+        if mlp_ratio <= 0:
+            raise ConfigError(f"model.mlp_ratio must be > 0 (got {mlp_ratio})")
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.layers = nn.ModuleList(
+            Block(d_model, mixer(d_model=d_model, layer_idx=i), mlp_ratio, norm_eps) for i in range(n_layers)
+        )
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        # Small embeddings keep initial logits O(1) whether or not the head is tied.
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    def init_states(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> list[Any]:
+        """One empty decoding cache per layer."""
+        return [layer.mixer.init_state(batch_size, device, dtype) for layer in self.layers]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        states: list[Any] | None = None,
+        logits_mask: torch.Tensor | None = None,
+    ) -> LMOutput:
+        """input_ids: int64 [B, T]; cu_seqlens: int [N+1] for packed documents (B == 1);
+        states: per-layer caches from ``init_states``, continued and updated in place;
+        logits_mask: bool [B, T] — if given, logits are computed only there, as [N_selected, V]
+        (the LM head dominates the cost of tasks with few labelled positions, such as MQAR)."""
+        h = self.embed(input_ids)
+        aux: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            out = layer(h, state=None if states is None else states[i], cu_seqlens=cu_seqlens)
+            h = out.hidden
+            for name, value in out.aux_losses.items():
+                aux[name] = aux[name] + value if name in aux else value
+            stats.update(out.stats)
+        if logits_mask is not None:
+            h = h[logits_mask]
+        return LMOutput(self.lm_head(self.norm(h)), aux, stats)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue prompts input_ids [B, T] by ``max_new_tokens`` tokens -> int64 [B, T + new].
+
+        The prompt goes through one chunked forward pass, then tokens are decoded one at a time
+        from the per-layer caches. temperature 0 is greedy; otherwise sample from the softmax
+        of logits / temperature, restricted to the ``top_k`` most likely tokens if given.
+        """
+        param = next(self.parameters())
+        states = self.init_states(input_ids.shape[0], param.device, param.dtype)
+        logits = self(input_ids, states=states).logits[:, -1]
+        tokens = [input_ids]
+        for step in range(max_new_tokens):
+            nxt = _pick(logits.float(), temperature, top_k, generator)
+            tokens.append(nxt)
+            if step + 1 < max_new_tokens:
+                logits = self(nxt, states=states).logits[:, -1]
+        return torch.cat(tokens, dim=1)
+
+
+def _pick(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Next token ids [B, 1] from fp32 logits [B, V]."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)

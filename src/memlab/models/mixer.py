@@ -1,0 +1,32 @@
+"""The token-mixer contract: the one part in which MoM, MemMamba, GDN, Mamba and attention differ.
+
+A mixer is an ``nn.Module`` built as ``mixer(d_model=..., layer_idx=...)`` (Hydra hands the
+language model a partial) with
+
+- ``forward(x, state=None, cu_seqlens=None) -> MixerOutput``: x is [B, T, D] in the model
+  dtype. With a ``state`` (from ``init_state``) the mixer continues from it and updates it in
+  place, which is how decoding works; ``cu_seqlens`` (int [N+1], B == 1) marks packed documents
+  whose boundaries no information may cross.
+- ``init_state(batch_size, device, dtype)``: an empty per-layer decoding cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class MixerOutput:
+    """What a mixer returns.
+
+    hidden: [B, T, D], same dtype as the input.
+    aux_losses: named scalar losses, already weighted; the trainer adds them to the loss.
+    stats: named detached scalars for logging, keyed by their full TensorBoard tag
+        (e.g. ``router/load/layer0/mem1``).
+    """
+
+    hidden: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)

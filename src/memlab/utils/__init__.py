@@ -1,0 +1,1 @@
+"""Plumbing for the scripts: error reporting, config printing, checkpoint lookup, result tables."""

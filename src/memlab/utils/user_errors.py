@@ -1,0 +1,83 @@
+"""Turn a user's mistake into one readable line and a non-zero exit; let real bugs raise."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.errors import HydraException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import OmegaConfBaseException
+
+from memlab.errors import ConfigError
+
+USER_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, MisconfigurationException)
+# Lines of OmegaConf/Hydra messages that locate the error but repeat what the first line says.
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
+# Where a message turns from what went wrong to where Hydra looked.
+_TAIL = ("Config search path:",)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The exception to report for a user's mistake anywhere in exc's cause chain, else None."""
+    chain = _chain(exc)
+    for cause in chain:
+        if isinstance(cause, ConfigError):
+            return cause
+    for cause in chain:
+        if isinstance(cause, USER_ERRORS):
+            return cause
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """A multi-line library message squeezed to its meaningful lines, joined on one line."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    kept = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+    text = " ".join(kept)
+    for marker in _TAIL:
+        text = text.split(marker)[0].strip()
+    return text or exc.__class__.__name__
+
+
+def exit_on_user_error(main: Callable[[], Any]) -> None:
+    """Run a Hydra entry point; report a user error as ``error: <one line>`` and exit with 2.
+
+    Hydra must let exceptions through (``HYDRA_FULL_ERROR=1``) for this to see them.
+    """
+    stderr = sys.stderr
+    sys.stderr = _Without(stderr, "Error executing job with overrides")
+    try:
+        main()
+    except Exception as exc:
+        sys.stderr = stderr
+        reported = user_error(exc)
+        if reported is None:
+            raise
+        print(f"error: {one_line(reported)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        sys.stderr = stderr
+
+
+class _Without:
+    """A text stream that drops writes starting with ``prefix`` (Hydra writes one such line to
+    stderr before re-raising a job's exception, which is then reported on its own line)."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        self._stream, self._prefix = stream, prefix
+
+    def write(self, text: str) -> int:
+        return len(text) if text.startswith(self._prefix) else self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -1,0 +1,50 @@
+"""Shared fixtures: compose the real Hydra configs into temporary run folders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+os.environ.setdefault("MEMLAB_ROOT", str(ROOT))
+
+# Small enough for a 2-core CPU: a few seconds per short run.
+TINY = [
+    "model.d_model=32",
+    "data.vocab_size=64",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "data.train_segments=[{seq_len:32,num_kv_pairs:4,num_examples:256}]",
+    "data.val_segments=[{seq_len:32,num_kv_pairs:4,num_examples:32},{seq_len:32,num_kv_pairs:2,num_examples:16}]",
+    "trainer.accelerator=cpu",
+    "extras.print_config=false",
+]
+
+
+def compose_config(overrides: list[str], run_dir: Path, config_name: str = "train") -> DictConfig:
+    """The composed config, as `scripts/train.py` would see it, writing into ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # a real run's task config has no `hydra` node either
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.log_dir = str(run_dir.parent)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    def make(overrides: list[str] = (), run: str = "run", config_name: str = "train") -> DictConfig:
+        return compose_config([*TINY, *overrides], tmp_path / run, config_name)
+
+    return make

@@ -1,0 +1,145 @@
+"""Real short training runs through the real pipeline: TensorBoard events, checkpoints, resume."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from memlab.train import train
+
+from .conftest import ROOT
+
+SHORT = [
+    "trainer.max_steps=12",
+    "trainer.val_check_interval=6",
+    "callbacks.model_checkpoint.every_n_train_steps=6",
+]
+
+
+class StopAtStep(Callback):
+    """Ends fit gracefully after a given optimizer step, as an interrupted run would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def tb_tags(run_dir: Path) -> dict[str, set[str]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {kind: set(tags) for kind, tags in acc.Tags().items() if isinstance(tags, list)}
+
+
+def test_short_run_writes_events_checkpoints_and_hparams(make_cfg) -> None:
+    cfg = make_cfg(SHORT)
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert {"val/acc", "test/acc", "train/loss", "perf/tokens_per_s"} <= set(metrics)
+    ckpts = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"step_000006.ckpt", "step_000012.ckpt", "last.ckpt"} <= ckpts
+    scalars = tb_tags(run)["scalars"]
+    expected = {
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/ppl",
+        "perf/tokens_per_s",
+        "perf/peak_mem_gib",
+        "val/acc_by_pairs/4",
+        "val/acc_by_pairs/2",
+        "test/acc",
+        "final/val/acc",
+    }
+    assert expected <= scalars, expected - scalars
+    assert "config/text_summary" in tb_tags(run)["tensors"]
+    hparams_files = list((run / "tensorboard").glob("events.*"))
+    assert any(b"_hparams_/session_start_info" in f.read_bytes() for f in hparams_files)
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_resume_equals_uninterrupted(make_cfg, monkeypatch) -> None:
+    straight = make_cfg(SHORT, run="straight")
+    train(straight)
+    # An interrupted run of the same name, stopped after step 6 (its last.ckpt is at step 6) ...
+    cut = make_cfg([*SHORT, "test=false"], run="cut")
+    cut_cb = StopAtStep(6)
+    monkeypatch.setattr("memlab.train._instantiate_group", _with_extra(cut_cb))
+    train(cut)
+    monkeypatch.undo()
+    assert (
+        torch.load(Path(cut.paths.output_dir) / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+        == 6
+    )
+    # ... resumed with ckpt_path=last, which finds the newest run folder of that run name.
+    time.sleep(1.1)
+    resumed = make_cfg([*SHORT, "ckpt_path=last"], run="resumed")
+    resumed.paths.log_dir = str(Path(resumed.paths.output_dir).parent)
+    _rename_runs(cut, resumed)
+    train(resumed)
+    a = _weights(Path(straight.paths.output_dir) / "checkpoints/last.ckpt")
+    b = _weights(Path(resumed.paths.output_dir) / "checkpoints/last.ckpt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+def _with_extra(callback: Callback):
+    from memlab.train import _instantiate_group as original
+
+    def instantiate_group(group):
+        objects = original(group)
+        return [*objects, callback] if group is not None and "model_checkpoint" in group else objects
+
+    return instantiate_group
+
+
+def _rename_runs(cut, resumed) -> None:
+    """Place the interrupted run where `ckpt_path=last` looks: <log_dir>/train/runs/<run_name>/<ts>/."""
+    runs = Path(resumed.paths.log_dir) / "train" / "runs" / resumed.run_name
+    runs.mkdir(parents=True, exist_ok=True)
+    Path(cut.paths.output_dir).rename(runs / "2000-01-01_00-00-00")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["trainer.nonexistent_key=1"], "nonexistent_key"),
+        (["model=no_such_model"], "no_such_model"),
+        (["seed=[unbalanced"], "unbalanced"),
+        (["seed=abc"], "seed"),
+        (["trainer.max_steps=abc"], "Trainer"),
+        (["data.batch_size=0"], "batch_size"),
+        (["model.d_model=0"], "d_model"),
+        (["ckpt_path=/no/such/file.ckpt"], "no such file"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str, tmp_path: Path) -> None:
+    res = run_cli(*args, f"paths.log_dir={tmp_path}", "extras.print_config=false")
+    assert res.returncode == 2
+    # the run's own log lines may precede it; the error itself is the one last line
+    err = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith(("INFO", "Seed set"))]
+    assert len(err) == 1 and err[0].startswith("error: "), res.stderr
+    assert needle in err[0]
+    assert "Traceback" not in res.stderr + res.stdout
