@@ -7,10 +7,13 @@ Public API (names and conventions of the linear-attention and Mamba ecosystems):
 
 from memlab.kernels.backend import KernelInputError, resolve_backend
 from memlab.kernels.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from memlab.kernels.selective_scan import selective_scan, selective_state_update
 
 __all__ = [
     "KernelInputError",
     "chunk_gated_delta_rule",
     "fused_recurrent_gated_delta_rule",
     "resolve_backend",
+    "selective_scan",
+    "selective_state_update",
 ]

@@ -1,5 +1,6 @@
 """Real short training runs through the real pipeline: TensorBoard events, checkpoints, resume."""
 
+import json
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from memlab.train import train
@@ -112,9 +114,22 @@ def _rename_runs(cut, resumed) -> None:
     Path(cut.paths.output_dir).rename(runs / "2000-01-01_00-00-00")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def test_eval_reproduces_the_test_metrics_of_a_run(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(SHORT)
+    trained = train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    (Path(cfg.paths.output_dir) / ".hydra").mkdir()
+    OmegaConf.save(cfg, Path(cfg.paths.output_dir) / ".hydra" / "config.yaml")  # as a CLI run leaves it
+    res = run_cli(f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path}", "extras.print_config=false", script="eval.py")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (metrics_file,) = (tmp_path / "eval" / "runs" / "mqar").glob("*/metrics.json")
+    evaluated = json.loads(metrics_file.read_text())
+    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+
+
+def run_cli(*args: str, script: str = "train.py") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        [sys.executable, str(ROOT / "scripts" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,

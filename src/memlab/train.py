@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -82,6 +83,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(_scalar_metrics(trainer.callback_metrics))
 
     if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         for logger in trainer.loggers:
             logger.log_hyperparams(flat_hparams(cfg), {f"final/{k}": v for k, v in metrics.items()})
             logger.finalize("success")

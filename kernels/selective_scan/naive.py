@@ -1,0 +1,73 @@
+"""Reference selective scan: the Mamba-1 recurrence, one time step at a time.
+
+This is the ground truth the fast paths are tested against (call it in float64). It is
+slow on purpose: a direct transcription of the equations, with no reordering of sums.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _per_channel(BC: torch.Tensor, dim: int) -> torch.Tensor:
+    """[batch, N, L] or [batch, groups, N, L] -> [batch, dim or 1, N, L]; channel d uses group
+    d // (dim / groups)."""
+    if BC.dim() == 3:
+        return BC.unsqueeze(1)
+    return BC.repeat_interleave(dim // BC.shape[1], dim=1)
+
+
+def naive_selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan by a plain loop over time.
+
+    Shapes: u, delta, z: [batch, dim, L]; A: [dim, N]; B, C: [batch, N, L] or
+    [batch, groups, N, L] (groups divides dim); D, delta_bias: [dim].
+
+    With dt = softplus(delta + delta_bias) (or delta + delta_bias without softplus):
+    h_t = exp(dt_t A) ⊙ h_{t-1} + dt_t B_t u_t,  y_t = C_t · h_t + D u_t,  y ← y · silu(z).
+
+    Arithmetic runs in the promoted dtype of the inputs, at least float32 (so float64
+    inputs give a float64 reference). Returns y [batch, dim, L] in u's dtype and, with
+    ``return_last_state``, also h_{L-1} [batch, dim, N] in that compute dtype.
+    Inputs are not validated; use ``selective_scan`` for that.
+    """
+    dtype = torch.float32
+    for t in (u, delta, A, B, C, D, z, delta_bias):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    batch, dim, _ = u.shape
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    u_c, A_c = u.to(dtype), A.to(dtype)
+    B_c, C_c = _per_channel(B.to(dtype), dim), _per_channel(C.to(dtype), dim)
+
+    h = u_c.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    # unbind, not indexing [..., t] in the loop: each index's backward would zero-fill a
+    # full-length gradient, making the reference's backward quadratic in L.
+    steps = zip(dt.unbind(-1), u_c.unbind(-1), B_c.unbind(-1), C_c.unbind(-1), strict=True)
+    for dt_t, u_t, B_t, C_t in steps:
+        h = torch.exp(dt_t[:, :, None] * A_c) * h + (dt_t * u_t)[:, :, None] * B_t
+        ys.append((h * C_t).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * u_c
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    y = y.to(u.dtype)
+    return (y, h) if return_last_state else y

@@ -1,0 +1,112 @@
+"""One decoding step of the selective scan, updating the recurrent state in place."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from memlab.kernels.backend import KernelInputError, resolve_backend
+from memlab.kernels.selective_scan.scan import check_grouped, check_tensor
+
+# No Triton kernel yet (see scan.py): every backend resolves to the PyTorch path below.
+_HAS_TRITON = False
+
+
+def _check_inputs(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+) -> None:
+    op = "selective_state_update"
+    check_tensor(op, "state", state, (("batch", None), ("dim", None), ("N", None)), state, "state")
+    if state.dtype not in (torch.float32, torch.float64):
+        raise KernelInputError(f"{op}: state must be float32 (or float64), got {state.dtype}")
+    batch, dim, N = state.shape
+    if N < 1:
+        raise KernelInputError(f"{op}: state has state size N=0; N must be at least 1")
+    step = (("batch", batch), ("dim", dim))
+    check_tensor(op, "x", x, step, state, "state")
+    check_tensor(op, "dt", dt, step, state, "state")
+    check_tensor(op, "A", A, (("dim", dim), ("N", N)), state, "state")
+    check_grouped(op, "B", B, batch, dim, N, (), state, "state")
+    check_grouped(op, "C", C, batch, dim, N, (), state, "state")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        if t is not None:
+            check_tensor(op, name, t, (("dim", dim),), state, "state")
+    if z is not None:
+        check_tensor(op, "z", z, step, state, "state")
+
+
+def _per_channel(BC: torch.Tensor, dim: int) -> torch.Tensor:
+    """[batch, N] or [batch, groups, N] -> [batch, dim or 1, N]; channel d uses group
+    d // (dim / groups)."""
+    if BC.dim() == 2:
+        return BC.unsqueeze(1)
+    return BC.repeat_interleave(dim // BC.shape[1], dim=1)
+
+
+def _state_update_torch(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+) -> torch.Tensor:
+    dtype = state.dtype
+    dim = state.shape[1]
+    dt = dt.to(dtype)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    x_c = x.to(dtype)
+    decay = torch.exp(dt[..., None] * A.to(dtype))
+    state.mul_(decay).add_((dt * x_c)[..., None] * _per_channel(B.to(dtype), dim))
+    out = (state * _per_channel(C.to(dtype), dim)).sum(-1)
+    if D is not None:
+        out = out + D.to(dtype) * x_c
+    if z is not None:
+        out = out * F.silu(z.to(dtype))
+    return out.to(x.dtype)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """One step of ``selective_scan`` for decoding: updates ``state`` in place, returns out.
+
+    With dt' = softplus(dt + dt_bias) if ``dt_softplus`` else dt + dt_bias:
+    state ← exp(dt' A) ⊙ state + dt' B x, out = C · state + D x, out ← out · silu(z).
+
+    Shapes: state: [batch, dim, N], float32 (float64 accepted, for reference checks); x, dt,
+    z: [batch, dim]; A: [dim, N]; B, C: [batch, N] or [batch, groups, N] (groups divides
+    dim; channel d uses group d // (dim / groups)); D, dt_bias: [dim]. The step is computed
+    in the state's dtype; out is [batch, dim] in x's dtype. Starting from the last state of
+    ``selective_scan(..., return_last_state=True)`` continues that scan exactly.
+
+    ``backend`` and errors as for ``selective_scan`` (KernelInputError naming the argument).
+    """
+    _check_inputs(state, x, dt, A, B, C, D, z, dt_bias)
+    resolve_backend(backend, x, "selective_state_update", has_triton=_HAS_TRITON)
+    return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

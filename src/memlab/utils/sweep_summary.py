@@ -1,0 +1,139 @@
+"""Comparison table and plot of a finished sweep: one row per arm, seeds averaged.
+
+Each job of a multirun leaves ``metrics.json`` and ``.hydra/overrides.yaml`` in its folder; the
+summary groups jobs by their overrides minus ``seed`` and writes ``summary.csv``,
+``summary.md`` and ``summary.png`` into the sweep folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+SEED_KEYS = ("seed",)
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One record per job: {"arm", "seed", "job", metrics...}; jobs without metrics are skipped.
+
+    An arm is named by the overrides that tell its jobs apart from the others, seed excluded.
+    """
+    jobs = []
+    for metrics_file in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: _job_number(p.parent.name)):
+        job = metrics_file.parent
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        jobs.append((job.name, overrides, json.loads(metrics_file.read_text())))
+    common = set.intersection(*(set(o) for _, o, _ in jobs)) if jobs else set()
+    records = []
+    for name, overrides, metrics in jobs:
+        seed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in SEED_KEYS), "")
+        arm = [o for o in overrides if o not in common and o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS]
+        records.append({"arm": " ".join(arm) or "(all jobs alike)", "seed": seed, "job": name, **metrics})
+    return records
+
+
+def _job_number(name: str) -> int:
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def summarize(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
+    """Rows per arm in first-seen order: n seeds, then mean and std of each metric."""
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        arms.setdefault(record["arm"], []).append(record)
+    rows = []
+    for arm, runs in arms.items():
+        row: dict[str, Any] = {"arm": arm, "seeds": len(runs)}
+        for name in metrics:
+            values = [r[name] for r in runs if name in r]
+            row[name] = statistics.fmean(values) if values else float("nan")
+            row[f"{name} std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def default_metrics(records: list[dict[str, Any]], optimized: str | None) -> list[str]:
+    """The optimised metric first, then accuracies (overall and per number of pairs), then speed."""
+    names = {k for r in records for k in r if k not in ("arm", "seed", "job")}
+    by_pairs = sorted((n for n in names if "acc_by_pairs/" in n and n.startswith("test/")),
+                      key=lambda n: int(n.rsplit("/", 1)[1]))
+    ordered = [optimized, "val/acc", "test/acc", *by_pairs, "perf/tokens_per_s"]
+    out: list[str] = []
+    for name in ordered:
+        if name and name in names and name not in out:
+            out.append(name)
+    return out
+
+
+def write_summary(sweep_dir: Path, optimized: str | None = None) -> list[dict[str, Any]]:
+    """Write summary.csv/.md/.png into ``sweep_dir``, print the table, and return its rows."""
+    records = collect(sweep_dir)
+    if not records:
+        return []
+    metrics = default_metrics(records, optimized)
+    rows = summarize(records, metrics)
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = ["arm", "seeds", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["arm"], str(row["seeds"])] + [f"{row[m]:.4f} ± {row[m + ' std']:.4f}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, metrics, sweep_dir / "summary.png")
+    table = Table(title=f"sweep summary — {sweep_dir}")
+    for name in header:
+        table.add_column(name, justify="left" if name == "arm" else "right")
+    for line in lines[2:]:
+        table.add_row(*[c.strip() for c in line.strip("|").split("|")])
+    Console(width=200).print(table)
+    return rows
+
+
+def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
+    """Accuracy per number of pairs (one line per arm) if available, else bars of the first metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_pairs = [m for m in metrics if "acc_by_pairs/" in m]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if by_pairs:
+        pairs = [int(m.rsplit("/", 1)[1]) for m in by_pairs]
+        for row in rows:
+            ax.errorbar(pairs, [row[m] for m in by_pairs], yerr=[row[m + " std"] for m in by_pairs],
+                        marker="o", capsize=3, label=row["arm"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("number of key-value pairs")
+        ax.set_ylabel("test accuracy")
+    else:
+        name = metrics[0]
+        ax.bar(range(len(rows)), [r[name] for r in rows], yerr=[r[name + " std"] for r in rows], capsize=3)
+        ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=20, ha="right", fontsize=7)
+        ax.set_ylabel(name)
+    if by_pairs:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, write and print the sweep's comparison table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write_summary(Path(config.hydra.sweep.dir), config.get("optimized_metric"))
