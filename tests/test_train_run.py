@@ -120,7 +120,8 @@ def test_eval_reproduces_the_test_metrics_of_a_run(make_cfg, tmp_path: Path) -> 
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     (Path(cfg.paths.output_dir) / ".hydra").mkdir()
     OmegaConf.save(cfg, Path(cfg.paths.output_dir) / ".hydra" / "config.yaml")  # as a CLI run leaves it
-    res = run_cli(f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path}", "extras.print_config=false", script="eval.py")
+    args = f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path}", "extras.print_config=false"
+    res = run_cli(*args, script="eval.py")
     assert res.returncode == 0, res.stderr[-2000:]
     (metrics_file,) = (tmp_path / "eval" / "runs" / "mqar").glob("*/metrics.json")
     evaluated = json.loads(metrics_file.read_text())

@@ -64,3 +64,15 @@ def test_generate_greedy_matches_argmax_of_forward(name: str) -> None:
     assert torch.equal(logits[:, 10:].argmax(-1), out[:, 11:])
     sampled = lm.generate(prompt, 4, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(0))
     assert sampled.shape == (2, 15)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_runs_under_bf16_autocast(name: str) -> None:
+    """Mixed precision (as trainer=gpu uses) must not mix dtypes inside a mixer's kernels."""
+    torch.manual_seed(0)
+    lm = LanguageModel(VOCAB, D, n_layers=1, mixer=MIXERS[name], mlp_ratio=2.0)
+    x = torch.randint(0, VOCAB, (2, 19))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = lm(x).logits
+    logits.float().sum().backward()
+    assert torch.isfinite(logits.float()).all()

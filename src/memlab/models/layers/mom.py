@@ -217,7 +217,8 @@ class MoMAttention(nn.Module):
         # takes the chunked form.
         kernel = fused_recurrent_gated_delta_rule if state is not None and T == 1 else chunk_gated_delta_rule
         o_rows, final = kernel(
-            q_rows.reshape(B * M, T, H, K),
+            # under autocast k, v come out of the einsum in the autocast dtype while q does not
+            q_rows.reshape(B * M, T, H, K).to(k.dtype),
             k.view(B * M, T, H, K),
             v.view(B * M, T, H, V),
             g.reshape(B * M, T, H),
