@@ -77,7 +77,7 @@ def test_resume_equals_uninterrupted(make_cfg, monkeypatch) -> None:
     # An interrupted run of the same name, stopped after step 6 (its last.ckpt is at step 6) ...
     cut = make_cfg([*SHORT, "test=false"], run="cut")
     cut_cb = StopAtStep(6)
-    monkeypatch.setattr("memlab.train._instantiate_group", _with_extra(cut_cb))
+    monkeypatch.setattr("memlab.train.instantiate_group", _with_extra(cut_cb))
     train(cut)
     monkeypatch.undo()
     assert (
@@ -98,7 +98,7 @@ def test_resume_equals_uninterrupted(make_cfg, monkeypatch) -> None:
 
 
 def _with_extra(callback: Callback):
-    from memlab.train import _instantiate_group as original
+    from memlab.train import instantiate_group as original
 
     def instantiate_group(group):
         objects = original(group)

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from memlab.errors import ConfigError
+from memlab.train import instantiate_group
 from memlab.utils.checkpoints import resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.results_table import print_results_table
@@ -37,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(run_cfg.data, _convert_="all")
     module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if "_target_" in node]
+    loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}

@@ -20,7 +20,7 @@ from memlab.utils.hparams import flat_hparams
 from memlab.utils.results_table import print_results_table
 
 
-def _instantiate_group(group: DictConfig | None) -> list:
+def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate every entry of a callbacks/logger group that has a ``_target_``."""
     if not group:
         return []
@@ -69,8 +69,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # plain Python containers, not OmegaConf ones, reach the objects (and their checkpoints)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.module, net=instantiate(cfg.model, _convert_="all"), _convert_="all")
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         _log_config(trainer.loggers, cfg)
