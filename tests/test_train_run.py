@@ -97,6 +97,28 @@ def test_resume_equals_uninterrupted(make_cfg, monkeypatch) -> None:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
 
 
+class CrashAtStep(Callback):
+    """Raises inside training after a given optimizer step, as a crashing run would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_crashed_run_keeps_its_checkpoints(make_cfg, monkeypatch) -> None:
+    cfg = make_cfg(SHORT)
+    monkeypatch.setattr("memlab.train.instantiate_group", _with_extra(CrashAtStep(8)))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    ckpts = {p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir()}
+    assert {"step_000006.ckpt", "last.ckpt", "on_exception.ckpt"} <= ckpts
+    crashed = torch.load(Path(cfg.paths.output_dir) / "checkpoints/on_exception.ckpt", weights_only=False)
+    assert crashed["global_step"] == 8
+
+
 def _with_extra(callback: Callback):
     from memlab.train import instantiate_group as original
 
