@@ -1,4 +1,8 @@
-"""Evaluate a checkpoint: ``python scripts/eval.py ckpt_path=<path to .ckpt> task=mqar``."""
+"""Evaluate a checkpoint: ``python scripts/eval.py ckpt_path=<path to .ckpt> task=<task>``.
+
+Tasks: ``mqar`` (the run's MQAR test split), ``ppl_by_length`` (perplexity overall, by position
+and by length on a text corpus, e.g. ``data=pg19``), ``passkey`` (text passkey retrieval heatmap).
+"""
 
 import os
 import sys

@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 
-from memlab.kernels.backend import resolve_backend
+from memlab.kernels.backend import ENV_VAR, KernelInputError, resolve_backend
 from memlab.kernels.gated_delta_rule.checks import check_inputs
 from memlab.kernels.gated_delta_rule.torch_chunk import OP, chunk_gated_delta_rule_torch
 
-# Backend name -> implementation; a Triton kernel registers here as "triton".
+# Triton may be missing (it is Linux-only); then every backend resolves to the twin.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def chunk_gated_delta_rule_triton(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The Triton kernels, imported on first use: Triton reads TRITON_INTERPRET when a
+    kernel is defined, so importing memlab.kernels must not define them."""
+    from memlab.kernels.gated_delta_rule.triton_chunk import chunk_gated_delta_rule_triton
+
+    return chunk_gated_delta_rule_triton(*args, **kwargs)
+
+
+def pick_backend(backend: str | None, q: torch.Tensor, op: str, has_triton: bool) -> str:
+    """resolve_backend, plus fp64: the Triton kernels compute in fp32, so fp64 inputs run
+    the PyTorch twin under "auto" and are refused under an explicit "triton"."""
+    choice = resolve_backend(backend, q, op, has_triton=has_triton)
+    if choice == "triton" and q.dtype == torch.float64:
+        if (backend if backend is not None else os.environ.get(ENV_VAR, "auto")) == "auto":
+            return "torch"
+        raise KernelInputError(f"{op}: the Triton kernels compute in fp32; fp64 inputs need backend='torch'")
+    return choice
+
+
+# Backend name -> implementation.
 _IMPLEMENTATIONS = {"torch": chunk_gated_delta_rule_torch}
+if HAS_TRITON:
+    _IMPLEMENTATIONS["triton"] = chunk_gated_delta_rule_triton
 
 
 def chunk_gated_delta_rule(
@@ -39,7 +67,8 @@ def chunk_gated_delta_rule(
         output_final_state: also return the state after the last token.
         cu_seqlens: int32/int64 [N + 1] offsets of sequences packed along T (B must be 1).
         use_qk_l2norm_in_kernel: L2-normalise q and k over K inside the op (differentiably).
-        backend: "auto" | "triton" | "torch"; default from $MEMLAB_KERNEL_BACKEND, else "auto".
+        backend: "auto" | "triton" | "torch"; default from $MEMLAB_KERNEL_BACKEND, else "auto"
+            (the Triton kernels on CUDA tensors, except fp64 ones; the PyTorch twin otherwise).
 
     Returns:
         o [B, T, H, V] in q's dtype, and the final states [N, H, K, V] in fp32 (fp64 for
@@ -50,9 +79,7 @@ def chunk_gated_delta_rule(
         KernelInputError: for inputs the op cannot take or a backend it does not have.
     """
     check_inputs(OP, q, k, v, g, beta, scale, initial_state, cu_seqlens)
-    implementation = _IMPLEMENTATIONS[
-        resolve_backend(backend, q, OP, has_triton="triton" in _IMPLEMENTATIONS)
-    ]
+    implementation = _IMPLEMENTATIONS[pick_backend(backend, q, OP, has_triton="triton" in _IMPLEMENTATIONS)]
     return implementation(
         q,
         k,

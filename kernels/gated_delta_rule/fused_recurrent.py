@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import resolve_backend
 from memlab.kernels.gated_delta_rule.checks import check_inputs
+from memlab.kernels.gated_delta_rule.chunk import HAS_TRITON, pick_backend
 from memlab.kernels.gated_delta_rule.common import run_twin
 
 OP = "fused_recurrent_gated_delta_rule"
@@ -70,8 +70,17 @@ def fused_recurrent_gated_delta_rule_torch(
     )
 
 
-# Backend name -> implementation; a Triton kernel registers here as "triton".
+def fused_recurrent_gated_delta_rule_triton(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The Triton kernel (forward only), imported on first use like the chunked one."""
+    from memlab.kernels.gated_delta_rule.triton_fused_recurrent import fused_recurrent_gated_delta_rule_triton
+
+    return fused_recurrent_gated_delta_rule_triton(*args, **kwargs)
+
+
+# Backend name -> implementation.
 _IMPLEMENTATIONS = {"torch": fused_recurrent_gated_delta_rule_torch}
+if HAS_TRITON:
+    _IMPLEMENTATIONS["triton"] = fused_recurrent_gated_delta_rule_triton
 
 
 def fused_recurrent_gated_delta_rule(
@@ -99,7 +108,10 @@ def fused_recurrent_gated_delta_rule(
         output_final_state: also return the state after the last token.
         cu_seqlens: int32/int64 [N + 1] offsets of sequences packed along T (B must be 1).
         use_qk_l2norm_in_kernel: L2-normalise q and k over K inside the op (differentiably).
-        backend: "auto" | "triton" | "torch"; default from $MEMLAB_KERNEL_BACKEND, else "auto".
+        backend: "auto" | "triton" | "torch"; default from $MEMLAB_KERNEL_BACKEND, else "auto"
+            (the Triton kernel on CUDA tensors, except fp64 ones; the PyTorch twin otherwise).
+            The Triton kernel is forward only: with grad enabled on an input that requires
+            grad it raises KernelInputError (train through chunk_gated_delta_rule).
 
     Returns:
         o [B, T, H, V] in q's dtype, and the final states [N, H, K, V] in fp32 (fp64 for
@@ -109,9 +121,7 @@ def fused_recurrent_gated_delta_rule(
         KernelInputError: for inputs the op cannot take or a backend it does not have.
     """
     check_inputs(OP, q, k, v, g, beta, scale, initial_state, cu_seqlens)
-    implementation = _IMPLEMENTATIONS[
-        resolve_backend(backend, q, OP, has_triton="triton" in _IMPLEMENTATIONS)
-    ]
+    implementation = _IMPLEMENTATIONS[pick_backend(backend, q, OP, has_triton="triton" in _IMPLEMENTATIONS)]
     return implementation(
         q,
         k,

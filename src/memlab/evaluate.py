@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from memlab.errors import ConfigError
 from memlab.train import instantiate_group
@@ -14,7 +19,9 @@ from memlab.utils.checkpoints import resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.results_table import print_results_table
 
-TASKS = ("mqar",)
+TASKS = ("mqar", "ppl_by_length", "passkey")
+_TEXT_DATA = "memlab.data.text.TextDataModule"
+_AMP = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -22,6 +29,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     load the checkpoint and run ``cfg.task`` on it.
 
     mqar: the run's own MQAR test split (override any of its keys with ``data.<key>=...``).
+    ppl_by_length: perplexity overall, per position bucket and per length on the test documents
+    of the run's text corpus, or of the corpus chosen with ``data=<name>`` (e.g. ``data=pg19``).
+    passkey: text passkey retrieval on a length × depth grid, with the run's tokenizer (or that
+    of ``data=<name>``).
     """
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
@@ -31,11 +42,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not run_config.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no training config at {run_config}")
     run_cfg = OmegaConf.load(run_config)
+    # the network exactly as trained, whatever data config the task then reads (model keys such
+    # as vocab_size interpolate the run's data config)
+    run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)
     if cfg.get("data"):
-        run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data)
+        # data=<corpus> replaces the run's data config; data.<key>=... only overrides keys of it
+        if "_target_" in cfg.data:
+            run_cfg.data = OmegaConf.to_container(cfg.data, resolve=True)
+        else:
+            run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data)
     if cfg.extras.get("print_config"):
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
+    if cfg.task == "mqar":
+        return _trainer_test(cfg, run_cfg, ckpt_path, output_dir)
+    return _text_task(cfg, run_cfg, ckpt_path, output_dir)
 
+
+def _trainer_test(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
     datamodule = instantiate(run_cfg.data, _convert_="all")
     module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
     loggers = instantiate_group(cfg.get("logger"))
@@ -43,7 +66,116 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        print_results_table(metrics, title=f"{cfg.task} — {Path(ckpt_path).name}", caption=str(output_dir))
+        _report(metrics, output_dir, f"{cfg.task} — {Path(ckpt_path).name}")
     return metrics
+
+
+def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
+    from memlab.eval.heatmap import plot_heatmap
+    from memlab.eval.passkey_text import evaluate_passkey
+    from memlab.eval.ppl_by_length import concatenated_tokens, evaluate_ppl_by_length, plot_ppl_by_length
+
+    if run_cfg.data.get("_target_") != _TEXT_DATA:
+        raise ConfigError(
+            f"task={cfg.task} needs a text corpus: the run trained on {run_cfg.data.get('_target_')}; "
+            "choose one with data=text_files|pg19|slimpajama|fineweb_edu"
+        )
+    datamodule = instantiate(run_cfg.data, _convert_="all")
+    tokenizer = datamodule.tokenizer
+    device = _device(cfg.get("device", "auto"))
+    net = load_network(run_cfg, ckpt_path, device)
+    if tokenizer.vocab_size > net.vocab_size:
+        raise ConfigError(
+            f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocabulary ({net.vocab_size})"
+        )
+    amp = _AMP.get(cfg.get("amp_dtype")) if device.type == "cuda" else None
+    title = f"{cfg.task} — {Path(ckpt_path).name}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    loggers = instantiate_group(cfg.get("logger"))
+    if cfg.task == "ppl_by_length":
+        opts = cfg.ppl_by_length
+        lengths = sorted(int(n) for n in opts.lengths if opts.max_length is None or n <= opts.max_length)
+        if not lengths:
+            raise ConfigError("ppl_by_length.lengths: no length left under ppl_by_length.max_length")
+        needed = int(opts.max_blocks) * (lengths[-1] + 1)
+        documents = (text for _, text in datamodule.eval_documents(opts.split))
+        tokens = concatenated_tokens(documents, tokenizer, needed)
+        result = evaluate_ppl_by_length(
+            net,
+            tokens,
+            lengths,
+            tokenizer.name,
+            int(opts.bucket),
+            int(opts.max_blocks),
+            opts.chunk_size,
+            int(opts.batch_size),
+            amp,
+        )
+        if not result.lengths:
+            raise ConfigError(f"ppl_by_length: no length could be evaluated ({result.skipped})")
+        table = result.table()
+        (output_dir / "ppl_by_length.md").write_text(table)
+        figure = plot_ppl_by_length(result, title, output_dir / "ppl_by_length.png")
+        metrics = result.metrics()
+        _to_tensorboard(loggers, "ppl_by_length", figure, table)
+    else:
+        opts = cfg.passkey
+        result = evaluate_passkey(
+            net,
+            tokenizer,
+            list(opts.lengths),
+            list(opts.depths),
+            int(opts.trials),
+            int(opts.seed),
+            opts.chunk_size,
+            amp,
+        )
+        figure = plot_heatmap(
+            result.accuracy, result.lengths, result.depths, title, output_dir / "passkey_heatmap.png"
+        )
+        metrics = result.metrics()
+        _to_tensorboard(loggers, "passkey", figure, None)
+    for logger in loggers:
+        logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
+        logger.finalize("success")
+    # the position buckets go to metrics.json, the table and TensorBoard, not to the terminal
+    shown = {k: v for k, v in metrics.items() if not k.startswith("ppl/position/")}
+    _report(metrics, output_dir, f"{title} (tokenizer {tokenizer.name})", shown)
+    return metrics
+
+
+def load_network(run_cfg: DictConfig, ckpt_path: str, device: torch.device) -> nn.Module:
+    """The run's network with the checkpoint's weights, in eval mode on ``device``."""
+    module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    return module.net.to(device).eval()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name}: not a torch device ({exc})") from exc
+
+
+def _to_tensorboard(loggers: list[Logger], tag: str, figure: Any, table: str | None) -> None:
+    import matplotlib.pyplot as plt
+
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(tag, figure, close=False)
+            if table is not None:
+                logger.experiment.add_text(f"{tag}/table", table)
+    plt.close(figure)
+
+
+def _report(
+    metrics: dict[str, float], output_dir: Path, title: str, shown: dict[str, float] | None = None
+) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    print_results_table(metrics if shown is None else shown, title=title, caption=str(output_dir))

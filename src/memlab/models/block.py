@@ -22,9 +22,10 @@ class Block(nn.Module):
         self.mlp = SwiGLU(d_model, mlp_ratio)
 
     def forward(
-        self, x: torch.Tensor, state: Any = None, cu_seqlens: torch.Tensor | None = None
+        self, x: torch.Tensor, state: Any = None, cu_seqlens: torch.Tensor | None = None, **mixer_kwargs: Any
     ) -> MixerOutput:
-        mixed = self.mixer(self.mixer_norm(x), state=state, cu_seqlens=cu_seqlens)
+        """mixer_kwargs go to the mixer as they are (``layer_memory`` for mixers that read it)."""
+        mixed = self.mixer(self.mixer_norm(x), state=state, cu_seqlens=cu_seqlens, **mixer_kwargs)
         h = x + mixed.hidden
         h = h + self.mlp(self.mlp_norm(h))
-        return MixerOutput(h, mixed.aux_losses, mixed.stats)
+        return MixerOutput(h, mixed.aux_losses, mixed.stats, mixed.memory)

@@ -83,8 +83,13 @@ class LanguageModel(nn.Module):
         h = self.embed(input_ids)
         aux: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
+        # What each layer offers the layers above it in this pass (MixerOutput.memory); only
+        # mixers that declare ``reads_layer_memory`` are handed the list.
+        memories: list[Any] = []
         for i, layer in enumerate(self.layers):
-            out = layer(h, state=None if states is None else states[i], cu_seqlens=cu_seqlens)
+            extra = {"layer_memory": memories} if getattr(layer.mixer, "reads_layer_memory", False) else {}
+            out = layer(h, state=None if states is None else states[i], cu_seqlens=cu_seqlens, **extra)
+            memories.append(out.memory)
             h = out.hidden
             for name, value in out.aux_losses.items():
                 aux[name] = aux[name] + value if name in aux else value

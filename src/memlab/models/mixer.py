@@ -13,6 +13,7 @@ language model a partial) with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,8 +26,12 @@ class MixerOutput:
     aux_losses: named scalar losses, already weighted; the trainer adds them to the loss.
     stats: named detached scalars for logging, keyed by their full TensorBoard tag
         (e.g. ``router/load/layer0/mem1``).
+    memory: what the layer offers the layers above it in the same pass (MemMamba's note
+        pool), or None. The language model hands the list of these, one per earlier layer,
+        as ``layer_memory`` to mixers whose ``reads_layer_memory`` attribute is True.
     """
 
     hidden: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    memory: Any = None

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 SEED_KEYS = ("seed",)
+# passkey exact-match accuracy per context length: test/passkey_acc/len<n>
+_PASSKEY_BY_LENGTH = "test/passkey_acc/len"
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -63,11 +65,14 @@ def summarize(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[st
 
 
 def default_metrics(records: list[dict[str, Any]], optimized: str | None) -> list[str]:
-    """The optimised metric first, then accuracies (overall and per number of pairs), then speed."""
+    """The optimised metric first, then accuracies (overall, per number of pairs, passkey per
+    context length), then speed."""
     names = {k for r in records for k in r if k not in ("arm", "seed", "job")}
     by_pairs = sorted((n for n in names if "acc_by_pairs/" in n and n.startswith("test/")),
                       key=lambda n: int(n.rsplit("/", 1)[1]))
-    ordered = [optimized, "val/acc", "test/acc", *by_pairs, "perf/tokens_per_s"]
+    by_length = sorted((n for n in names if n.startswith(_PASSKEY_BY_LENGTH)),
+                       key=lambda n: int(n[len(_PASSKEY_BY_LENGTH):]))
+    ordered = [optimized, "val/acc", "test/acc", *by_pairs, *by_length, "perf/tokens_per_s"]
     out: list[str] = []
     for name in ordered:
         if name and name in names and name not in out:
@@ -103,28 +108,31 @@ def write_summary(sweep_dir: Path, optimized: str | None = None) -> list[dict[st
 
 
 def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
-    """Accuracy per number of pairs (one line per arm) if available, else bars of the first metric."""
+    """Accuracy per number of pairs or per passkey context length (one line per arm) if
+    available, else bars of the first metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     by_pairs = [m for m in metrics if "acc_by_pairs/" in m]
+    by_length = [m for m in metrics if m.startswith(_PASSKEY_BY_LENGTH)]
     fig, ax = plt.subplots(figsize=(7, 4))
-    if by_pairs:
-        pairs = [int(m.rsplit("/", 1)[1]) for m in by_pairs]
+    if by_pairs or by_length:
+        curve = by_pairs or by_length
+        xs = [int(m.rsplit("/", 1)[1].removeprefix("len")) for m in curve]
         for row in rows:
-            ax.errorbar(pairs, [row[m] for m in by_pairs], yerr=[row[m + " std"] for m in by_pairs],
+            ax.errorbar(xs, [row[m] for m in curve], yerr=[row[m + " std"] for m in curve],
                         marker="o", capsize=3, label=row["arm"])
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("number of key-value pairs")
-        ax.set_ylabel("test accuracy")
+        ax.set_xlabel("number of key-value pairs" if by_pairs else "context length (tokens)")
+        ax.set_ylabel("test accuracy" if by_pairs else "passkey exact match")
     else:
         name = metrics[0]
         ax.bar(range(len(rows)), [r[name] for r in rows], yerr=[r[name + " std"] for r in rows], capsize=3)
         ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=20, ha="right", fontsize=7)
         ax.set_ylabel(name)
-    if by_pairs:
+    if by_pairs or by_length:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -17,6 +17,7 @@ USER_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, Misconfigura
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 # Where a message turns from what went wrong to where Hydra looked.
 _TAIL = ("Config search path:",)
+_WORKER_TRACEBACK = "Original Traceback"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -42,6 +43,11 @@ def user_error(exc: BaseException) -> BaseException | None:
 def one_line(exc: BaseException) -> str:
     """A multi-line library message squeezed to its meaningful lines, joined on one line."""
     lines = [ln.strip() for ln in str(exc).splitlines()]
+    if any(ln.startswith(_WORKER_TRACEBACK) for ln in lines):
+        # Raised in a DataLoader worker: PyTorch re-raises it with the worker's traceback as the
+        # message, whose last line is "<module>.<Class>: <the original message>".
+        last = next(ln for ln in reversed(lines) if ln)
+        return last.split(": ", 1)[1] if f"{exc.__class__.__name__}: " in last else last
     kept = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
     text = " ".join(kept)
     for marker in _TAIL:

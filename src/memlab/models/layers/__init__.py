@@ -2,6 +2,7 @@
 
 from memlab.models.layers.attention import Attention
 from memlab.models.layers.mamba import Mamba
+from memlab.models.layers.memmamba import MemMamba
 from memlab.models.layers.mom import MoMAttention
 
-__all__ = ["Attention", "Mamba", "MoMAttention"]
+__all__ = ["Attention", "Mamba", "MemMamba", "MoMAttention"]

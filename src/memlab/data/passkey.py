@@ -1,0 +1,167 @@
+"""Passkey retrieval as a LightningDataModule: endless generated training batches, fixed eval sets."""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from memlab.data.tasks.passkey import MIN_VOCAB, make_passkey, min_passkey_length
+from memlab.errors import ConfigError
+
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "grid": 3}
+# Leads the seed words so these streams never coincide with another memlab numpy stream
+# (SeedSequence pads entropy with zeros: (seed, 0, 0) would equal (seed,)).
+_STREAM_TAG = 0x5041534B  # "PASK"
+
+
+def _batch(input_ids: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+
+
+class _TrainStream(IterableDataset):
+    """Training batches i = start, start + 1, … of one rank; batch b is generated from
+    ``(seed, b)`` alone, so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, data: PasskeyDataModule, start_batch: int, rank: int, world_size: int) -> None:
+        self.data, self.start_batch, self.rank, self.world_size = data, start_batch, rank, world_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        steps: Iterator[int] = itertools.count(self.start_batch)
+        worker = get_worker_info()
+        if worker is not None:
+            # The loader polls its workers in turn, so worker w serving every
+            # num_workers-th batch reproduces the single-process order exactly.
+            steps = itertools.islice(steps, worker.id, None, worker.num_workers)
+        for i in steps:
+            b = i * self.world_size + self.rank
+            input_ids, labels, _ = self.data.generate("train", b, self.data.batch_size, self.data.seq_len)
+            yield _batch(input_ids, labels)
+
+
+class _EvalBatches(Dataset):
+    """A fixed evaluation set cut into batches of ``batch_size`` (the last may be shorter)."""
+
+    def __init__(self, input_ids: np.ndarray, labels: np.ndarray, batch_size: int) -> None:
+        self.input_ids, self.labels, self.batch_size = input_ids, labels, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.input_ids) // self.batch_size)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return _batch(self.input_ids[rows], self.labels[rows])
+
+
+class PasskeyDataModule(LightningDataModule):
+    """Token-level passkey retrieval (see ``memlab.data.tasks.passkey``), generated from the seed.
+
+    Training batches have random needle depths and are generated on the fly, each from
+    ``SeedSequence((seed, split, batch))`` behind a stream tag: the data never repeat, need no
+    download or cache, and the train loader (endless; bound the run by ``trainer.max_steps``)
+    starts at batch ``global_step · accumulate_grad_batches`` of its rank, so a resumed run
+    continues exactly. Validation and test are fixed sets of ``num_val_examples`` /
+    ``num_test_examples`` at the training length with random depths (disjoint seeds); the
+    length × depth grid far beyond it is the ``PasskeyGrid`` callback's, through ``generate``.
+
+    Batches are dicts of ``input_ids`` and ``labels`` int64 [B, seq_len] (the n answer digits
+    labelled, −100 elsewhere), so test/acc is the per-digit accuracy.
+
+    Args:
+        vocab_size: V >= 13 (ids 0, 1 are markers, 2..11 digits, the rest filler).
+        seq_len: L, the training (and val/test) length.
+        needle_len: n, digits in the needle.
+        num_val_examples, num_test_examples: sizes of the fixed eval sets.
+        batch_size, eval_batch_size: training and evaluation batch sizes.
+        seed: the data seed.
+        num_workers, pin_memory: DataLoader settings.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 64,
+        seq_len: int = 256,
+        needle_len: int = 5,
+        num_val_examples: int = 512,
+        num_test_examples: int = 512,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = _integer("vocab_size", vocab_size, MIN_VOCAB)
+        self.needle_len = _integer("needle_len", needle_len, 1)
+        self.seq_len = _integer("seq_len", seq_len, min_passkey_length(self.needle_len))
+        self.num_val_examples = _integer("num_val_examples", num_val_examples, 1)
+        self.num_test_examples = _integer("num_test_examples", num_test_examples, 1)
+        self.batch_size = _integer("batch_size", batch_size, 1)
+        self.eval_batch_size = (
+            self.batch_size if eval_batch_size is None else _integer("eval_batch_size", eval_batch_size, 1)
+        )
+        self.seed = _integer("seed", seed, 0)
+        if self.seed >= 2**32:
+            raise ConfigError(f"data.seed must be in [0, 2**32) (got {self.seed})")
+        self.num_workers = _integer("num_workers", num_workers, 0)
+        self.pin_memory = bool(pin_memory)
+        self._eval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.save_hyperparameters(logger=False)
+
+    def generate(
+        self, split: str, index: int, num_examples: int, seq_len: int, depth: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Examples ``index`` of ``split`` ("train", "val", "test" or "grid"): ``make_passkey``
+        from ``SeedSequence((tag, seed, split, index))`` — the same call, the same examples."""
+        rng = np.random.default_rng(
+            np.random.SeedSequence([_STREAM_TAG, self.seed, _SPLIT_IDS[split], index])
+        )
+        return make_passkey(num_examples, seq_len, self.needle_len, self.vocab_size, depth, rng=rng)
+
+    def train_dataloader(self) -> DataLoader:
+        start_batch, rank, world_size = 0, 0, 1
+        if self.trainer is not None:
+            # Lightning restores the loop counters from a checkpoint before it asks for this
+            # loader, so global_step already counts the optimizer steps taken before the resume.
+            start_batch = self.trainer.global_step * self.trainer.accumulate_grad_batches
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        return DataLoader(
+            _TrainStream(self, start_batch, rank, world_size),
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val", self.num_val_examples)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", self.num_test_examples)
+
+    def _eval_loader(self, split: str, num_examples: int) -> DataLoader:
+        if split not in self._eval:
+            input_ids, labels, _ = self.generate(split, 0, num_examples, self.seq_len)
+            self._eval[split] = (input_ids, labels)
+        return DataLoader(
+            _EvalBatches(*self._eval[split], self.eval_batch_size),
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            # Validation runs many times per fit; restarting workers each time costs more than it saves.
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+def _integer(key: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ConfigError(f"data.{key}: expected an integer >= {minimum} (got {value!r})")
+    if value < minimum:
+        raise ConfigError(f"data.{key} must be >= {minimum} (got {value})")
+    return int(value)

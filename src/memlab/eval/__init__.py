@@ -1,0 +1,1 @@
+"""Evaluation tasks and their figures (heatmaps, curves), shared by training callbacks and scripts/eval.py."""

@@ -1,0 +1,141 @@
+"""MemMamba's note pool: chunk notes and the causal top-K pool every token reads.
+
+Positions are cut into chunks of w consecutive tokens, counted from the first token of each
+document. Chunk c leaves one note (a summary and a priority). A token in chunk c reads the
+*pool of chunk c*: the K highest-priority notes among the complete chunks < c of its document,
+so nothing of the current or a later chunk reaches it. With R ``recent_slots`` the pool also
+holds the notes of the R chunks just before c (a FIFO), and the K-best part is then drawn from
+the chunks before those.
+
+Sequentially, the pool is kept by insert-if-better, evict-the-minimum as chunks complete (or,
+with a FIFO, as they leave it). Notes are ranked by (priority descending, older first): a new
+note enters a full pool iff its priority is strictly above the pool's minimum, and it evicts the
+youngest of the minimum-priority notes. Here every chunk's pool is computed at once: the
+candidates (the pool and FIFO carried in a decoding state, then this forward's chunks, in age
+order) are sorted stably by priority under a [chunks, candidates] mask and the first K kept.
+Since the top K of (top K of A) ∪ B is the top K of A ∪ B, a prefill in pieces and
+token-by-token decoding select exactly the pools a single forward pass does, ties included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """How the T tokens of one forward pass fall into chunks; shared by every row of the batch.
+
+    chunk_size: w.
+    token_flat: int64 [T], the token's cell ``chunk · w + slot`` in a [C · w] grid, where slot
+        (0..w−1) is its position inside its chunk.
+    token_chunk: int64 [T], the chunk (0..C−1) of each token.
+    chunk_index: int64 [C], each chunk's index within its document (its first position // w).
+    complete: bool [C], the chunk holds all its w tokens by the end of this pass.
+    query_index: int64 [C + 1], the chunk index each pool is for: row q < C is chunk q's, row
+        C is the pool after this pass, the one a decoding state keeps (for the chunk the next
+        token falls in).
+    older: bool [C + 1, C], older[q, j]: chunk j may enter the K-best part of pool q (complete,
+        of the same document, and before q's FIFO window).
+    recent: bool [C + 1, C], recent[q, j]: chunk j is in pool q's FIFO window (complete, of the
+        same document, among the ``recent_slots`` chunks just before q).
+    ends_chunk: the last token of the pass completes its chunk (known on the host).
+    """
+
+    chunk_size: int
+    token_flat: torch.Tensor
+    token_chunk: torch.Tensor
+    chunk_index: torch.Tensor
+    complete: torch.Tensor
+    query_index: torch.Tensor
+    older: torch.Tensor
+    recent: torch.Tensor
+    ends_chunk: bool
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_index.shape[0]
+
+
+def chunk_layout(
+    chunk_size: int,
+    segments: list[tuple[int, int, int]],
+    recent_slots: int = 0,
+    device: torch.device | None = None,
+) -> ChunkLayout:
+    """The layout of one pass over documents given as ``(start, end, position)`` triples: tokens
+    [start, end) of the pass belong to one document and the first of them sits at ``position``
+    within it (> 0 when a decoding state already holds the document's beginning). Segments must
+    be non-empty and cover the pass in order. ``recent_slots``: R, the FIFO length."""
+    w = chunk_size
+    token_chunk, token_slot, chunk_index, chunk_doc, complete = [], [], [], [], []
+    first_chunk = 0
+    for doc, (start, end, position) in enumerate(segments):
+        pos = torch.arange(position, position + end - start)
+        first = position // w
+        count = (position + end - start - 1) // w - first + 1
+        index = torch.arange(first, first + count)
+        token_chunk.append(first_chunk + pos // w - first)
+        token_slot.append(pos % w)
+        chunk_index.append(index)
+        chunk_doc.append(torch.full((count,), doc))
+        complete.append((index + 1) * w <= position + end - start)
+        first_chunk += count
+    chunk = torch.cat(token_chunk)
+    index, docs, done = torch.cat(chunk_index), torch.cat(chunk_doc), torch.cat(complete)
+    # The row after the pass continues the last document, in the next chunk if this one is done.
+    query_doc = torch.cat([docs, docs[-1:]])
+    query_index = torch.cat([index, index[-1:] + int(done[-1])])
+    before = index[None, :] < query_index[:, None]
+    earlier = done[None, :] & (query_doc[:, None] == docs[None, :]) & before
+    older = earlier & (index[None, :] < query_index[:, None] - recent_slots)
+    return ChunkLayout(
+        chunk_size=w,
+        token_flat=(chunk * w + torch.cat(token_slot)).to(device),
+        token_chunk=chunk.to(device),
+        chunk_index=index.to(device),
+        complete=done.to(device),
+        query_index=query_index.to(device),
+        older=older.to(device),
+        recent=(earlier & ~older).to(device),
+        ends_chunk=bool(done[-1]),
+    )
+
+
+def group_by_chunk(x: torch.Tensor, layout: ChunkLayout, fill: float) -> torch.Tensor:
+    """x [B, T, F] -> [B, C, w, F]: each token in its chunk's row at its slot, ``fill`` elsewhere."""
+    B, _, F = x.shape
+    C, w = layout.num_chunks, layout.chunk_size
+    grid = x.new_full((B, C * w, F), fill).index_copy(1, layout.token_flat, x)
+    return grid.view(B, C, w, F)
+
+
+def ungroup(y: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    """The inverse of ``group_by_chunk``: y [B, C, w, ...] -> [B, T, ...] (the fill is dropped)."""
+    B, C, w = y.shape[:3]
+    return y.reshape(B, C * w, *y.shape[3:]).index_select(1, layout.token_flat)
+
+
+def select_pools(
+    priority: torch.Tensor, visible: torch.Tensor, pool_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query's pool: the ``pool_size`` visible candidates of highest priority.
+
+    priority: [B, M], any monotone score of the candidates (log-priorities here), listed from
+        oldest to youngest, so that the stable sort puts the older of two equal notes first.
+    visible: bool [B, Q, M], which candidates each of Q queries may hold.
+    Returns index int64 [B, Q, K] into the candidates, best first, and valid bool [B, Q, K]
+    (False where fewer than K candidates are visible; those entries point at invisible ones).
+    Needs M >= K.
+    """
+    scores = priority[:, None, :].masked_fill(~visible, float("-inf"))
+    index = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :pool_size]
+    return index, visible.gather(-1, index)
+
+
+def gather_slots(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values [B, M, ...] gathered at index [B, Q, K] -> [B, Q, K, ...]."""
+    rows = torch.arange(index.shape[0], device=index.device)[:, None, None]
+    return values[rows, index]

@@ -1,0 +1,113 @@
+"""scripts/eval.py's text tasks on a short text_files run: table, plot, heatmap, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+pytest.importorskip("datasets")
+
+from memlab.errors import ConfigError
+from memlab.evaluate import evaluate
+from memlab.train import train
+
+from ..conftest import compose_config
+from ..data.text_corpus import documents, write_jsonl, write_parquet
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A MoM trained for 2 steps on local files: (its last.ckpt, the corpus files)."""
+    root = tmp_path_factory.mktemp("text_run")
+    docs = documents(80)
+    files = [str(write_parquet(root / "a.parquet", docs[:50])), str(write_jsonl(root / "b.jsonl", docs[50:]))]
+    overrides = [
+        "data=text_files",
+        f"data.files=[{','.join(files)}]",
+        "data.seq_len=32",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.val_windows=2",
+        "model=mom",
+        "model.d_model=32",
+        "model.n_layers=1",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.accelerator=cpu",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "test=false",
+        "extras.print_config=false",
+    ]
+    cfg = compose_config(overrides, root / "run")
+    train(cfg)
+    (root / "run" / ".hydra").mkdir()
+    OmegaConf.save(cfg, root / "run" / ".hydra" / "config.yaml")  # as a CLI run leaves it
+    return root / "run" / "checkpoints" / "last.ckpt", files
+
+
+def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict[str, float]:
+    cfg = compose_config(
+        [f"ckpt_path={ckpt}", "extras.print_config=false", *overrides], out, config_name="eval"
+    )
+    return evaluate(cfg)
+
+
+def tags(out: Path) -> dict[str, list[str]]:
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    return acc.Tags()
+
+
+def test_ppl_by_length_writes_table_plot_and_events(text_run, tmp_path: Path) -> None:
+    ckpt, _ = text_run
+    out = tmp_path / "ppl"
+    metrics = run_eval(
+        ckpt,
+        out,
+        "task=ppl_by_length",
+        "ppl_by_length.lengths=[16,32,64,100000]",
+        "ppl_by_length.bucket=16",
+        "ppl_by_length.max_blocks=2",
+        "ppl_by_length.chunk_size=8",
+    )
+    assert {"ppl/overall", "ppl/length/16", "ppl/length/64", "ppl/position/48"} <= set(metrics)
+    assert "ppl/length/100000" not in metrics and 1 < metrics["ppl/overall"] < 1000
+    table = (out / "ppl_by_length.md").read_text()
+    assert "Tokenizer: bytes" in table and "| 100000 | 0 |" in table
+    assert (out / "ppl_by_length.png").stat().st_size > 0
+    assert json.loads((out / "metrics.json").read_text())["ppl/overall"] == metrics["ppl/overall"]
+    found = tags(out)
+    assert "ppl/overall" in found["scalars"] and "ppl_by_length" in found["images"]
+
+
+def test_passkey_writes_a_heatmap(text_run, tmp_path: Path) -> None:
+    ckpt, files = text_run
+    out = tmp_path / "passkey"
+    metrics = run_eval(
+        ckpt,
+        out,
+        "task=passkey",
+        "passkey.lengths=[400,600]",
+        "passkey.depths=[0.0,1.0]",
+        "passkey.trials=1",
+        "passkey.chunk_size=128",
+        # a corpus given on the command line replaces the run's (here: the same files)
+        "data=text_files",
+        f"data.files=[{','.join(files)}]",
+    )
+    assert {"passkey/acc", "passkey/acc/400/0", "passkey/acc/600/100"} <= set(metrics)
+    assert 0.0 <= metrics["passkey/acc"] <= 1.0
+    assert (out / "passkey_heatmap.png").stat().st_size > 0 and "passkey" in tags(out)["images"]
+
+
+def test_text_tasks_need_a_text_run(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(["trainer.max_steps=1", "test=false"])
+    train(cfg)
+    (Path(cfg.paths.output_dir) / ".hydra").mkdir()
+    OmegaConf.save(cfg, Path(cfg.paths.output_dir) / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="task=passkey needs a text corpus"):
+        run_eval(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", tmp_path / "e", "task=passkey")
