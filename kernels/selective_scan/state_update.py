@@ -5,11 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import KernelInputError, resolve_backend
-from memlab.kernels.selective_scan.scan import check_grouped, check_tensor
-
-# No Triton kernel yet (see scan.py): every backend resolves to the PyTorch path below.
-_HAS_TRITON = False
+from memlab.kernels.backend import KernelInputError
+from memlab.kernels.selective_scan.scan import check_grouped, check_tensor, pick_backend
 
 
 def _check_inputs(
@@ -105,8 +102,13 @@ def selective_state_update(
     in the state's dtype; out is [batch, dim] in x's dtype. Starting from the last state of
     ``selective_scan(..., return_last_state=True)`` continues that scan exactly.
 
-    ``backend`` and errors as for ``selective_scan`` (KernelInputError naming the argument).
+    ``backend`` and errors as for ``selective_scan`` (KernelInputError naming the argument);
+    a float64 state counts as a float64 input.
     """
     _check_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    resolve_backend(backend, x, "selective_state_update", has_triton=_HAS_TRITON)
+    tensors = (state, x, dt, A, B, C, D, z, dt_bias)
+    if pick_backend(backend, x, "selective_state_update", tensors) == "triton":
+        from memlab.kernels.selective_scan.triton_state_update import selective_state_update_triton
+
+        return selective_state_update_triton(*tensors, dt_softplus=dt_softplus)
     return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -324,7 +324,7 @@ def test_backend_choice(gen, monkeypatch):
     torch.testing.assert_close(selective_scan(**x, backend="auto"), y, rtol=0, atol=0)
     with pytest.raises(KernelInputError, match="unknown backend='cuda'"):
         selective_scan(**x, backend="cuda")
-    with pytest.raises(KernelInputError, match="no Triton kernel"):
+    with pytest.raises(KernelInputError, match=r"no Triton kernel|needs TRITON_INTERPRET=1"):
         selective_scan(**x, backend="triton")
     monkeypatch.setenv("MEMLAB_KERNEL_BACKEND", "fast")
     with pytest.raises(KernelInputError, match="MEMLAB_KERNEL_BACKEND='fast'"):
@@ -337,7 +337,7 @@ def test_state_update_backend_choice(gen):
     step = step_inputs(gen)
     with pytest.raises(KernelInputError, match="unknown backend"):
         selective_state_update(**step, backend="numpy")
-    with pytest.raises(KernelInputError, match="no Triton kernel"):
+    with pytest.raises(KernelInputError, match=r"no Triton kernel|needs TRITON_INTERPRET=1"):
         selective_state_update(**step, backend="triton")
     assert not step["state"].any()  # a refused call leaves the state alone
     selective_state_update(**step, backend="torch")

@@ -1,0 +1,132 @@
+"""Triton kernel for one decoding step of the selective scan, updating the state in place.
+
+One program owns a block of channels of one batch element and all N states of each: it
+reads the [BLOCK_D, N] slice of the state once, applies the step in fp32 registers, writes it
+back where it lives (any strides: the state may be a view into a larger cache) and reduces
+over N for the output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from memlab.kernels.backend import KernelInputError
+from memlab.kernels.selective_scan.triton_scan import _softplus
+
+# Elements of the [BLOCK_D, N] state block per program.
+_TILE = 2048
+
+
+@triton.jit
+def _state_update_kernel(
+    state_ptr,
+    x_ptr,
+    dt_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    out_ptr,
+    dim,
+    N,
+    dg,
+    gB,
+    gC,
+    B_div,
+    C_div,
+    stride_sb,
+    stride_sd,
+    stride_sn,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Grid (cdiv(dg, BLOCK_D), G, batch): channels g·dg + [pid0·BLOCK_D, +BLOCK_D) of group g."""
+    g = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    i = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = i < dg
+    d = (g * dg + i).to(tl.int64)
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+
+    offs = b * dim + d  # [BLOCK_D] into x, dt, z, out
+    x = tl.load(x_ptr + offs, mask=d_mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + offs, mask=d_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + (b * gB + g // B_div) * N + n, mask=n_mask, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + (b * gC + g // C_div) * N + n, mask=n_mask, other=0.0).to(tl.float32)
+
+    s_ptrs = state_ptr + b * stride_sb + d[:, None] * stride_sd + n[None, :] * stride_sn
+    h = tl.load(s_ptrs, mask=dn_mask, other=0.0)
+    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+    tl.store(s_ptrs, h, mask=dn_mask)
+
+    out = tl.sum(h * Cv[None, :], axis=1)
+    if HAS_D:
+        out += tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + offs, mask=d_mask, other=0.0).to(tl.float32)
+        out *= z * tl.sigmoid(z)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+def selective_state_update_triton(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One step of the selective scan with the Triton kernel; updates ``state`` in place.
+
+    Shapes as ``selective_state_update``: state [batch, dim, N] float32 (any strides); x, dt,
+    z: [batch, dim]; A: [dim, N]; B, C: [batch, N] or [batch, groups, N]; D, dt_bias: [dim].
+    Returns out [batch, dim] in x's dtype. Decoding only: raises KernelInputError when
+    gradients are enabled and an input requires grad, rather than dropping its gradient.
+    Inputs are otherwise assumed valid (``selective_state_update`` checks them).
+    """
+    tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias}
+    needs = [name for name, t in tensors.items() if t is not None and t.requires_grad]
+    if needs and torch.is_grad_enabled():
+        raise KernelInputError(
+            f"selective_state_update: the Triton decode step has no backward, but {', '.join(needs)} "
+            "require grad; call it under torch.no_grad() or use backend='torch'"
+        )
+    batch, dim, N = state.shape
+    Bg = (B.unsqueeze(1) if B.dim() == 2 else B).contiguous()
+    Cg = (C.unsqueeze(1) if C.dim() == 2 else C).contiguous()
+    gB, gC = Bg.shape[1], Cg.shape[1]
+    G = math.lcm(gB, gC)
+    dg = dim // G
+    x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
+    z = z.contiguous() if z is not None else None
+    out = torch.empty_like(x)
+    block_n = triton.next_power_of_2(N)
+    block_d = min(max(_TILE // block_n, 1), triton.next_power_of_2(dg))
+    _state_update_kernel[(triton.cdiv(dg, block_d), G, batch)](
+        state, x, dt, A, Bg, Cg, D, z, dt_bias, out,
+        dim, N, dg, gB, gC, G // gB, G // gC, *state.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+        BLOCK_D=block_d, BLOCK_N=block_n,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,159 @@
+"""Benchmark: the Triton selective scan against its PyTorch twin on one GPU.
+
+Mamba-1 shapes (batch 8, dim 1536, N 16, L 2048 and 8192; D, z, delta_bias, softplus on),
+forward (inference: no gradients, nothing stored for a backward) and forward+backward.
+Each forward row also gets a floor: the bytes the scan cannot avoid moving (u, delta, B, C, z
+read once, y written once) over the device-to-device copy bandwidth measured in the same
+process. Run by ``scripts/bench.py --suite selective_scan``, or alone (any dtypes and lengths)
+with ``python -m memlab.bench.selective_scan`` (``--json PATH`` saves the rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+import torch
+
+from memlab.bench.timing import time_ms
+from memlab.kernels.selective_scan.torch_scan import selective_scan_torch
+
+BATCH, DIM, N = 8, 1536, 16
+LENGTHS = (2048, 8192)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def copy_bandwidth_gbs(n_bytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting the bytes read and written."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src))
+    return 2 * n_bytes / ms / 1e6
+
+
+def make_inputs(L: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Mamba-like inputs: activations in ``dtype``, parameters (A, D, delta_bias) in fp32."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def randn(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).to(dt)
+
+    A = -torch.arange(1, N + 1, device="cuda", dtype=torch.float32).repeat(DIM, 1)
+    return {
+        "u": randn(BATCH, DIM, L),
+        "delta": randn(BATCH, DIM, L),
+        "A": A,
+        "B": randn(BATCH, N, L),
+        "C": randn(BATCH, N, L),
+        "D": randn(DIM, dt=torch.float32),
+        "z": randn(BATCH, DIM, L),
+        "delta_bias": randn(DIM, dt=torch.float32) - 4.0,
+    }
+
+
+def _forward(scan: Callable, x: dict[str, torch.Tensor]) -> Callable[[], object]:
+    def fn() -> object:
+        with torch.no_grad():
+            return scan(**x, delta_softplus=True)
+
+    return fn
+
+
+def _forward_backward(scan: Callable, x: dict[str, torch.Tensor]) -> Callable[[], object]:
+    leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+    dy = torch.randn_like(leaves["u"])
+
+    def fn() -> object:
+        y = scan(**leaves, delta_softplus=True)
+        return torch.autograd.grad(y, list(leaves.values()), dy)
+
+    return fn
+
+
+def _measure(make: Callable, scan: Callable, x: dict[str, torch.Tensor]) -> float | None:
+    """Milliseconds of ``make(scan, x)``'s function, or None when it does not fit in GPU memory."""
+    try:
+        return time_ms(make(scan, x))
+    except torch.cuda.OutOfMemoryError:
+        return None
+    finally:
+        torch.cuda.empty_cache()
+
+
+def measure(dtypes: tuple[str, ...] = ("bf16",), lengths: tuple[int, ...] = LENGTHS) -> list[dict]:
+    """One row per (dtype, L, op): ours and twin milliseconds, their ratio, and for the
+    forward the bandwidth floor and ours as a percentage of it."""
+    from memlab.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    bandwidth = copy_bandwidth_gbs()
+    rows = []
+    for name in dtypes:
+        for L in lengths:
+            x = make_inputs(L, DTYPES[name])
+            io_bytes = sum(x[k].numel() * x[k].element_size() for k in ("u", "delta", "B", "C", "z"))
+            io_bytes += x["u"].numel() * x["u"].element_size()  # y
+            for op, make in (("fwd", _forward), ("fwd+bwd", _forward_backward)):
+                ours = _measure(make, selective_scan_triton, x)
+                twin = _measure(make, selective_scan_torch, x)
+                row = {
+                    "op": op,
+                    "dtype": name,
+                    "batch": BATCH,
+                    "dim": DIM,
+                    "N": N,
+                    "L": L,
+                    "ours_ms": ours,
+                    "twin_ms": twin,
+                    "speedup": twin / ours if ours and twin else None,
+                    "copy_gbs": bandwidth,
+                }
+                if op == "fwd":
+                    floor = io_bytes / bandwidth / 1e6
+                    row.update(floor_ms=floor, pct_of_floor=100 * floor / ours if ours else None)
+                rows.append(row)
+    return rows
+
+
+def run() -> tuple[list[dict], str]:
+    """The suite as ``scripts/bench.py`` runs it: bf16 and fp32, both lengths."""
+    rows = measure(("bf16", "fp32"))
+    return rows, format_table(rows)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of ``run``'s rows."""
+
+    def num(v: float | None, fmt: str) -> str:
+        return "OOM" if v is None else format(v, fmt)
+
+    lines = [
+        "| op | dtype | L | ours ms | twin ms | speedup | floor ms | % of floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        floor = f"{r['floor_ms']:.3f} | {num(r['pct_of_floor'], '.0f')}" if "floor_ms" in r else "- | -"
+        lines.append(
+            f"| {r['op']} | {r['dtype']} | {r['L']} | {num(r['ours_ms'], '.3f')} | "
+            f"{num(r['twin_ms'], '.2f')} | {num(r['speedup'], '.1f')} | {floor} |"
+        )
+    bw = rows[0]["copy_gbs"] if rows else float("nan")
+    lines.append(f"\nbatch {BATCH}, dim {DIM}, N {N}; D, z, delta_bias, softplus on; copy {bw:.0f} GB/s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtypes", nargs="+", default=["bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    rows = measure(tuple(args.dtypes), tuple(args.lengths))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

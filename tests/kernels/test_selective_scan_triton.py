@@ -1,0 +1,267 @@
+"""The Triton selective scan and decode step, run on the CPU by Triton's interpreter, against
+the fp64 token-by-token reference: outputs, last state and the gradients of every input.
+
+The interpreter has to be switched on (TRITON_INTERPRET=1) before Triton is first imported,
+and the rest of the suite imports Triton without it. So in a normal run the tests here are
+skipped and one test, ``test_triton_kernels_under_interpreter``, runs this file again in a
+fresh interpreter with the variable set, where they run and that one is skipped.
+
+Shapes are tiny and the kernels' block sizes are forced small (states stored every 16
+steps, backward chunks of 4 to 16 steps, 2 or 4 channels per program), so the tests cross
+chunk, stored-state and channel-block boundaries and end on partial chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+
+from memlab.kernels.backend import KernelInputError
+from memlab.kernels.selective_scan import naive_selective_scan, selective_scan, selective_state_update
+from tests.kernels.test_selective_scan import assert_close, reference, rel_err, run
+
+triton = pytest.importorskip("triton")
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_triton_kernels_under_interpreter")
+OPTIONAL = ("D", "z", "delta_bias")
+BATCH = 2
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks_and_fresh_seed(request, monkeypatch):
+    from memlab.kernels.selective_scan import triton_scan
+
+    # States stored every 16 steps; forward programs of 2 channels, backward programs of 4
+    # channels walking 4-step chunks (N = 4), so the backward's programs differ from those
+    # of the forward that stored the states.
+    monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
+    monkeypatch.setattr(triton_scan, "_FWD_BLOCK_D", 2)
+    monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
+    monkeypatch.setattr(triton_scan, "_BWD_TILE", 64)
+    monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
+    seed = zlib.crc32(request.node.nodeid.encode())
+    print(f"seed={seed}")
+    torch.manual_seed(seed)
+
+
+def make_inputs(
+    L: int,
+    N: int = 4,
+    dim: int = 8,
+    groups_B: int | None = None,
+    groups_C: int | None = None,
+    softplus: bool = True,
+    optional: tuple[str, ...] = OPTIONAL,
+    delta_range: tuple[float, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """fp64 inputs; delta is positive after bias (and softplus), as in Mamba."""
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64)
+
+    def bc(groups: int | None) -> torch.Tensor:
+        shape = (BATCH, N, L) if groups is None else (BATCH, groups, N, L)
+        return randn(*shape)
+
+    if delta_range is not None:
+        lo, hi = delta_range
+        delta = lo + (hi - lo) * torch.rand(BATCH, dim, L, dtype=torch.float64)
+    elif softplus:
+        delta = randn(BATCH, dim, L)
+    else:
+        delta = 0.5 * torch.rand(BATCH, dim, L, dtype=torch.float64)
+    x = {
+        "u": randn(BATCH, dim, L),
+        "delta": delta,
+        "A": -torch.exp(randn(dim, N)),
+        "B": bc(groups_B),
+        "C": bc(groups_C),
+        "D": randn(dim),
+        "z": randn(BATCH, dim, L),
+        "delta_bias": randn(dim) - 3.0 if softplus else 0.1 * torch.rand(dim, dtype=torch.float64),
+    }
+    return {k: v for k, v in x.items() if k not in OPTIONAL or k in optional}
+
+
+def triton_scan(**kwargs):
+    return selective_scan(**kwargs, backend="triton")
+
+
+def check(x: dict[str, torch.Tensor], softplus: bool, dtype: torch.dtype = torch.float32, tol: float = 1e-4):
+    dtypes = dict.fromkeys(x, dtype)
+    got = run(triton_scan, x, softplus, dtypes)
+    assert all(torch.isfinite(t).all() for t in (got[0], got[1], *got[2].values()))
+    assert_close(got, reference(x, softplus, dtypes), tol=tol)
+    return got
+
+
+@pytest.mark.skipif(INTERPRETED, reason="this is the launcher")
+def test_triton_kernels_under_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+@interpreted
+@pytest.mark.parametrize("N", [1, 4])
+@pytest.mark.parametrize("L", [1, 5, 37])
+def test_matches_reference(L, N):
+    check(make_inputs(L, N), softplus=True)
+
+
+@interpreted
+@pytest.mark.parametrize(
+    ("dim", "groups_B", "groups_C"), [(8, 2, None), (8, None, 4), (8, 2, 4), (6, 3, 3), (3, None, None)]
+)
+def test_groups_and_odd_dims(dim, groups_B, groups_C):
+    check(make_inputs(37, 4, dim=dim, groups_B=groups_B, groups_C=groups_C), softplus=True)
+
+
+@interpreted
+@pytest.mark.parametrize(
+    ("optional", "softplus"),
+    [(OPTIONAL, False), ((), True), ((), False), (("D",), True), (("z",), False), (("delta_bias",), True)],
+)
+def test_optional_inputs(optional, softplus):
+    check(make_inputs(21, 4, softplus=softplus, optional=optional), softplus)
+
+
+@interpreted
+@pytest.mark.parametrize(
+    ("delta_range", "softplus"),
+    [((10.0, 50.0), True), ((0.0, 1e-4), False), ((-30.0, -20.0), True)],
+    ids=["large", "tiny", "softplus_tiny"],
+)
+def test_extreme_delta(delta_range, softplus):
+    # softplus(-30..-20) is 1e-13..2e-9: a plain log(1 + e^x) would round it to 0 in fp32.
+    x = make_inputs(29, 4, softplus=softplus, delta_range=delta_range, optional=("z",))
+    check(x, softplus)
+
+
+@interpreted
+def test_decays_that_underflow_give_finite_gradients():
+    x = make_inputs(20, 4, delta_range=(50.0, 50.0))
+    x["A"] = torch.full_like(x["A"], -16.0)
+    check(x, softplus=True)
+
+
+@interpreted
+def test_bf16_inputs():
+    x = make_inputs(37, 4, groups_B=2, groups_C=2)
+    dtypes = {k: torch.bfloat16 for k in ("u", "delta", "B", "C", "z")}
+    dtypes.update({k: torch.float32 for k in ("A", "D", "delta_bias")})
+    y, state, grads = got = run(triton_scan, x, True, dtypes)
+    assert y.dtype == torch.bfloat16 and state.dtype == torch.float32
+    assert all(grads[k].dtype == dtypes[k] for k in grads)
+    assert_close(got, reference(x, True, dtypes), tol=2e-2)
+
+
+@interpreted
+def test_one_output_used():
+    # Only y, or only the last state, reaches the loss: the other gradient is None in the
+    # backward, not a tensor of zeros.
+    x = {k: v.float() for k, v in make_inputs(19, 4, groups_B=2).items()}
+    y_ref, state_ref = naive_selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
+                                            return_last_state=True)  # fmt: skip
+    for pick in (0, 1):
+        leaves = {k: v.detach().requires_grad_() for k, v in x.items()}
+        out = triton_scan(**leaves, delta_softplus=True, return_last_state=True)[pick]
+        assert rel_err(out, (y_ref, state_ref)[pick]) < 1e-5
+        grads = torch.autograd.grad(out.square().sum(), list(leaves.values()), allow_unused=True)
+        ref_leaves = {k: v.double().detach().requires_grad_() for k, v in x.items()}
+        ref_out = naive_selective_scan(**ref_leaves, delta_softplus=True, return_last_state=True)[pick]
+        ref_grads = torch.autograd.grad(ref_out.square().sum(), list(ref_leaves.values()), allow_unused=True)
+        for name, g, r in zip(leaves, grads, ref_grads, strict=True):
+            if r is None:
+                assert g is None or not g.any(), name
+            else:
+                assert rel_err(g, r) < 1e-4, name
+
+
+@interpreted
+def test_forward_without_grad_and_non_contiguous():
+    x = {k: v.float() for k, v in make_inputs(13, 4).items()}
+    views = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v) for k, v in x.items()}
+    with torch.no_grad():
+        y = triton_scan(**views, delta_softplus=True)
+    y_ref = naive_selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True)
+    assert rel_err(y, y_ref) < 1e-5
+
+
+@interpreted
+def test_float64_refused_on_triton():
+    x = make_inputs(5, 4)
+    with pytest.raises(KernelInputError, match="float64 inputs need backend='torch'"):
+        triton_scan(**x)
+
+
+def decode(x: dict[str, torch.Tensor], state: torch.Tensor, start: int, softplus: bool) -> torch.Tensor:
+    """selective_state_update (Triton) over steps start.. of x, updating state; [batch, dim, L']."""
+    outs = []
+    for t in range(start, x["u"].shape[-1]):
+        outs.append(
+            selective_state_update(
+                state,
+                x["u"][..., t],
+                x["delta"][..., t],
+                x["A"],
+                x["B"][..., t],
+                x["C"][..., t],
+                D=x.get("D"),
+                z=x["z"][..., t] if "z" in x else None,
+                dt_bias=x.get("delta_bias"),
+                dt_softplus=softplus,
+                backend="triton",
+            )
+        )
+    return torch.stack(outs, dim=-1)
+
+
+@interpreted
+@pytest.mark.parametrize(
+    ("optional", "softplus", "groups"), [(OPTIONAL, True, 2), ((), False, None)], ids=["all", "bare"]
+)
+def test_state_update_steps_reproduce_scan(optional, softplus, groups):
+    x = make_inputs(6, 4, dim=6, groups_B=groups, groups_C=groups, softplus=softplus, optional=optional)
+    y_ref, state_ref = naive_selective_scan(**x, delta_softplus=softplus, return_last_state=True)
+    # The state is a strided view into a larger cache: it must be updated where it lives.
+    cache = torch.zeros(BATCH, 6, 2, 4).transpose(0, 2)
+    y = decode({k: v.float() for k, v in x.items()}, cache[1].transpose(0, 1), 0, softplus)
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(cache[1].transpose(0, 1), state_ref) < 1e-5
+    assert not cache[0].any()
+
+
+@interpreted
+def test_scan_prefix_then_decode():
+    x = {k: v.float() for k, v in make_inputs(20, 4, groups_B=2, groups_C=4).items()}
+    y_full, state_full = naive_selective_scan(**x, delta_softplus=True, return_last_state=True)
+    head = {k: (v[..., :17] if v.dim() >= 3 else v) for k, v in x.items()}
+    y_head, state = triton_scan(**head, delta_softplus=True, return_last_state=True)
+    y_tail = decode(x, state, 17, True)
+    assert y_tail.dtype == torch.float32
+    assert rel_err(torch.cat((y_head, y_tail), dim=-1), y_full) < 1e-5
+    assert rel_err(state, state_full) < 1e-5
+
+
+@interpreted
+def test_state_update_refuses_inputs_that_require_grad():
+    x = make_inputs(1, 4)
+    step = {k: (v[..., 0] if v.dim() >= 3 else v).float() for k, v in x.items()}
+    state = torch.zeros(BATCH, 8, 4)
+    A = step["A"].requires_grad_()
+    args = (state, step["u"], step["delta"], A, step["B"], step["C"])
+    with pytest.raises(KernelInputError, match=r"^selective_state_update: .* A require grad"):
+        selective_state_update(*args, backend="triton")
+    assert not state.any()
+    with torch.no_grad():
+        selective_state_update(*args, backend="triton")
+    assert state.any()
