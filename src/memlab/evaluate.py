@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from memlab.data.text import TextDataModule
 from memlab.errors import ConfigError
 from memlab.train import instantiate_group
 from memlab.utils.checkpoints import resolve_ckpt_path
@@ -21,6 +23,8 @@ from memlab.utils.results_table import print_results_table
 
 TASKS = ("mqar", "ppl_by_length", "passkey")
 _TEXT_DATA = "memlab.data.text.TextDataModule"
+# The text data keys that give a network's token ids their meaning.
+_TOKENIZER_KEYS = ("tokenizer", "eos_token", "vocab_size")
 _AMP = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -31,8 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     mqar: the run's own MQAR test split (override any of its keys with ``data.<key>=...``).
     ppl_by_length: perplexity overall, per position bucket and per length on the test documents
     of the run's text corpus, or of the corpus chosen with ``data=<name>`` (e.g. ``data=pg19``).
-    passkey: text passkey retrieval on a length × depth grid, with the run's tokenizer (or that
-    of ``data=<name>``).
+    passkey: text passkey retrieval on a length × depth grid, with the run's tokenizer.
     """
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
@@ -46,16 +49,30 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # as vocab_size interpolate the run's data config)
     run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)
     if cfg.get("data"):
-        # data=<corpus> replaces the run's data config; data.<key>=... only overrides keys of it
-        if "_target_" in cfg.data:
-            run_cfg.data = OmegaConf.to_container(cfg.data, resolve=True)
-        else:
-            run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.data)
+        run_cfg.data = eval_data_config(run_cfg.data, cfg.data)
     if cfg.extras.get("print_config"):
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
     if cfg.task == "mqar":
         return _trainer_test(cfg, run_cfg, ckpt_path, output_dir)
     return _text_task(cfg, run_cfg, ckpt_path, output_dir)
+
+
+def eval_data_config(run_data: DictConfig, override: DictConfig) -> DictConfig:
+    """The data config a task reads: the run's, with the keys of ``data.<key>=...`` overrides merged
+    in, or, for ``data=<corpus>`` (an override with a ``_target_``), that corpus' config instead.
+
+    A corpus replacing a text run's corpus keeps the run's ``tokenizer``, ``eos_token`` and
+    ``vocab_size``: the network's token ids mean nothing under another tokenizer, and the
+    corpus configs all default to ``bytes``.
+    """
+    if "_target_" not in override:
+        return OmegaConf.merge(run_data, override)
+    data = OmegaConf.create(OmegaConf.to_container(override, resolve=True))
+    if run_data.get("_target_") == _TEXT_DATA and data.get("_target_") == _TEXT_DATA:
+        for key in _TOKENIZER_KEYS:
+            if key in run_data:
+                data[key] = run_data[key]
+    return data
 
 
 def _trainer_test(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
@@ -71,71 +88,33 @@ def _trainer_test(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_d
 
 
 def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
-    from memlab.eval.heatmap import plot_heatmap
-    from memlab.eval.passkey_text import evaluate_passkey
-    from memlab.eval.ppl_by_length import concatenated_tokens, evaluate_ppl_by_length, plot_ppl_by_length
-
     if run_cfg.data.get("_target_") != _TEXT_DATA:
         raise ConfigError(
             f"task={cfg.task} needs a text corpus: the run trained on {run_cfg.data.get('_target_')}; "
             "choose one with data=text_files|pg19|slimpajama|fineweb_edu"
         )
+    # every option is checked before the corpus, tokenizer or network is opened
+    if cfg.task == "ppl_by_length":
+        task, options = _ppl_by_length, _ppl_options(cfg.ppl_by_length)
+    else:
+        task, options = _passkey, _passkey_options(cfg.passkey)
+    if cfg.get("amp_dtype") not in _AMP:
+        raise ConfigError(f"amp_dtype={cfg.get('amp_dtype')}: expected bfloat16, float16 or null")
+    device = _device(cfg.get("device", "auto"))
     datamodule = instantiate(run_cfg.data, _convert_="all")
     tokenizer = datamodule.tokenizer
-    device = _device(cfg.get("device", "auto"))
     net = load_network(run_cfg, ckpt_path, device)
     if tokenizer.vocab_size > net.vocab_size:
         raise ConfigError(
             f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than the model's "
             f"vocabulary ({net.vocab_size})"
         )
-    amp = _AMP.get(cfg.get("amp_dtype")) if device.type == "cuda" else None
+    amp = _AMP[cfg.get("amp_dtype")] if device.type == "cuda" else None
     title = f"{cfg.task} — {Path(ckpt_path).name}"
     output_dir.mkdir(parents=True, exist_ok=True)
+    metrics, figure, table = task(net, datamodule, options, amp, title, output_dir)
     loggers = instantiate_group(cfg.get("logger"))
-    if cfg.task == "ppl_by_length":
-        opts = cfg.ppl_by_length
-        lengths = sorted(int(n) for n in opts.lengths if opts.max_length is None or n <= opts.max_length)
-        if not lengths:
-            raise ConfigError("ppl_by_length.lengths: no length left under ppl_by_length.max_length")
-        needed = int(opts.max_blocks) * (lengths[-1] + 1)
-        documents = (text for _, text in datamodule.eval_documents(opts.split))
-        tokens = concatenated_tokens(documents, tokenizer, needed)
-        result = evaluate_ppl_by_length(
-            net,
-            tokens,
-            lengths,
-            tokenizer.name,
-            int(opts.bucket),
-            int(opts.max_blocks),
-            opts.chunk_size,
-            int(opts.batch_size),
-            amp,
-        )
-        if not result.lengths:
-            raise ConfigError(f"ppl_by_length: no length could be evaluated ({result.skipped})")
-        table = result.table()
-        (output_dir / "ppl_by_length.md").write_text(table)
-        figure = plot_ppl_by_length(result, title, output_dir / "ppl_by_length.png")
-        metrics = result.metrics()
-        _to_tensorboard(loggers, "ppl_by_length", figure, table)
-    else:
-        opts = cfg.passkey
-        result = evaluate_passkey(
-            net,
-            tokenizer,
-            list(opts.lengths),
-            list(opts.depths),
-            int(opts.trials),
-            int(opts.seed),
-            opts.chunk_size,
-            amp,
-        )
-        figure = plot_heatmap(
-            result.accuracy, result.lengths, result.depths, title, output_dir / "passkey_heatmap.png"
-        )
-        metrics = result.metrics()
-        _to_tensorboard(loggers, "passkey", figure, None)
+    _to_tensorboard(loggers, cfg.task, figure, table)
     for logger in loggers:
         logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
         logger.finalize("success")
@@ -143,6 +122,98 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
     shown = {k: v for k, v in metrics.items() if not k.startswith("ppl/position/")}
     _report(metrics, output_dir, f"{title} (tokenizer {tokenizer.name})", shown)
     return metrics
+
+
+def _ppl_by_length(
+    net: nn.Module,
+    datamodule: TextDataModule,
+    options: dict[str, Any],
+    amp: torch.dtype | None,
+    title: str,
+    output_dir: Path,
+) -> tuple[dict[str, float], Any, str]:
+    """Perplexity overall, by position and by length: (metrics, figure, markdown table)."""
+    from memlab.eval.ppl_by_length import concatenated_tokens, evaluate_ppl_by_length, plot_ppl_by_length
+
+    tokenizer = datamodule.tokenizer
+    lengths = options["lengths"]
+    documents = (text for _, text in datamodule.eval_documents(options["split"]))
+    tokens = concatenated_tokens(documents, tokenizer, options["max_blocks"] * (lengths[-1] + 1))
+    result = evaluate_ppl_by_length(
+        net,
+        tokens,
+        lengths,
+        tokenizer.name,
+        options["bucket"],
+        options["max_blocks"],
+        options["chunk_size"],
+        options["batch_size"],
+        amp,
+    )
+    if not result.lengths:
+        raise ConfigError(f"ppl_by_length: no length could be evaluated ({result.skipped})")
+    table = result.table()
+    (output_dir / "ppl_by_length.md").write_text(table)
+    figure = plot_ppl_by_length(result, title, output_dir / "ppl_by_length.png")
+    return result.metrics(), figure, table
+
+
+def _passkey(
+    net: nn.Module,
+    datamodule: TextDataModule,
+    options: dict[str, Any],
+    amp: torch.dtype | None,
+    title: str,
+    output_dir: Path,
+) -> tuple[dict[str, float], Any, None]:
+    """Text passkey retrieval on the length × depth grid: (metrics, heatmap figure, no table)."""
+    from memlab.eval.heatmap import plot_heatmap
+    from memlab.eval.passkey_text import evaluate_passkey
+
+    result = evaluate_passkey(net, datamodule.tokenizer, **options, autocast=amp)
+    figure = plot_heatmap(
+        result.accuracy, result.lengths, result.depths, title, output_dir / "passkey_heatmap.png"
+    )
+    return result.metrics(), figure, None
+
+
+def _ppl_options(opts: DictConfig) -> dict[str, Any]:
+    if opts.split not in ("val", "test"):
+        raise ConfigError(f"ppl_by_length.split={opts.split}: expected val or test")
+    max_length = _whole("ppl_by_length.max_length", opts.max_length, optional=True)
+    lengths = sorted(_whole("ppl_by_length.lengths", n) for n in opts.lengths)
+    lengths = [n for n in lengths if max_length is None or n <= max_length]
+    if not lengths:
+        raise ConfigError("ppl_by_length.lengths: no length left under ppl_by_length.max_length")
+    return {
+        "split": opts.split,
+        "lengths": lengths,
+        "bucket": _whole("ppl_by_length.bucket", opts.bucket),
+        "max_blocks": _whole("ppl_by_length.max_blocks", opts.max_blocks),
+        "chunk_size": _whole("ppl_by_length.chunk_size", opts.chunk_size, optional=True),
+        "batch_size": _whole("ppl_by_length.batch_size", opts.batch_size),
+    }
+
+
+def _passkey_options(opts: DictConfig) -> dict[str, Any]:
+    # depths are checked by evaluate_passkey, which owns their meaning
+    return {
+        "lengths": [_whole("passkey.lengths", n) for n in opts.lengths],
+        "depths": list(opts.depths),
+        "trials": _whole("passkey.trials", opts.trials),
+        "seed": _whole("passkey.seed", opts.seed, minimum=0),
+        "chunk_size": _whole("passkey.chunk_size", opts.chunk_size, optional=True),
+    }
+
+
+def _whole(key: str, value: Any, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (or None where ``optional``); else a ConfigError naming ``key``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        expected = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise ConfigError(f"{key}: expected {expected} (got {value!r})")
+    return int(value)
 
 
 def load_network(run_cfg: DictConfig, ckpt_path: str, device: torch.device) -> nn.Module:
@@ -157,9 +228,14 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"device={name}: not a torch device ({exc})") from exc
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"device={name}: no such CUDA device here ({torch.cuda.device_count()} found)")
+    return device
 
 
 def _to_tensorboard(loggers: list[Logger], tag: str, figure: Any, table: str | None) -> None:

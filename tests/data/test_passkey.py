@@ -1,6 +1,6 @@
 """Passkey retrieval: the generator's layout, the DataModule's exact resume and errors, greedy
-answers with chunked prefill, and the length × depth grid of a real short run (scalars,
-TensorBoard figure, PNG)."""
+answers with chunked prefill, the grid's errors, and the length × depth grid of a real short
+run (scalars, TensorBoard figure, PNG)."""
 
 from pathlib import Path
 
@@ -9,15 +9,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from memlab.data.passkey import PasskeyDataModule
+from memlab.data.passkey import PasskeyDataModule, _TrainStream
 from memlab.data.tasks.passkey import FIRST_DIGIT, FIRST_FILLER, IGNORE_INDEX, NEEDLE, QUERY, make_passkey
 from memlab.errors import ConfigError
-from memlab.lit.callbacks.passkey_grid import greedy_answer
+from memlab.eval.chunked import greedy_continuation
+from memlab.lit.callbacks import PasskeyGrid
 from memlab.models import LanguageModel
-from memlab.models.layers import Mamba
 from memlab.train import train
 
 from ..conftest import compose_config
+from ..models.mixers import memmamba
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.3, 1.0, None])
@@ -56,8 +57,6 @@ def test_train_stream_resumes_exactly_and_splits_differ() -> None:
     loader = data.train_dataloader()
     first = [b["input_ids"] for _, b in zip(range(5), loader, strict=False)]
     resumed = PasskeyDataModule(vocab_size=32, seq_len=24, needle_len=3, batch_size=4)
-    from memlab.data.passkey import _TrainStream
-
     tail = [b["input_ids"] for _, b in zip(range(2), _TrainStream(resumed, 3, 0, 1), strict=False)]
     assert all(torch.equal(a, b) for a, b in zip(first[3:], tail, strict=True))
     assert not torch.equal(first[0], first[1])
@@ -81,13 +80,42 @@ def test_datamodule_refuses_bad_config(kwargs: dict, key: str) -> None:
         PasskeyDataModule(**kwargs)
 
 
-def test_greedy_answer_with_chunked_prefill_equals_generate() -> None:
+def test_train_loader_is_identical_with_and_without_workers() -> None:
+    def first_batches(num_workers: int) -> list[torch.Tensor]:
+        data = PasskeyDataModule(
+            vocab_size=32, seq_len=24, needle_len=3, batch_size=4, num_workers=num_workers
+        )
+        return [b["input_ids"] for _, b in zip(range(5), data.train_dataloader(), strict=False)]
+
+    assert all(torch.equal(a, b) for a, b in zip(first_batches(0), first_batches(2), strict=True))
+
+
+def test_grid_answers_with_chunked_prefill_equal_generate() -> None:
+    """The grid's decoding (prompts read in pieces through MemMamba's caches, pieces ending
+    inside and at the end of its chunks of 8) answers as ``generate`` does."""
     torch.manual_seed(0)
-    lm = LanguageModel(29, 16, 2, lambda **kw: Mamba(**kw, d_state=4)).double().eval()
+    lm = LanguageModel(29, 16, 2, memmamba).double().eval()
     prompts = torch.randint(0, 29, (3, 23))
     expected = lm.generate(prompts, 4)[:, 23:]
-    for chunk in (1, 5, 23, 64):
-        assert torch.equal(greedy_answer(lm, prompts, 4, chunk), expected)
+    for chunk in (1, 5, 8, 64):
+        assert torch.equal(greedy_continuation(lm, prompts, 4, chunk), expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"length_multiples": []}, "length_multiples"),
+        ({"length_multiples": [1, 0]}, "length_multiples"),
+        ({"depths": [0.5, 1.5]}, "depths"),
+        ({"depths": ["x"]}, "depths"),
+        ({"num_samples": "x"}, "num_samples"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"prefill_chunk": 0}, "prefill_chunk"),
+    ],
+)
+def test_grid_refuses_bad_config(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"callbacks.passkey_grid.{key}"):
+        PasskeyGrid(**kwargs)
 
 
 def test_short_run_logs_the_length_depth_grid(tmp_path: Path) -> None:

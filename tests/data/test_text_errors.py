@@ -92,7 +92,10 @@ def test_an_error_inside_a_loader_worker_is_one_line(tmp_path: Path) -> None:
     dm.setup("fit")
     with pytest.raises(ConfigError) as info:
         next(itertools.islice(iter(dm.train_dataloader()), 1, None))
-    assert one_line(user_error(info.value)) == "data: stream 0 of 1 local files has no documents"
+    assert one_line(user_error(info.value)) == (
+        "data: stream 0 of 1 local files has no documents (fewer rows than ranks × data.num_workers, "
+        "or all held out by data.val_documents?)"
+    )
 
 
 def test_unreachable_hub_is_one_line(monkeypatch) -> None:

@@ -152,6 +152,34 @@ def test_packing_carries_over_epochs(corpus) -> None:
     assert flat == (epoch + epoch)[: len(flat)]
 
 
+def test_resuming_from_any_batch_continues_the_stream(tmp_path: Path) -> None:
+    """Each batch's saved position restarts its stream on exactly the batches that followed it,
+    wherever it falls: mid-document, at a document's end, across shards, blocks and epochs."""
+    docs = documents(14, seed=1)
+    files = [
+        str(write_parquet(tmp_path / "a.parquet", docs[:9], row_group_size=4)),
+        str(write_jsonl(tmp_path / "b.jsonl", docs[9:], bad_lines=(2,))),
+    ]
+    dm = make_dm(files, seq_len=5, batch_size=2)
+
+    def stream(local: int, state: dict[str, int] | None = None):
+        states = None if state is None else {local: state}
+        packed = PackedStream(
+            dm.source("train"), dm.tokenizer, 5, 2, False, 0, True, 4, num_streams=2, holdout=1, states=states
+        )
+        return packed.stream_batches(local)
+
+    for local in range(2):
+        straight = list(itertools.islice(stream(local), 36))
+        epochs = {b[STATE_KEY][1]["epoch"] for b in straight}
+        assert epochs >= {0, 1}, epochs
+        for k, batch in enumerate(straight[:-2]):
+            resumed = list(itertools.islice(stream(local, batch[STATE_KEY][1]), 2))
+            for a, b in zip(straight[k + 1 : k + 3], resumed, strict=True):
+                assert torch.equal(a["input_ids"], b["input_ids"]), f"stream {local}, after batch {k}"
+                assert a[STATE_KEY] == b[STATE_KEY]
+
+
 def test_workers_serve_the_streams_in_turn(corpus) -> None:
     _, files = corpus
     dm = make_dm(files, num_workers=2)

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 pytest.importorskip("datasets")
 
 from memlab.errors import ConfigError
-from memlab.evaluate import evaluate
+from memlab.evaluate import eval_data_config, evaluate
 from memlab.train import train
 
 from ..conftest import compose_config
@@ -102,6 +102,42 @@ def test_passkey_writes_a_heatmap(text_run, tmp_path: Path) -> None:
     assert {"passkey/acc", "passkey/acc/400/0", "passkey/acc/600/100"} <= set(metrics)
     assert 0.0 <= metrics["passkey/acc"] <= 1.0
     assert (out / "passkey_heatmap.png").stat().st_size > 0 and "passkey" in tags(out)["images"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("task=ppl_by_length ppl_by_length.split=train", "ppl_by_length.split=train: expected val or test"),
+        (
+            "task=ppl_by_length ppl_by_length.chunk_size=0",
+            "ppl_by_length.chunk_size: expected an integer >= 1",
+        ),
+        ("task=ppl_by_length ppl_by_length.max_length=8", "ppl_by_length.lengths: no length left under"),
+        ("task=passkey passkey.lengths=[1k]", "passkey.lengths: expected an integer >= 1 (got '1k')"),
+        ("task=passkey amp_dtype=fp8", "amp_dtype=fp8: expected bfloat16, float16 or null"),
+        ("task=passkey device=nodevice", "device=nodevice: not a torch device"),
+    ],
+)
+def test_bad_task_options_are_one_line(text_run, override: str, message: str, tmp_path: Path) -> None:
+    ckpt, _ = text_run
+    with pytest.raises(ConfigError) as info:
+        run_eval(ckpt, tmp_path / "e", *override.split())
+    assert str(info.value).startswith(message), info.value
+
+
+def test_a_corpus_given_for_evaluation_keeps_the_runs_tokenizer(tmp_path: Path) -> None:
+    run = compose_config(
+        ["data=text_files", "data.tokenizer=some-org/some-tokenizer", "data.vocab_size=32000"], tmp_path / "r"
+    )
+    given = compose_config(
+        ["ckpt_path=x", "data=pg19", "data.seq_len=64"], tmp_path / "e", config_name="eval"
+    )
+    data = eval_data_config(run.data, given.data)
+    assert (data.path, data.seq_len, data.files) == ("emozilla/pg19", 64, None)
+    assert (data.tokenizer, data.vocab_size) == ("some-org/some-tokenizer", 32000)
+    # keys given alone override the run's own corpus config
+    merged = eval_data_config(run.data, OmegaConf.create({"seq_len": 64}))
+    assert (merged.files, merged.seq_len, merged.tokenizer) == (run.data.files, 64, "some-org/some-tokenizer")
 
 
 def test_text_tasks_need_a_text_run(make_cfg, tmp_path: Path) -> None:

@@ -51,3 +51,12 @@ def test_table_buckets_and_overall_are_means_of_token_nll() -> None:
     metrics = result.metrics()
     assert {"ppl/overall", "ppl/length/16", "ppl/position/24"} <= set(metrics)
     assert "| 40 | 3 |" in result.table() and "| 512 | 0 |" in result.table()
+    chunked = evaluate_ppl_by_length(
+        net, tokens, [16, 40, 64, 512], "bytes", bucket=24, max_blocks=3, chunk_size=10, batch_size=2
+    )
+    assert chunked.metrics() == pytest.approx(metrics, rel=1e-4)
+
+
+def test_chunks_refuse_an_empty_step() -> None:
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        token_nll(tiny_lm("attention"), torch.zeros(1, 9, dtype=torch.long), chunk_size=0)

@@ -1,7 +1,8 @@
 """MemMamba: the parallel causal top-K pool against sequential insert/evict (fp64, ties
-included), the layer against a token-by-token reference (outputs and gradients), chunk
-causality of the pools, γ = 0 equals the Mamba backbone bit for bit, cross-layer wiring
-(p = 0 off, span, the channel is read), decoding variants and config errors."""
+included), the layer's cross-token and cross-layer attention against token-by-token references
+(outputs and gradients), chunk causality of the pools, γ = 0 equals the Mamba backbone bit for
+bit, where cross-layer attention runs, the logged stats, decoding variants with a
+constant-size cache, and config errors."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from memlab.errors import ConfigError
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
 from memlab.models.layers.note_pool import chunk_layout, select_pools
+from memlab.models.layers.pool_attention import PoolAttention
 
 F64 = torch.float64
 D, VOCAB = 16, 53
@@ -114,29 +116,32 @@ def test_chunk_layout_documents_and_offsets() -> None:
     assert layout.older[5].tolist() == [False, False, False, True, True, False]  # own document only
     assert not layout.older[2].any() and not layout.recent.any() and not layout.ends_chunk
     assert layout.query_index.tolist() == [0, 1, 0, 0, 1, 2, 2]  # the last chunk continues
+    # a grid of 4 columns; the continued chunk's 2 tokens take its first two
+    assert layout.width == 4 and layout.token_flat[:7].tolist() == [0, 1, 4, 5, 6, 7, 8]
+    step = chunk_layout(4, [(0, 1, 6)])  # a decoding step at position 6: one column
+    assert step.width == 1 and step.token_flat.tolist() == [0] and step.chunk_index.tolist() == [1]
     fifo = chunk_layout(4, [(0, 6, 2), (6, 7, 0), (7, 16, 0)], recent_slots=1)
     assert fifo.recent[5].tolist() == [False, False, False, False, True, False]
     assert fifo.older[5].tolist() == [False, False, False, True, False, False]
 
 
-def reference(layer: MemMamba, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output [B, T, D] from a token-by-token pool (sequential insert/evict) and
-    per-token attention, fed to the backbone."""
+def sequential_slots(layer: MemMamba, x: torch.Tensor) -> list[list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """[b][t] -> the notes (summary [S], log π []) token t of row b of x [B, T, D] reads, kept
+    token by token: a chunk's note enters the FIFO once its last token has passed, and the note
+    pushed out of it (every note at once if R = 0) enters the K best by insert-if-better,
+    evict-the-minimum (the youngest of the lowest)."""
     B, T, _ = x.shape
     w, K, R = layer.chunk_size, layer.pool_size, layer.recent_slots
-    att = layer.token_attn
-    H, Dh = att.num_heads, att.head_dim
     rows = []
     for b in range(B):
         pool: list[tuple[float, int, torch.Tensor, torch.Tensor]] = []  # (log π, age, summary, log π)
         fifo: list[tuple[float, int, torch.Tensor, torch.Tensor]] = []
-        mixed = []
+        slots = []
         for t in range(T):
             if t % w == 0 and t > 0:
                 m = x[b, t - w : t].amax(0)
-                s = layer.summary_norm(layer.summary_proj(m))
                 lp = F.logsigmoid(layer.scorer(m))[0]
-                fifo.append((lp.item(), t // w - 1, s, lp))
+                fifo.append((lp.item(), t // w - 1, layer.summary_norm(layer.summary_proj(m)), lp))
                 if len(fifo) > R:
                     note = fifo.pop(0)
                     if len(pool) < K:
@@ -145,18 +150,52 @@ def reference(layer: MemMamba, x: torch.Tensor) -> torch.Tensor:
                         worst = min(range(K), key=lambda i: (pool[i][0], -pool[i][1]))
                         if note[0] > pool[worst][0]:
                             pool[worst] = note
-            u = x[b, t]
-            q = att.q_proj(u).view(H, Dh)
-            logits = [(q * att.null_key).sum(-1) / Dh**0.5]
-            values = [att.null_value]
-            for _, _, s, lp in pool + fifo:
-                logits.append((q * att.k_proj(s).view(H, Dh)).sum(-1) / Dh**0.5 + lp)
-                values.append(att.v_proj(s).view(H, Dh))
-            p = torch.stack(logits, -1).softmax(-1)  # [H, slots]
-            read = att.o_proj((p[:, :, None] * torch.stack(values, 1)).sum(1).reshape(-1))
-            mixed.append(u + layer.gamma_tok * torch.sigmoid(layer.gate(u)) * read)
-        rows.append(torch.stack(mixed))
-    return layer.backbone(torch.stack(rows)).hidden
+            slots.append([(s, lp) for _, _, s, lp in pool + fifo])
+        rows.append(slots)
+    return rows
+
+
+def read(att: PoolAttention, u: torch.Tensor, slots: list, key_offsets: list | None = None) -> torch.Tensor:
+    """One token u [D] attending to slots [(summary, log π)] and the null slot -> [D]; the i-th
+    slot's key plus key_offsets[i] if given."""
+    H, Dh = att.num_heads, att.head_dim
+    q = att.q_proj(u).view(H, Dh)
+    logits = [(q * att.null_key).sum(-1) / Dh**0.5]
+    values = [att.null_value]
+    for i, (s, lp) in enumerate(slots):
+        k = att.k_proj(s) + (0.0 if key_offsets is None else key_offsets[i])
+        logits.append((q * k.view(H, Dh)).sum(-1) / Dh**0.5 + lp)
+        values.append(att.v_proj(s).view(H, Dh))
+    p = torch.stack(logits, -1).softmax(-1)  # [H, 1 + slots]
+    return att.o_proj((p[:, :, None] * torch.stack(values, 1)).sum(1).reshape(-1))
+
+
+def reference(layer: MemMamba, x: torch.Tensor) -> torch.Tensor:
+    """The output [B, T, D] of a layer without cross-layer attention, from token-by-token pools
+    and per-token attention, fed to the backbone."""
+    slots = sequential_slots(layer, x)
+    mixed = [
+        [
+            x[b, t]
+            + layer.gamma_tok * torch.sigmoid(layer.gate(x[b, t])) * read(layer.token_attn, x[b, t], s)
+            for t, s in enumerate(row)
+        ]
+        for b, row in enumerate(slots)
+    ]
+    return layer.backbone(torch.stack([torch.stack(row) for row in mixed])).hidden
+
+
+def assert_same_outputs_and_gradients(out: torch.Tensor, ref: torch.Tensor, inputs: dict) -> None:
+    """out == ref, and so are their gradients with respect to ``inputs`` (name -> tensor)."""
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    weights = torch.randn_like(out)
+    names, tensors = zip(*inputs.items(), strict=True)
+    g_out = torch.autograd.grad((out * weights).sum(), tensors, allow_unused=True, retain_graph=True)
+    g_ref = torch.autograd.grad((ref * weights).sum(), tensors, allow_unused=True)
+    for name, a, b in zip(names, g_out, g_ref, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("recent_slots", [0, 2])
@@ -164,16 +203,38 @@ def test_layer_matches_token_by_token_reference_outputs_and_gradients(recent_slo
     layer = make_layer(cross_layer_period=0, chunk_size=3, pool_size=2, recent_slots=recent_slots)
     x = torch.randn(2, 17, D, dtype=F64, requires_grad=True)
     out = layer(x).hidden
-    ref = reference(layer, x)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    weights = torch.randn_like(out)
-    names, params = zip(*layer.named_parameters(), strict=True)
-    g_out = torch.autograd.grad((out * weights).sum(), [x, *params])
-    g_ref = torch.autograd.grad((ref * weights).sum(), [x, *params])
-    for name, a, b in zip(["x", *names], g_out, g_ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
-    grads = dict(zip(["x", *names], g_out, strict=True))
-    assert grads["scorer.weight"].abs().sum() > 0, "the priority bias gives the scorer a gradient"
+    assert_same_outputs_and_gradients(out, reference(layer, x), {"x": x, **dict(layer.named_parameters())})
+    (g,) = torch.autograd.grad(out.sum(), layer.scorer.weight)
+    assert g.abs().sum() > 0, "the priority bias gives the scorer a gradient"
+
+
+@pytest.mark.parametrize("span", [1, 2])
+def test_cross_layer_attention_matches_token_by_token_reference(span: int) -> None:
+    """Layer 2 (p = 3) reads the pools of the ``span`` layers below it, keys tagged by layer
+    distance: outputs and gradients (to the inputs, its weights and the lower layers' note
+    weights) equal a per-token attention over the sequential pools of those layers."""
+    kwargs = {"cross_layer_period": 3, "chunk_size": 3, "pool_size": 2, "recent_slots": 1}
+    below = [make_layer(i, **kwargs) for i in range(2)]
+    top = make_layer(2, **kwargs, cross_layer_span=span, cross_token=False)
+    xs = [torch.randn(2, 20, D, dtype=F64, requires_grad=True) for _ in range(3)]
+    out = top(xs[2], layer_memory=[layer(x).memory for layer, x in zip(below, xs, strict=False)]).hidden
+
+    read_layers = range(2 - span, 2)
+    slots = {j: sequential_slots(below[j], xs[j]) for j in read_layers}
+    mixed = []
+    for b in range(2):
+        for t in range(20):
+            notes = [note for j in read_layers for note in slots[j][b][t]]
+            tags = [top.layer_embed[2 - j - 1] for j in read_layers for _ in slots[j][b][t]]
+            u = xs[2][b, t]
+            mixed.append(u + top.gamma_lay * read(top.layer_attn, u, notes, tags))
+    ref = top.backbone(torch.stack(mixed).view(2, 20, D)).hidden
+    inputs = {f"x{i}": x for i, x in enumerate(xs)}
+    for i, layer in enumerate([*below, top]):
+        inputs.update({f"layer{i}.{name}": p for name, p in layer.named_parameters()})
+    assert_same_outputs_and_gradients(out, ref, inputs)
+    with pytest.raises(ValueError, match="layer_memory"):
+        top(xs[2])
 
 
 @pytest.mark.parametrize("t", [0, 5, 6, 13])
@@ -237,15 +298,17 @@ def test_cross_layer_period_and_span() -> None:
         make_layer(cross_token=False, cross_layer_period=0)
 
 
-def test_cross_layer_reads_the_earlier_layers_pools() -> None:
-    layers = [make_layer(i, cross_layer_period=2, cross_layer_span=2) for i in range(2)]
-    x = torch.randn(1, 14, D, dtype=F64)
-    memory = [layers[0](x).memory]
-    out = layers[1](x, layer_memory=memory).hidden
-    shifted = [type(memory[0])(memory[0].layout, memory[0].summary + 1.0, memory[0].log_priority)]
-    assert not torch.allclose(out, layers[1](x, layer_memory=shifted).hidden)
-    with pytest.raises(ValueError, match="layer_memory"):
-        layers[1](x)
+def test_stats_are_logged_under_their_documented_names() -> None:
+    lm = LanguageModel(VOCAB, D, 2, lambda **kw: make_layer(**kw, cross_layer_period=2)).double()
+    stats = lm(torch.randint(0, VOCAB, (2, 30))).stats
+    names = ["pool_fill", "priority", "gate", "gamma_tok", "attn_entropy", "attn_null"]
+    expected = {f"memory/{n}/layer{i}" for n in names for i in (0, 1)}
+    expected |= {f"memory/{n}/layer1" for n in ("gamma_lay", "layer_attn_entropy", "layer_attn_null")}
+    assert set(stats) == expected
+    # chunks of 4, 4, ..., 2 tokens whose pools hold 0, 1, 2, 3, 3, ... of K = 3 notes
+    torch.testing.assert_close(stats["memory/pool_fill/layer0"], torch.tensor((4 * 5 + 2) / 30))
+    assert all(0 < stats[f"memory/{n}/layer1"] < 1 for n in ("priority", "gate", "attn_null"))
+    assert stats["memory/attn_entropy/layer0"] > 0 and stats["memory/layer_attn_entropy/layer1"] > 0
 
 
 @pytest.mark.parametrize(
@@ -275,6 +338,9 @@ def test_variants_decode_like_the_full_forward(kwargs: dict) -> None:
         parts += [lm(x[:, i : i + 1], states=states).logits for i in range(cut, 30)]
         torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-9, atol=1e-9)
         assert [(s.summary.shape, s.chunk_max.shape) for s in states] == shapes  # constant-size cache
+        for s in states:  # and no view into a pass's larger tensors
+            for t in (s.summary, s.log_priority, s.valid, s.recent_index, s.chunk_max):
+                assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
         assert states[0].position == 30 and states[0].valid.all()  # 7 complete chunks fill K + R <= 5
 
 
@@ -291,6 +357,8 @@ def test_variants_decode_like_the_full_forward(kwargs: dict) -> None:
         ({"note_scorer": "random"}, "note_scorer"),
         ({"note_window": 300}, "note_window"),
         ({"cross_token": "yes"}, "cross_token"),
+        ({"norm_eps": 0.0}, "norm_eps"),
+        ({"head_dim": True}, "head_dim"),
         ({"d_state": 0}, "d_state"),
     ],
 )

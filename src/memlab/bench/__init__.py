@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from memlab.bench import gated_delta_rule, selective_scan
+from memlab.bench import decode, gated_delta_rule, layers, mom, selective_scan
 
 SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
+    "decode": decode.run,
     "gated_delta_rule": gated_delta_rule.run,
+    "layers": layers.run,
+    "mom": mom.run,
     "selective_scan": selective_scan.run,
 }

@@ -22,6 +22,7 @@ _STREAM_TAG = 0x5041534B  # "PASK"
 
 
 def _batch(input_ids: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    """int64 [B, L] arrays -> the batch dict, sharing their memory."""
     return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
 
 
@@ -68,7 +69,8 @@ class PasskeyDataModule(LightningDataModule):
     starts at batch ``global_step · accumulate_grad_batches`` of its rank, so a resumed run
     continues exactly. Validation and test are fixed sets of ``num_val_examples`` /
     ``num_test_examples`` at the training length with random depths (disjoint seeds); the
-    length × depth grid far beyond it is the ``PasskeyGrid`` callback's, through ``generate``.
+    length × depth grid far beyond it is the ``PasskeyGrid`` callback's, through ``generate``
+    (split "grid", one stream per (length, depth) cell).
 
     Batches are dicts of ``input_ids`` and ``labels`` int64 [B, seq_len] (the n answer digits
     labelled, −100 elsewhere), so test/acc is the per-digit accuracy.
@@ -115,12 +117,20 @@ class PasskeyDataModule(LightningDataModule):
         self.save_hyperparameters(logger=False)
 
     def generate(
-        self, split: str, index: int, num_examples: int, seq_len: int, depth: float | None = None
+        self,
+        split: str,
+        index: int | tuple[int, ...],
+        num_examples: int,
+        seq_len: int,
+        depth: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Examples ``index`` of ``split`` ("train", "val", "test" or "grid"): ``make_passkey``
-        from ``SeedSequence((tag, seed, split, index))`` — the same call, the same examples."""
+        """Examples ``index`` (an int, or a tuple of them such as a grid cell's) of ``split``
+        ("train", "val", "test" or "grid"): ``make_passkey`` from ``SeedSequence((tag, seed,
+        split, *index))`` — the same call, the same examples. A split keeps one length of index:
+        SeedSequence pads short entropy with zeros, so (i, 0) could repeat (i,)."""
+        words = index if isinstance(index, tuple) else (index,)
         rng = np.random.default_rng(
-            np.random.SeedSequence([_STREAM_TAG, self.seed, _SPLIT_IDS[split], index])
+            np.random.SeedSequence([_STREAM_TAG, self.seed, _SPLIT_IDS[split], *words])
         )
         return make_passkey(num_examples, seq_len, self.needle_len, self.vocab_size, depth, rng=rng)
 

@@ -18,6 +18,9 @@ def chunks(
     """Yield ``(start, logits)`` for consecutive chunks of input_ids int64 [B, T]: logits
     [B, chunk, V] in the model dtype. ``chunk_size`` None is one pass without states. ``states``
     (from ``net.init_states``) are continued and left updated; fresh ones are made if None."""
+    if chunk_size is not None and chunk_size < 1:
+        # a step <= 0 would yield no chunk at all, leaving the callers' outputs unwritten
+        raise ValueError(f"chunks: chunk_size must be >= 1 or None (got {chunk_size})")
     B, T = input_ids.shape
     if states is None and (chunk_size is None or chunk_size >= T):
         yield 0, net(input_ids).logits
@@ -25,7 +28,7 @@ def chunks(
     if states is None:
         param = next(net.parameters())
         states = net.init_states(B, param.device, param.dtype)
-    step = chunk_size or T
+    step = T if chunk_size is None else chunk_size
     for start in range(0, T, step):
         yield start, net(input_ids[:, start : start + step], states=states).logits
 

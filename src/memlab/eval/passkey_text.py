@@ -4,6 +4,7 @@ correct iff the greedy continuation of the question is exactly the key."""
 from __future__ import annotations
 
 import logging
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,8 +88,8 @@ def evaluate_passkey(
     every cell). Prompts are read ``chunk_size`` tokens at a time with carried state, so a
     recurrent model's memory stays flat at any length."""
     for depth in depths:
-        if not 0.0 <= float(depth) <= 1.0:
-            raise ConfigError(f"passkey.depths: {depth} is not a fraction in [0, 1]")
+        if isinstance(depth, bool) or not isinstance(depth, numbers.Real) or not 0.0 <= depth <= 1.0:
+            raise ConfigError(f"passkey.depths: {depth!r} is not a fraction in [0, 1]")
     device = next(net.parameters()).device
     keys = np.random.default_rng(seed).integers(10_000, 100_000, trials).tolist()
     new_tokens = max(len(tokenizer.encode_batch([f" {k}"])[0]) for k in keys) + 1

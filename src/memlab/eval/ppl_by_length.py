@@ -50,8 +50,12 @@ class PerplexityByLength:
     def table(self) -> str:
         """The fixed-length table and the position buckets as markdown."""
         rows = [f"Tokenizer: {self.tokenizer}", "", "| length | blocks | perplexity |", "|---:|---:|---:|"]
-        rows += [f"| {n} | {self.blocks[n]} | {ppl:.3f} |" for n, ppl in self.lengths.items()]
-        rows += [f"| {n} | 0 | ({why}) |" for n, why in self.skipped.items()]
+        for n in sorted({*self.lengths, *self.skipped}):
+            rows.append(
+                f"| {n} | {self.blocks[n]} | {self.lengths[n]:.3f} |"
+                if n in self.lengths
+                else f"| {n} | 0 | ({self.skipped[n]}) |"
+            )
         rows += ["", "| positions (longest length) | perplexity |", "|---:|---:|"]
         rows += [f"| {s}–{s + self.bucket - 1} | {ppl:.3f} |" for s, ppl in self.buckets]
         return "\n".join(rows) + "\n"

@@ -114,9 +114,9 @@ class TextDataModule(LightningDataModule):
         self._training = False
         self.save_hyperparameters(logger=False)
 
-    # ----------------------------------------------------------------- sources
     @property
     def tokenizer(self) -> TextTokenizer:
+        """The tokenizer named by ``tokenizer``, loaded once; its vocabulary must fit ``vocab_size``."""
         if self._tokenizer is None:
             tokenizer = load_tokenizer(self.tokenizer_spec, self.eos_token, self._cache("tokenizers"))
             if tokenizer.vocab_size > self.vocab_size:
@@ -170,7 +170,6 @@ class TextDataModule(LightningDataModule):
         for split in splits:
             self.source(split)
 
-    # ----------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
         rank, world_size = 0, 1
         if self.trainer is not None:
@@ -254,7 +253,6 @@ class TextDataModule(LightningDataModule):
             batches.append(batch)
         return batches
 
-    # ----------------------------------------------------------------- resume
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Record where the stream that made this batch stands, now that training consumes it
         (the loader runs ahead of training, so its own position would be too far)."""

@@ -90,7 +90,10 @@ class DocumentStream:
                         yield (epoch, slice_pos, ordinal), text
             whole_epoch = not resumed or start[1:] == (0, 0)
             if not found and whole_epoch and self.epochs is None:
-                raise ConfigError(f"data: stream {self.stream} of {self.source.description} has no documents")
+                raise ConfigError(
+                    f"data: stream {self.stream} of {self.source.description} has no documents (fewer "
+                    "rows than ranks × data.num_workers, or all held out by data.val_documents?)"
+                )
 
     def _slice_order(self, epoch: int) -> list[Slice]:
         if not self.shuffle:

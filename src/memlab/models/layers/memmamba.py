@@ -10,8 +10,8 @@ With u the mixer input (already RMS-normed by the block), per layer l:
     c_tok:   cross-token attention from u_t to that pool (``PoolAttention``: null slot,
              logits biased by log π)
     c_lay:   at layers with (l + 1) mod p == 0, the same attention with its own weights over
-             the pools of the g layers before l, each slot plus a learned embedding of its
-             layer distance (p = 0: never)
+             the pools of the g layers before l, each slot's key plus a learned embedding of
+             its layer distance (p = 0: never)
     fusion:  ū = u + γ_tok ⊙ σ(W_gate u) ⊙ c_tok + γ_lay ⊙ c_lay   ("gated", the default)
              ū = u + γ_tok ⊙ c_tok + γ_lay ⊙ c_lay                 ("weighted")
              ū = u + c_tok + c_lay                                 ("residual", Eq. 12)
@@ -84,11 +84,10 @@ class MemMambaState:
 class PoolView:
     """What a MemMamba layer offers later layers for one pass: the pool each chunk reads.
 
-    layout: the pass's chunk layout (the same in every layer).
-    summary: [B, C, K + R, summary_dim]; log_priority: [B, C, K + R], −inf at empty slots.
+    summary: [B, C, K + R, summary_dim]; log_priority: [B, C, K + R], −inf at empty slots. The
+    chunks C are the pass's, the same in every layer (one ``chunk_size`` for the whole stack).
     """
 
-    layout: ChunkLayout
     summary: torch.Tensor
     log_priority: torch.Tensor
 
@@ -117,6 +116,12 @@ class MemMamba(nn.Module):
         norm_eps: epsilon of the summary RMSNorm.
         d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init_floor, conv_bias, bias,
             backend: the Mamba backbone's (see ``memlab.models.layers.Mamba``).
+
+    Parameters: backbone (a ``Mamba``), summary_proj [S, D], summary_norm [S], scorer [1, D] +
+    bias (learned scorer); with cross_token: token_attn (a ``PoolAttention``), gamma_tok [D]
+    (not "residual"), gate [D, D] + bias ("gated"); at cross-layer layers: layer_attn,
+    gamma_lay [D] (not "residual") and layer_embed [g, num_heads · head_dim]. The γ and the
+    layer embeddings are flagged ``_no_weight_decay``.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class MemMamba(nn.Module):
             note_scorer=note_scorer,
             note_period=note_period,
             note_window=note_window,
+            norm_eps=norm_eps,
         )
         self.layer_idx = layer_idx
         self.chunk_size, self.pool_size, self.summary_dim = chunk_size, pool_size, summary_dim
@@ -201,8 +207,8 @@ class MemMamba(nn.Module):
         if self.reads_layer_memory:
             self.layer_attn = PoolAttention(d_model, summary_dim, num_heads, head_dim)
             self.gamma_lay = nn.Parameter(torch.zeros(d_model)) if weighted else None
-            # Row d − 1 marks slots from the layer d below this one.
-            self.layer_embed = nn.Parameter(torch.randn(self.cross_layer_span, summary_dim) * 0.02)
+            # Row d − 1 is added to the keys of the slots from the layer d below this one.
+            self.layer_embed = nn.Parameter(torch.randn(self.cross_layer_span, num_heads * head_dim) * 0.02)
         for p in (self.gamma_tok, self.gamma_lay, self.layer_embed):
             if p is not None:
                 p._no_weight_decay = True  # fusion gains and layer tags, not projections
@@ -300,7 +306,7 @@ class MemMamba(nn.Module):
             index, valid = torch.cat([index, recent_at], dim=2), torch.cat([valid, recent_valid], dim=2)
         pool_summary = gather_slots(cand_summary, index)  # [B, C + 1, K + R, S]
         pool_priority = gather_slots(cand_priority, index).masked_fill(~valid, float("-inf"))
-        view = PoolView(layout, pool_summary[:, :C], pool_priority[:, :C])
+        view = PoolView(pool_summary[:, :C], pool_priority[:, :C])
 
         stats: dict[str, torch.Tensor] = {}
         mixed = x
@@ -323,15 +329,17 @@ class MemMamba(nn.Module):
         out = self.backbone(mixed, state=None if state is None else state.backbone, cu_seqlens=cu_seqlens)
 
         if state is not None:
+            # Copies, not views: a view would keep this pass's [B, C + 1, ...] tensors alive in
+            # the cache, whose size must not grow with the length of a prefill.
             state.summary, state.log_priority, state.valid = (
-                pool_summary[:, C],
-                pool_priority[:, C],
-                valid[:, C],
+                pool_summary[:, C].clone(),
+                pool_priority[:, C].clone(),
+                valid[:, C].clone(),
             )
             if R:
-                state.recent_index = gather_slots(cand_index, recent_at)[:, C]
+                state.recent_index = gather_slots(cand_index, recent_at)[:, C].clone()
             empty = torch.full_like(state.chunk_max, float("-inf"))
-            state.chunk_max = empty if layout.ends_chunk else chunk_max[:, -1]
+            state.chunk_max = empty if layout.ends_chunk else chunk_max[:, -1].clone()
             state.position += T
             return MixerOutput(out.hidden, memory=view)
         i = self.layer_idx
@@ -361,20 +369,24 @@ class MemMamba(nn.Module):
         self, x: torch.Tensor, layout: ChunkLayout, layer_memory: list[PoolView | None]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention from x to the pools of the ``cross_layer_span`` layers below -> c_lay
-        [B, T, D] and the weights [B, C, w, H, slots + 1]."""
-        summaries, priorities = [], []
+        [B, T, D] and the weights [B, C, W, H, slots + 1]."""
+        summaries, priorities, offsets = [], [], []
         first = max(0, len(layer_memory) - self.cross_layer_span)
         for j in range(first, len(layer_memory)):
             view = layer_memory[j]
             if view is None:  # a layer without notes (not a MemMamba layer)
                 continue
             distance = len(layer_memory) - j
-            summaries.append(view.summary + self.layer_embed[distance - 1].to(view.summary.dtype))
+            summaries.append(view.summary)
             priorities.append(view.log_priority)
+            offsets.append(self.layer_embed[distance - 1].expand(view.summary.shape[2], -1))
         if not summaries:
             raise ValueError(f"MemMamba layer {self.layer_idx}: no earlier layer offers a note pool")
         c_lay, probs = self.layer_attn(
-            group_by_chunk(x, layout, 0.0), torch.cat(summaries, dim=2), torch.cat(priorities, dim=2)
+            group_by_chunk(x, layout, 0.0),
+            torch.cat(summaries, dim=2),
+            torch.cat(priorities, dim=2),
+            key_offset=torch.cat(offsets),
         )
         return ungroup(c_lay, layout), probs
 
@@ -407,6 +419,7 @@ def _check_config(
     note_scorer: str,
     note_period: int,
     note_window: int,
+    norm_eps: float,
 ) -> int:
     """Raise ConfigError naming the first invalid ``model.mixer.*`` key; return the span g."""
     for key, value in (
@@ -443,6 +456,8 @@ def _check_config(
             f"model.mixer.note_window must be an integer in [0, note_period={note_period}] "
             f"(got {note_window!r})"
         )
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not norm_eps > 0:
+        raise ConfigError(f"model.mixer.norm_eps must be a number > 0 (got {norm_eps!r})")
     if not cross_token and cross_layer_period == 0:
         raise ConfigError(
             "model.mixer.cross_token=false with cross_layer_period=0 leaves MemMamba no memory path "
@@ -452,4 +467,5 @@ def _check_config(
 
 
 def _is_int(value: object) -> bool:
+    """An integer, not a bool (``true`` would pass ``isinstance(value, int)``)."""
     return isinstance(value, int) and not isinstance(value, bool)

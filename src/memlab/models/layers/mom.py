@@ -2,14 +2,22 @@
 router that decides which of them read and write each token, and one shared memory that sees
 every token. With one memory, top-1 and no shared memory the same layer is Gated DeltaNet.
 
-Dispatch (training, prefill and decoding, whichever kernel backend runs the recurrence, until a
-varlen path exists): every (sequence b, memory m) pair becomes one row of length T. The tokens routed to m are
-compacted to the front of the row in time order, by a cumsum rank (stable by construction, so
-the recurrence stays causal); the rest of the row is padding with decay g = 0 and β = 0, which
-leaves the state untouched. The shared memory is one more row per sequence holding every token.
-All B·M rows then go through ONE gated-delta-rule call and the outputs are gathered back to
-their tokens and mixed with the routing weights. Shapes never depend on the routing, so the
-path has no host–device synchronisation; the price is padding every memory row to T.
+Every (sequence, memory) pair is one segment: an independent recurrence over the tokens
+routed to that memory, in time order; the shared memory is one more segment per sequence
+holding every token. All segments of a layer go through ONE gated-delta-rule call, and the
+outputs are gathered back to their tokens and mixed with the routing weights. Two layouts
+(mom_dispatch.py), neither of which depends on the routing for its shapes, so neither
+synchronises with the host (bar the padded rows of packed documents, sized on the host):
+
+- packed, when the kernel backend is Triton and no decoding state is passed (training,
+  prefill from scratch, packed documents; with one memory only for packed documents, as
+  the padded rows are then the sequences themselves): the routed tokens laid end to end, one
+  variable-length kernel launch over the segments, per-memory projections as one grouped
+  matmul over them (``torch._grouped_mm`` for bf16 on Hopper, a dense matmul of every memory
+  and a gather elsewhere), k/v convs that restart at every segment boundary.
+- padded, for the PyTorch twin and for decoding: each segment is a row of length T, its
+  tokens compacted to the front and the rest padding with decay g = 0 and β = 0, which leaves
+  the state untouched; the price is M·T token slots per sequence instead of (k + shared)·T.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ from memlab.errors import ConfigError
 from memlab.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from memlab.kernels.backend import BACKENDS
 from memlab.kernels.gated_delta_rule.checks import MAX_HEAD_DIM, sequence_bounds
+from memlab.kernels.gated_delta_rule.chunk import HAS_TRITON, pick_backend
+from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
 from memlab.models.layers.attention import document_positions
 from memlab.models.layers.gated_rmsnorm import GatedRMSNorm
+from memlab.models.layers.mom_dispatch import grouped_mm_fits, packed_layout, padded_layout, project_packed
 from memlab.models.layers.short_conv import ShortConvolution
 from memlab.models.mixer import MixerOutput
 
@@ -75,7 +86,8 @@ class MoMAttention(nn.Module):
         aux_loss_weight: λ of the load-balancing loss returned as ``router_balance`` (>= 0).
         conv_size: width of the short causal convolutions on q, k and v.
         norm_eps: epsilon of the gated output RMSNorm.
-        backend: kernel backend, None (from $MEMLAB_KERNEL_BACKEND) | "auto" | "triton" | "torch".
+        backend: kernel backend, None (from $MEMLAB_KERNEL_BACKEND) | "auto" | "triton" | "torch";
+            where it resolves to "triton" (CUDA under "auto") the layer takes the packed layout.
 
     Parameters: q projection, router (only when E > 1), per-memory k/v/β/a projections stacked
     as ``memory_proj`` [M, D, H·K + H·V + 2H] (memory E is the shared one), decay A_log [H]
@@ -151,20 +163,22 @@ class MoMAttention(nn.Module):
         Returns hidden [B, T, D] in x's dtype; aux_losses {"router_balance": λ·L_aux} when E > 1
         and λ > 0; stats {"router/load/layer{i}/mem{e}": f_e} when E > 1.
         """
-        if cu_seqlens is None:
-            hidden, probs, routed = self._mix(x, state)
-            return MixerOutput(hidden, *self._router_outputs(probs, routed, token_mask=None))
-        if state is not None:
+        if cu_seqlens is not None and state is not None:
             raise ValueError(
                 "MoMAttention: decoding from a state is not supported for packed cu_seqlens input"
             )
         B, T, D = x.shape
-        if B != 1:
+        if cu_seqlens is not None and B != 1:
             raise ValueError(f"MoMAttention: cu_seqlens packs documents along T, so B must be 1, got {B}")
-        # Each document becomes a batch row padded to the longest one, so routing, convs and
-        # memories restart at every document. Sizing the rows reads cu_seqlens on the host, the
-        # only sync of the layer; avoiding it would mean padding every document to T (N-fold
-        # work). A varlen kernel taking cu_seqlens on the device removes it.
+        if state is None and self._runs_packed(x, cu_seqlens):
+            hidden, probs, routed = self._mix_packed(x, cu_seqlens)
+            return MixerOutput(hidden, *self._router_outputs(probs, routed, token_mask=None))
+        if cu_seqlens is None:
+            hidden, probs, routed = self._mix(x, state)
+            return MixerOutput(hidden, *self._router_outputs(probs, routed, token_mask=None))
+        # For the PyTorch twin each document becomes a batch row padded to the longest one, so
+        # routing, convs and memories restart at every document. Sizing the rows reads
+        # cu_seqlens on the host, which the twin does anyway; the packed path never does.
         bounds = sequence_bounds("MoMAttention", cu_seqlens, T)
         longest = max(end - start for start, end in bounds)
         doc, position = document_positions(cu_seqlens, T)
@@ -174,10 +188,74 @@ class MoMAttention(nn.Module):
         hidden, probs, routed = self._mix(rows, None)
         return MixerOutput(hidden[doc, position][None], *self._router_outputs(probs, routed, token_mask))
 
+    def _runs_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
+        """Whether to take the packed layout: when the kernel runs on the Triton backend, except
+        with a single memory and no packed documents, where the padded rows are the sequences
+        themselves (Gated DeltaNet) and dispatching would only copy them."""
+        if self.num_rows == 1 and cu_seqlens is None:
+            return False
+        return pick_backend(self.backend, x, CHUNK_OP, has_triton=HAS_TRITON) == "triton"
+
+    def _mix_packed(
+        self, x: torch.Tensor, cu_seqlens: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The layer on x [B, T, D] in the packed layout: B sequences, or the documents of
+        cu_seqlens (B == 1; its values are trusted: checking them would cost a host sync).
+
+        Returns as ``_mix``.
+        """
+        B, T, D = x.shape
+        H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows
+        compute = torch.promote_types(x.dtype, torch.float32)
+        probs, routed, visited, chosen, weights = self._route(x, compute)
+        if cu_seqlens is None:
+            sequence = torch.arange(B * T, device=x.device) // T
+            starts = torch.arange(B, device=x.device) * T
+            ends = starts + T
+        else:
+            sequence, _ = document_positions(cu_seqlens, T)
+            starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
+        S = chosen.shape[-1]
+        segments = packed_layout(visited.reshape(B * T, M), chosen.reshape(B * T, S), sequence, starts, ends)
+
+        # q is shared by all memories, so its conv runs over each sequence in time order; the k
+        # and v convs run over the packed segments and restart at every (sequence, memory)
+        # boundary, so they never read another memory's or sequence's tokens.
+        q, _ = self.q_conv(self.q_proj(x), cu_seqlens=cu_seqlens)
+        q = q.reshape(B * T, H * K)[segments.source]
+        flat = x.reshape(B * T, D)
+        if torch.is_autocast_enabled(x.device.type):
+            flat = flat.to(torch.get_autocast_dtype(x.device.type))
+        grouped = grouped_mm_fits(flat, self.memory_proj)
+        k, v, b, a = project_packed(flat, self.memory_proj, segments, grouped).split(
+            [H * K, H * V, H, H], dim=-1
+        )
+        k, _ = self.k_conv(k[None], cu_seqlens=segments.cu_seqlens)
+        v, _ = self.v_conv(v[None], cu_seqlens=segments.cu_seqlens)
+        beta = b.to(compute).sigmoid()
+        g = -self.A_log.to(compute).exp() * F.softplus(a.to(compute) + self.dt_bias.to(compute))
+
+        N = segments.source.numel()
+        o_packed, _ = chunk_gated_delta_rule(
+            q.view(1, N, H, K).to(k.dtype),
+            k.view(1, N, H, K),
+            v.view(1, N, H, V),
+            g.view(1, N, H),
+            beta.view(1, N, H),
+            scale=K**-0.5,
+            cu_seqlens=segments.cu_seqlens,
+            use_qk_l2norm_in_kernel=True,
+            backend=self.backend,
+        )
+        picked = o_packed.view(N, H * V)[segments.destination].to(compute)  # [B·T, S, H·V]
+        o = (picked * weights.reshape(B * T, S, 1)).sum(1).to(x.dtype)
+        o = self.norm(o.view(B, T, H, V), self.gate_proj(x).view(B, T, H, V))
+        return self.o_proj(o.reshape(B, T, H * V)), probs, routed
+
     def _mix(
         self, x: torch.Tensor, state: MoMState | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """The layer on a batch of independent sequences x [B, T, D].
+        """The layer on a batch of independent sequences x [B, T, D] in the padded layout.
 
         Returns hidden [B, T, D], the router probabilities [B, T, E] in the compute dtype
         (None when E == 1) and the routing mask [B, T, E] (int64 0/1).
@@ -185,7 +263,8 @@ class MoMAttention(nn.Module):
         B, T, D = x.shape
         H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows
         compute = torch.promote_types(x.dtype, torch.float32)
-        probs, routed, destination, weights, counts = self._route(x, compute)
+        probs, routed, visited, chosen, weights = self._route(x, compute)
+        destination, counts = padded_layout(visited, chosen)
 
         # q is shared by all memories, so its conv runs over the sequence in time order; the k
         # and v convs run per row, over one memory's routed subsequence: they restart at every
@@ -244,15 +323,15 @@ class MoMAttention(nn.Module):
     def _route(
         self, x: torch.Tensor, compute: torch.dtype
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top-k routing of x [B, T, D] and where each token goes in the [B, M, T] rows.
+        """Top-k routing of x [B, T, D], the shared memory added as one more visit.
 
         Returns the router probabilities [B, T, E] (``compute`` dtype; None when E == 1), the
-        routing mask [B, T, E] (int64 0/1), destination [B, T, S] (int64 flat row·T + slot of
-        each of a token's S = k + shared visits), their weights [B, T, S] (``compute``; the
-        shared memory's is 1) and the real tokens per row, counts [B, M] (int64).
+        routing mask [B, T, E] (int64 0/1), the visited memories [B, T, M] (int64 0/1, the
+        shared one included), chosen [B, T, S] (int64, the S = k + shared memories each
+        token visits) and their weights [B, T, S] (``compute``; the shared memory's is 1).
         """
         B, T, _ = x.shape
-        E, M = self.num_memories, self.num_rows
+        E = self.num_memories
         if self.router is None:
             probs = None
             chosen = torch.zeros(B, T, 1, dtype=torch.long, device=x.device)
@@ -263,18 +342,12 @@ class MoMAttention(nn.Module):
             weights = top / top.sum(-1, keepdim=True)
         # A scatter rather than F.one_hot, which checks index ranges on the host for CPU tensors.
         routed = torch.zeros(B, T, E, dtype=torch.long, device=x.device).scatter_(2, chosen, 1)
-        # A token's slot in its memory's row = how many earlier tokens went there: time order kept.
-        slot = (routed.cumsum(1) - 1).gather(2, chosen)  # [B, T, k]
-        counts = routed.sum(1)  # [B, E]
+        visited = routed
         if self.shared_mem:
-            time = torch.arange(T, device=x.device)
             chosen = torch.cat([chosen, chosen.new_full((B, T, 1), E)], dim=2)
-            slot = torch.cat([slot, time.expand(B, T)[..., None]], dim=2)
             weights = torch.cat([weights, weights.new_ones(B, T, 1)], dim=2)
-            counts = torch.cat([counts, counts.new_full((B, 1), T)], dim=1)
-        batch = torch.arange(B, device=x.device)[:, None, None]
-        destination = (batch * M + chosen) * T + slot
-        return probs, routed, destination, weights, counts
+            visited = torch.cat([routed, routed.new_ones(B, T, 1)], dim=2)
+        return probs, routed, visited, chosen, weights
 
     def _router_outputs(
         self, probs: torch.Tensor | None, routed: torch.Tensor, token_mask: torch.Tensor | None

@@ -28,9 +28,11 @@ import torch
 class ChunkLayout:
     """How the T tokens of one forward pass fall into chunks; shared by every row of the batch.
 
-    chunk_size: w.
-    token_flat: int64 [T], the token's cell ``chunk · w + slot`` in a [C · w] grid, where slot
-        (0..w−1) is its position inside its chunk.
+    width: W <= min(w, T), the most tokens of one chunk in this pass: the width of the
+        [C, W] grid that ``group_by_chunk`` lays the tokens out in (1 for a decoding step,
+        whose chunk would otherwise cost w rows of attention).
+    token_flat: int64 [T], the token's cell ``chunk · W + slot`` in that grid, where slot
+        counts the chunk's tokens in this pass (0..W−1).
     token_chunk: int64 [T], the chunk (0..C−1) of each token.
     chunk_index: int64 [C], each chunk's index within its document (its first position // w).
     complete: bool [C], the chunk holds all its w tokens by the end of this pass.
@@ -44,7 +46,7 @@ class ChunkLayout:
     ends_chunk: the last token of the pass completes its chunk (known on the host).
     """
 
-    chunk_size: int
+    width: int
     token_flat: torch.Tensor
     token_chunk: torch.Tensor
     chunk_index: torch.Tensor
@@ -78,12 +80,14 @@ def chunk_layout(
         count = (position + end - start - 1) // w - first + 1
         index = torch.arange(first, first + count)
         token_chunk.append(first_chunk + pos // w - first)
-        token_slot.append(pos % w)
+        # The first chunk may have begun before this pass: its slots count from `position`.
+        token_slot.append(pos % w - torch.where(pos // w == first, position % w, 0))
         chunk_index.append(index)
         chunk_doc.append(torch.full((count,), doc))
         complete.append((index + 1) * w <= position + end - start)
         first_chunk += count
     chunk = torch.cat(token_chunk)
+    width = int(torch.bincount(chunk).max())
     index, docs, done = torch.cat(chunk_index), torch.cat(chunk_doc), torch.cat(complete)
     # The row after the pass continues the last document, in the next chunk if this one is done.
     query_doc = torch.cat([docs, docs[-1:]])
@@ -92,8 +96,8 @@ def chunk_layout(
     earlier = done[None, :] & (query_doc[:, None] == docs[None, :]) & before
     older = earlier & (index[None, :] < query_index[:, None] - recent_slots)
     return ChunkLayout(
-        chunk_size=w,
-        token_flat=(chunk * w + torch.cat(token_slot)).to(device),
+        width=width,
+        token_flat=(chunk * width + torch.cat(token_slot)).to(device),
         token_chunk=chunk.to(device),
         chunk_index=index.to(device),
         complete=done.to(device),
@@ -105,17 +109,17 @@ def chunk_layout(
 
 
 def group_by_chunk(x: torch.Tensor, layout: ChunkLayout, fill: float) -> torch.Tensor:
-    """x [B, T, F] -> [B, C, w, F]: each token in its chunk's row at its slot, ``fill`` elsewhere."""
+    """x [B, T, F] -> [B, C, W, F]: each token in its chunk's row at its slot, ``fill`` elsewhere."""
     B, _, F = x.shape
-    C, w = layout.num_chunks, layout.chunk_size
-    grid = x.new_full((B, C * w, F), fill).index_copy(1, layout.token_flat, x)
-    return grid.view(B, C, w, F)
+    C, W = layout.num_chunks, layout.width
+    grid = x.new_full((B, C * W, F), fill).index_copy(1, layout.token_flat, x)
+    return grid.view(B, C, W, F)
 
 
 def ungroup(y: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
-    """The inverse of ``group_by_chunk``: y [B, C, w, ...] -> [B, T, ...] (the fill is dropped)."""
-    B, C, w = y.shape[:3]
-    return y.reshape(B, C * w, *y.shape[3:]).index_select(1, layout.token_flat)
+    """The inverse of ``group_by_chunk``: y [B, C, W, ...] -> [B, T, ...] (the fill is dropped)."""
+    B, C, W = y.shape[:3]
+    return y.reshape(B, C * W, *y.shape[3:]).index_select(1, layout.token_flat)
 
 
 def select_pools(

@@ -3,7 +3,8 @@
 Tokens come grouped by chunk, and all tokens of a chunk read the same slots (the chunk's pool),
 so the cost per token is the number of slots, a constant. Per head h, for a token t and slot j:
 
-    logit_j = q_t · k_j / sqrt(d_h) + log π_j        (k_j, v_j from the slot's summary)
+    logit_j = q_t · k_j / sqrt(d_h) + log π_j        (k_j, v_j from the slot's summary;
+                                                      k_j optionally plus a per-slot offset)
     logit_∅ = q_t · k_∅ / sqrt(d_h)                  (the learned null slot: "nothing fits")
     out_t = o_proj(Σ_j softmax_j · v_j + softmax_∅ · v_∅)
 
@@ -20,7 +21,7 @@ from torch import nn
 
 
 class PoolAttention(nn.Module):
-    """Multi-head attention from tokens [B, C, w, D] to per-chunk slots [B, C, S_k, summary_dim].
+    """Multi-head attention from tokens [B, C, W, D] to per-chunk slots [B, C, S_k, summary_dim].
 
     Args:
         d_model: D, the width of the queries and of the output.
@@ -45,18 +46,26 @@ class PoolAttention(nn.Module):
             p._no_weight_decay = True  # one slot, not a projection
 
     def forward(
-        self, x: torch.Tensor, summary: torch.Tensor, log_priority: torch.Tensor
+        self,
+        x: torch.Tensor,
+        summary: torch.Tensor,
+        log_priority: torch.Tensor,
+        key_offset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: [B, C, w, D] tokens by chunk; summary: [B, C, S_k, summary_dim], the slots each
-        chunk's tokens read; log_priority: [B, C, S_k] at least fp32, −inf at empty slots.
+        """x: [B, C, W, D] tokens by chunk; summary: [B, C, S_k, summary_dim], the slots each
+        chunk's tokens read; log_priority: [B, C, S_k] at least fp32, −inf at empty slots;
+        key_offset: [S_k, H·d_h] added to the slots' keys (MemMamba's layer embeddings), or None.
 
-        Returns out [B, C, w, D] (dtype of the projections' output) and the attention weights
-        [B, C, w, H, S_k + 1] in fp32 (or fp64), the null slot last.
+        Returns out [B, C, W, D] (dtype of the projections' output) and the attention weights
+        [B, C, W, H, S_k + 1] in fp32 (or fp64), the null slot last.
         """
-        B, C, w, _ = x.shape
+        B, C, W, _ = x.shape
         H, Dh = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(B, C, w, H, Dh)
-        k = self.k_proj(summary).view(B, C, -1, H, Dh)
+        q = self.q_proj(x).view(B, C, W, H, Dh)
+        k = self.k_proj(summary)
+        if key_offset is not None:
+            k = k + key_offset.to(k.dtype)
+        k = k.view(B, C, -1, H, Dh)
         v = self.v_proj(summary).view(B, C, -1, H, Dh)
         scale = 1.0 / math.sqrt(Dh)
         logits = torch.einsum("bcwhd,bckhd->bcwhk", q, k) * scale
@@ -68,4 +77,4 @@ class PoolAttention(nn.Module):
         probs = logits.softmax(dim=-1)
         p = probs.to(v.dtype)
         mixed = torch.einsum("bcwhk,bckhd->bcwhd", p[..., :-1], v) + p[..., -1:] * self.null_value.to(v.dtype)
-        return self.o_proj(mixed.reshape(B, C, w, H * Dh)), probs
+        return self.o_proj(mixed.reshape(B, C, W, H * Dh)), probs

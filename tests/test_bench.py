@@ -1,0 +1,95 @@
+"""The benchmark suites' measuring code on a CPU at tiny sizes: the GPU runs take the same
+paths (only the timer and the memory counter differ), so a broken suite fails here first."""
+
+from __future__ import annotations
+
+import torch
+
+from memlab.bench import SUITES, decode, layers
+
+TINY_MEMMAMBA = dict(chunk_size=8, pool_size=3, summary_dim=8, num_heads=2, head_dim=8)
+
+
+def test_new_suites_are_registered() -> None:
+    assert SUITES["layers"] is layers.run
+    assert SUITES["decode"] is decode.run
+
+
+def test_layers_rows_and_table() -> None:
+    rows = layers.measure(
+        d_model=32, lengths=(20, 32), tokens=64, device="cpu", memmamba_kwargs=TINY_MEMMAMBA
+    )
+    assert [(r["L"], r["layer"]) for r in rows] == [(L, name) for L in (20, 32) for name in layers.LAYERS]
+    for r in rows:
+        assert r["batch"] == 64 // r["L"] and r["ms"] > 0 and r["peak_mib"] is None
+        assert r["tokens_per_s"] == r["batch"] * r["L"] / r["ms"] * 1e3
+    assert [r["vs_mamba"] for r in rows if r["layer"] == "mamba"] == [1.0, 1.0]
+    table = layers.format_table(rows)
+    assert table.count("\n| memmamba |") == 2 and table.count("goal memmamba") == 4
+
+
+def test_layers_table_marks_out_of_memory() -> None:
+    row = dict(
+        layer="memmamba",
+        d_model=768,
+        L=8192,
+        batch=4,
+        ms=None,
+        tokens_per_s=None,
+        peak_mib=None,
+        vs_mamba=None,
+    )
+    assert "| memmamba | 8192 | 4 | OOM | OOM | - | - |" in layers.format_table([row])
+
+
+def test_decode_rows_cache_flat_for_recurrent_models() -> None:
+    rows = decode.measure(
+        contexts=(16, 40),
+        d_model=32,
+        n_layers=4,
+        vocab_size=64,
+        head_dim=16,
+        new_tokens=3,
+        prefill_chunk=16,
+        device="cpu",
+        dtype=torch.bfloat16,
+    )
+    assert [(r["model"], r["context"]) for r in rows] == [(m, n) for m in decode.MODELS for n in (16, 40)]
+    cache = {(r["model"], r["context"]): r["cache_mib"] for r in rows}
+    for name in decode.RECURRENT:
+        assert cache[name, 16] == cache[name, 40] > 0
+    # The KV cache holds every token fed: the prompt and the same number of decoded ones.
+    per_token = 2 * 4 * 32 * 2 / 2**20  # k and v, 4 layers, 32 channels, bf16
+    assert cache["transformer", 40] - cache["transformer", 16] == 24 * per_token
+    for r in rows:
+        assert not r["oom"] and r["tokens_per_s"] > 0 and r["prefill_s"] > 0 and r["peak_mib"] is None
+    table = decode.format_table(rows)
+    assert table.count("tok/s at 40 above the Transformer's") == 3
+
+
+def test_decode_verdicts() -> None:
+    def row(model: str, context: int, tok: float | None, peak: float | None) -> dict:
+        oom = tok is None
+        return dict(
+            model=model, context=context, batch=1, new_tokens=64, dtype="bfloat16",
+            prefill_s=None if oom else 1.0, tokens_per_s=tok, cache_mib=None if oom else 1.0,
+            peak_mib=peak, oom=oom,
+        )  # fmt: skip
+
+    rows = [
+        row("mamba", 1024, 500.0, 10.0),
+        row("mamba", 65536, 490.0, 10.2),
+        row("mom", 1024, 300.0, 10.0),
+        row("mom", 65536, 100.0, 20.0),
+        row("transformer", 1024, 400.0, 20.0),
+        row("transformer", 65536, 200.0, 900.0),
+    ]
+    table = decode.format_table(rows)
+    assert "goal mamba decode peak flat 1024->65536: 10.0 -> 10.2 MiB (+2.0%), met" in table
+    assert "goal mamba tok/s at 65536 above the Transformer's: 490.0 vs 200.0, met" in table
+    assert "goal mom decode peak flat 1024->65536: 10.0 -> 20.0 MiB (+100.0%), missed" in table
+    assert "goal mom tok/s at 65536 above the Transformer's: 100.0 vs 200.0, missed" in table
+    rows[-1] = row("transformer", 65536, None, None)
+    table = decode.format_table(rows)
+    assert "| transformer | 65536 | OOM |" in table
+    assert "goal mamba tok/s at 65536 above the Transformer's: Transformer OOM, met" in table
