@@ -2,10 +2,8 @@
 interpreter, against the fp64 token-by-token reference: outputs, final states and the
 gradients of every input.
 
-The interpreter has to be switched on (TRITON_INTERPRET=1) before a kernel is defined, and
-the rest of the suite runs without it. So in a normal run the tests here are skipped and
-one test, ``test_triton_kernels_under_interpreter``, runs this file again in a fresh
-interpreter with the variable set, where they run and that one is skipped.
+The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
+``test_triton_kernels_under_interpreter`` (see tests/interpreter.py).
 
 Shapes are tiny and the kernels' K blocks and V tiles are forced down to 16, so K = 32 or
 48 and V = 32 cross block boundaries, T = 70 ends on a partial chunk. The interpreter of
@@ -15,11 +13,7 @@ checked on a GPU by scripts/check_gpu_gdn.py.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,11 +25,10 @@ from memlab.kernels.gated_delta_rule import (
     fused_recurrent_gated_delta_rule,
     naive_recurrent_gated_delta_rule,
 )
+from tests.interpreter import INTERPRETED, interpreted, run_under_interpreter
 
 pytest.importorskip("triton")
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_triton_kernels_under_interpreter")
 F64 = torch.float64
 H = 2
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
@@ -111,15 +104,8 @@ def check_against_naive(inputs, tol, **kwargs):
     return result
 
 
-def test_triton_kernels_under_interpreter():
-    if INTERPRETED:
-        pytest.skip("already under the interpreter")
-    root = Path(__file__).resolve().parents[2]
-    env = os.environ | {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", __file__]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and " skipped" in done.stdout, done.stdout[-2000:]
+def test_triton_kernels_under_interpreter() -> None:
+    run_under_interpreter(__file__)
 
 
 @interpreted

@@ -1,10 +1,8 @@
 """The Triton selective scan and decode step, run on the CPU by Triton's interpreter, against
 the fp64 token-by-token reference: outputs, last state and the gradients of every input.
 
-The interpreter has to be switched on (TRITON_INTERPRET=1) before Triton is first imported,
-and the rest of the suite imports Triton without it. So in a normal run the tests here are
-skipped and one test, ``test_triton_kernels_under_interpreter``, runs this file again in a
-fresh interpreter with the variable set, where they run and that one is skipped.
+The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
+``test_triton_kernels_under_interpreter`` (see tests/interpreter.py).
 
 Shapes are tiny and the kernels' block sizes are forced small (states stored every 16
 steps, backward chunks of 4 to 16 steps, 2 or 4 channels per program), so the tests cross
@@ -13,9 +11,6 @@ chunk, stored-state and channel-block boundaries and end on partial chunks.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
 
 import pytest
@@ -23,12 +18,11 @@ import torch
 
 from memlab.kernels.backend import KernelInputError
 from memlab.kernels.selective_scan import naive_selective_scan, selective_scan, selective_state_update
+from tests.interpreter import interpreted, run_under_interpreter
 from tests.kernels.test_selective_scan import assert_close, reference, rel_err, run
 
 triton = pytest.importorskip("triton")
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_triton_kernels_under_interpreter")
 OPTIONAL = ("D", "z", "delta_bias")
 BATCH = 2
 
@@ -101,13 +95,8 @@ def check(x: dict[str, torch.Tensor], softplus: bool, dtype: torch.dtype = torch
     return got
 
 
-@pytest.mark.skipif(INTERPRETED, reason="this is the launcher")
-def test_triton_kernels_under_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and " failed" not in done.stdout
+def test_triton_kernels_under_interpreter() -> None:
+    run_under_interpreter(__file__)
 
 
 @interpreted

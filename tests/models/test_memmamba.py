@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from memlab.errors import ConfigError
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
-from memlab.models.layers.note_pool import chunk_layout, select_pools
+from memlab.models.layers.note_pool import chunk_layout, group_by_chunk, select_pools
 from memlab.models.layers.pool_attention import PoolAttention
 
 F64 = torch.float64
@@ -123,6 +123,19 @@ def test_chunk_layout_documents_and_offsets() -> None:
     fifo = chunk_layout(4, [(0, 6, 2), (6, 7, 0), (7, 16, 0)], recent_slots=1)
     assert fifo.recent[5].tolist() == [False, False, False, False, True, False]
     assert fifo.older[5].tolist() == [False, False, False, True, False, False]
+
+
+def test_chunk_layout_is_cached_and_usable_after_inference_mode() -> None:
+    """Layouts are cached (no rebuild, no host-device copy per step); one first built inside an
+    evaluation loop's inference mode must still serve a later training step."""
+    segments = [(0, 13, 0)]
+    with torch.inference_mode():
+        first = chunk_layout(5, segments, recent_slots=1)
+    again = chunk_layout(5, list(segments), recent_slots=1)
+    assert again is first and not again.older.is_inference()
+    x = torch.randn(2, 13, 3, requires_grad=True)
+    group_by_chunk(x, again, 0.0).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
 
 
 def sequential_slots(layer: MemMamba, x: torch.Tensor) -> list[list[list[tuple[torch.Tensor, torch.Tensor]]]]:

@@ -4,18 +4,13 @@ The layout itself (time order inside every (sequence, memory) segment, empty seg
 inverse permutation) and the two per-memory projections are checked in the normal run. The
 layer on the Triton backend, which takes the packed layout, is checked against the same layer
 on the PyTorch twin, which takes the padded one: outputs, loads and the gradients of the input
-and of every parameter, in fp32. Those run under Triton's interpreter, which has to be
-switched on before a kernel is defined, so ``test_packed_layer_under_interpreter`` runs this
-file again in a fresh interpreter with TRITON_INTERPRET=1, as the kernel tests do.
+and of every parameter, in fp32. Those are marked ``interpreted``: they run under
+Triton's interpreter, started by ``test_packed_layer_under_interpreter`` (see tests/interpreter.py).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +19,8 @@ from memlab.kernels import chunk_gated_delta_rule
 from memlab.models.layers import MoMAttention
 from memlab.models.layers import mom as mom_module
 from memlab.models.layers.mom_dispatch import packed_layout, padded_layout, project_packed
+from tests.interpreter import interpreted, run_under_interpreter
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in test_packed_layer_under_interpreter")
 D, K = 24, 16
 
 
@@ -110,15 +104,7 @@ def test_grouped_and_dense_projections_agree() -> None:
 
 
 def test_packed_layer_under_interpreter() -> None:
-    if INTERPRETED:
-        pytest.skip("already under the interpreter")
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    env = os.environ | {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", __file__]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and " skipped" in done.stdout, done.stdout[-2000:]
+    run_under_interpreter(__file__)
 
 
 def make_layer(H: int, num_memories: int, topk: int, shared_mem: bool) -> MoMAttention:

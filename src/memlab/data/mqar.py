@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from memlab.data.arguments import integer_argument
 from memlab.data.step_sampler import StepBatchSampler
 from memlab.data.tasks.mqar import make_mqar
 from memlab.errors import ConfigError
@@ -143,18 +144,20 @@ class MQARDataModule(LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        self.vocab_size = _integer("vocab_size", vocab_size, minimum=4)
-        self.batch_size = _integer("batch_size", batch_size, minimum=1)
+        self.vocab_size = integer_argument("vocab_size", vocab_size, minimum=4)
+        self.batch_size = integer_argument("batch_size", batch_size, minimum=1)
         self.eval_batch_size = (
-            self.batch_size if eval_batch_size is None else _integer("eval_batch_size", eval_batch_size, 1)
+            self.batch_size
+            if eval_batch_size is None
+            else integer_argument("eval_batch_size", eval_batch_size, 1)
         )
-        self.seed = _integer("seed", seed, minimum=0)
+        self.seed = integer_argument("seed", seed, minimum=0)
         if self.seed >= 2**32:
             raise ConfigError(f"data.seed must be in [0, 2**32) (got {self.seed})")
         if not isinstance(power_a, numbers.Real) or isinstance(power_a, bool) or not 0 < power_a < math.inf:
             raise ConfigError(f"data.power_a must be a finite number > 0 (got {power_a!r})")
         self.power_a = float(power_a)
-        self.num_workers = _integer("num_workers", num_workers, minimum=0)
+        self.num_workers = integer_argument("num_workers", num_workers, minimum=0)
         self.pin_memory = bool(pin_memory)
         self.segments: dict[str, list[SegmentSpec]] = {
             "train": self._segments("train_segments", train_segments),
@@ -259,7 +262,7 @@ class MQARDataModule(LightningDataModule):
                     f"(got {segment!r})"
                 )
             spec = SegmentSpec(
-                **{k: _integer(f"{key}[{i}].{k}", segment[k], minimum=1) for k in _SEGMENT_KEYS}
+                **{k: integer_argument(f"{key}[{i}].{k}", segment[k], minimum=1) for k in _SEGMENT_KEYS}
             )
             if spec.seq_len < 4 * spec.num_kv_pairs:
                 raise ConfigError(
@@ -273,11 +276,3 @@ class MQARDataModule(LightningDataModule):
                 )
             specs.append(spec)
         return specs
-
-
-def _integer(key: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ConfigError(f"data.{key}: expected an integer >= {minimum} (got {value!r})")
-    if value < minimum:
-        raise ConfigError(f"data.{key} must be >= {minimum} (got {value})")
-    return int(value)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import itertools
-import numbers
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from memlab.data.arguments import integer_argument
 from memlab.data.tasks.passkey import MIN_VOCAB, make_passkey, min_passkey_length
 from memlab.errors import ConfigError
 
@@ -99,19 +98,21 @@ class PasskeyDataModule(LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        self.vocab_size = _integer("vocab_size", vocab_size, MIN_VOCAB)
-        self.needle_len = _integer("needle_len", needle_len, 1)
-        self.seq_len = _integer("seq_len", seq_len, min_passkey_length(self.needle_len))
-        self.num_val_examples = _integer("num_val_examples", num_val_examples, 1)
-        self.num_test_examples = _integer("num_test_examples", num_test_examples, 1)
-        self.batch_size = _integer("batch_size", batch_size, 1)
+        self.vocab_size = integer_argument("vocab_size", vocab_size, MIN_VOCAB)
+        self.needle_len = integer_argument("needle_len", needle_len, 1)
+        self.seq_len = integer_argument("seq_len", seq_len, min_passkey_length(self.needle_len))
+        self.num_val_examples = integer_argument("num_val_examples", num_val_examples, 1)
+        self.num_test_examples = integer_argument("num_test_examples", num_test_examples, 1)
+        self.batch_size = integer_argument("batch_size", batch_size, 1)
         self.eval_batch_size = (
-            self.batch_size if eval_batch_size is None else _integer("eval_batch_size", eval_batch_size, 1)
+            self.batch_size
+            if eval_batch_size is None
+            else integer_argument("eval_batch_size", eval_batch_size, 1)
         )
-        self.seed = _integer("seed", seed, 0)
+        self.seed = integer_argument("seed", seed, 0)
         if self.seed >= 2**32:
             raise ConfigError(f"data.seed must be in [0, 2**32) (got {self.seed})")
-        self.num_workers = _integer("num_workers", num_workers, 0)
+        self.num_workers = integer_argument("num_workers", num_workers, 0)
         self.pin_memory = bool(pin_memory)
         self._eval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.save_hyperparameters(logger=False)
@@ -167,11 +168,3 @@ class PasskeyDataModule(LightningDataModule):
             # Validation runs many times per fit; restarting workers each time costs more than it saves.
             persistent_workers=self.num_workers > 0,
         )
-
-
-def _integer(key: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ConfigError(f"data.{key}: expected an integer >= {minimum} (got {value!r})")
-    if value < minimum:
-        raise ConfigError(f"data.{key} must be >= {minimum} (got {value})")
-    return int(value)

@@ -4,6 +4,7 @@ memory follows the chunk, not the input; the result equals one pass over the who
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,8 +55,9 @@ def greedy_continuation(
     """Greedy decoding after a prompt int64 [B, T] read chunk by chunk: -> int64 [B, new_tokens]."""
     param = next(net.parameters())
     states = net.init_states(prompt.shape[0], param.device, param.dtype)
-    # only the last chunk's logits matter; the earlier chunks only fill the states
-    *_, (_, logits) = chunks(net, prompt, chunk_size, states)
+    # Only the last chunk's logits matter; the earlier chunks only fill the states. Keeping
+    # just the last one bounds memory by one chunk's logits (B · chunk · V), not the prompt's.
+    ((_, logits),) = deque(chunks(net, prompt, chunk_size, states), maxlen=1)
     out = []
     for step in range(new_tokens):
         nxt = logits[:, -1].float().argmax(dim=-1, keepdim=True)

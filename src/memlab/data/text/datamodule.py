@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from memlab.data.arguments import integer_argument
 from memlab.data.text.packing import Packer, collate_windows
 from memlab.data.text.sources import DocumentSource, open_files, open_hub
 from memlab.data.text.stream import STATE_KEY, DocumentStream, PackedStream, Slice
@@ -90,19 +90,21 @@ class TextDataModule(LightningDataModule):
         self.files = {"train": files, "val": val_files, "test": test_files}
         self.text_field, self.sample_by = text_field, sample_by
         self.tokenizer_spec, self.eos_token = tokenizer, eos_token
-        self.vocab_size = _integer("vocab_size", vocab_size, 2)
-        self.seq_len = _integer("seq_len", seq_len, 1)
-        self.batch_size = _integer("batch_size", batch_size, 1)
+        self.vocab_size = integer_argument("vocab_size", vocab_size, 2)
+        self.seq_len = integer_argument("seq_len", seq_len, 1)
+        self.batch_size = integer_argument("batch_size", batch_size, 1)
         self.eval_batch_size = (
-            self.batch_size if eval_batch_size is None else _integer("eval_batch_size", eval_batch_size, 1)
+            self.batch_size
+            if eval_batch_size is None
+            else integer_argument("eval_batch_size", eval_batch_size, 1)
         )
-        self.val_windows = _integer("val_windows", val_windows, 1)
-        self.val_documents = _integer("val_documents", val_documents, 1)
+        self.val_windows = integer_argument("val_windows", val_windows, 1)
+        self.val_documents = integer_argument("val_documents", val_documents, 1)
         self.cu_seqlens = bool(cu_seqlens)
         self.shuffle = bool(shuffle)
-        self.shuffle_block = _integer("shuffle_block", shuffle_block, 1)
-        self.seed = _integer("seed", seed, 0)
-        self.num_workers = _integer("num_workers", num_workers, 0)
+        self.shuffle_block = integer_argument("shuffle_block", shuffle_block, 1)
+        self.seed = integer_argument("seed", seed, 0)
+        self.num_workers = integer_argument("num_workers", num_workers, 0)
         self.pin_memory = bool(pin_memory)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._tokenizer: TextTokenizer | None = None
@@ -293,11 +295,3 @@ class TextDataModule(LightningDataModule):
                 f"{num_streams})"
             )
         return int(saved["consumed"]), {int(k): dict(v) for k, v in saved["states"].items()}
-
-
-def _integer(key: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ConfigError(f"data.{key}: expected an integer >= {minimum} (got {value!r})")
-    if value < minimum:
-        raise ConfigError(f"data.{key} must be >= {minimum} (got {value})")
-    return int(value)

@@ -206,7 +206,8 @@ class Mamba(nn.Module):
                 pre = pre + self.conv1d.bias[:, None]
         else:
             pre = F.conv1d(extended, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
-        return F.silu(pre), extended[:, :, extended.shape[2] - (W - 1) :]
+        # The tail is copied: a view would keep the whole prefill buffer alive in the cache.
+        return F.silu(pre), extended[:, :, extended.shape[2] - (W - 1) :].clone()
 
     def _carry(
         self, h0: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, C: torch.Tensor, z: torch.Tensor

@@ -19,6 +19,7 @@ token-by-token decoding select exactly the pools a single forward pass does, tie
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -70,7 +71,46 @@ def chunk_layout(
     """The layout of one pass over documents given as ``(start, end, position)`` triples: tokens
     [start, end) of the pass belong to one document and the first of them sits at ``position``
     within it (> 0 when a decoding state already holds the document's beginning). Segments must
-    be non-empty and cover the pass in order. ``recent_slots``: R, the FIFO length."""
+    be non-empty and cover the pass in order. ``recent_slots``: R, the FIFO length.
+
+    The layout is a function of these host-side integers alone. It is built on the CPU, moved to
+    ``device`` without blocking (from pinned memory), and cached: a training step sees the same
+    layout every time, so after the first step it costs neither work nor a host-device sync.
+    """
+    key = tuple((int(start), int(end), int(position)) for start, end, position in segments)
+    return _cached_layout(int(chunk_size), key, int(recent_slots), torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_layout(
+    chunk_size: int, segments: tuple[tuple[int, int, int], ...], recent_slots: int, device: torch.device
+) -> ChunkLayout:
+    # Cached tensors outlive the call: made in inference mode (Lightning's evaluation loops),
+    # they could not be used by a later training step.
+    with torch.inference_mode(False):
+        layout = _build_layout(chunk_size, segments, recent_slots)
+        if device.type == "cpu":
+            return layout
+        # A plain copy from pageable memory would wait for the device to drain: a sync per layer.
+        fields = {
+            name: getattr(layout, name).pin_memory().to(device, non_blocking=True)
+            for name in (
+                "token_flat",
+                "token_chunk",
+                "chunk_index",
+                "complete",
+                "query_index",
+                "older",
+                "recent",
+            )
+        }
+        return ChunkLayout(width=layout.width, ends_chunk=layout.ends_chunk, **fields)
+
+
+def _build_layout(
+    chunk_size: int, segments: tuple[tuple[int, int, int], ...], recent_slots: int
+) -> ChunkLayout:
+    """``chunk_layout`` on the CPU."""
     w = chunk_size
     token_chunk, token_slot, chunk_index, chunk_doc, complete = [], [], [], [], []
     first_chunk = 0
@@ -97,13 +137,13 @@ def chunk_layout(
     older = earlier & (index[None, :] < query_index[:, None] - recent_slots)
     return ChunkLayout(
         width=width,
-        token_flat=(chunk * width + torch.cat(token_slot)).to(device),
-        token_chunk=chunk.to(device),
-        chunk_index=index.to(device),
-        complete=done.to(device),
-        query_index=query_index.to(device),
-        older=older.to(device),
-        recent=(earlier & ~older).to(device),
+        token_flat=chunk * width + torch.cat(token_slot),
+        token_chunk=chunk,
+        chunk_index=index,
+        complete=done,
+        query_index=query_index,
+        older=older,
+        recent=earlier & ~older,
         ends_chunk=bool(done[-1]),
     )
 
