@@ -292,6 +292,10 @@ def test_training_at_small_T_takes_one_chunked_call(monkeypatch: pytest.MonkeyPa
         ({"conv_size": 0}, "model.mixer.conv_size"),
         ({"norm_eps": 0.0}, "model.mixer.norm_eps"),
         ({"backend": "cuda"}, "model.mixer.backend"),
+        ({"topk": "two"}, "model.mixer.topk"),
+        ({"head_dim": None}, "model.mixer.head_dim"),
+        ({"expand_v": True}, "model.mixer.expand_v"),
+        ({"conv_size": 4.5}, "model.mixer.conv_size"),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_key(kwargs: dict, key: str) -> None:

@@ -25,6 +25,7 @@ from memlab.errors import ConfigError
 from memlab.kernels.backend import BACKENDS
 from memlab.kernels.gated_delta_rule.checks import sequence_bounds
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
+from memlab.models.layers.config_types import require_types
 from memlab.models.mixer import MixerOutput
 
 # Time steps per block when a prefill adds the decayed starting state to its outputs: bounds
@@ -243,6 +244,10 @@ def _check_config(
     backend: str | None,
 ) -> None:
     """Raise ConfigError naming the first invalid ``model.mixer.*`` key."""
+    require_types(
+        {"d_state": d_state, "d_conv": d_conv},
+        {"expand": expand, "dt_min": dt_min, "dt_max": dt_max, "dt_init_floor": dt_init_floor},
+    )
     if d_state < 1:
         raise ConfigError(f"model.mixer.d_state must be >= 1 (got {d_state})")
     if d_conv < 1:

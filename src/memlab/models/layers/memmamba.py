@@ -39,6 +39,7 @@ from torch import nn
 
 from memlab.errors import ConfigError
 from memlab.kernels.gated_delta_rule.checks import sequence_bounds
+from memlab.models.layers.config_types import is_int
 from memlab.models.layers.mamba import Mamba, MambaState
 from memlab.models.layers.note_pool import (
     ChunkLayout,
@@ -430,17 +431,17 @@ def _check_config(
         ("head_dim", head_dim),
         ("note_period", note_period),
     ):
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise ConfigError(f"model.mixer.{key} must be an integer >= 1 (got {value!r})")
-    if not _is_int(recent_slots) or recent_slots < 0:
+    if not is_int(recent_slots) or recent_slots < 0:
         raise ConfigError(f"model.mixer.recent_slots must be an integer >= 0 (got {recent_slots!r})")
     if not isinstance(cross_token, bool):
         raise ConfigError(f"model.mixer.cross_token must be true or false (got {cross_token!r})")
-    if not _is_int(cross_layer_period) or cross_layer_period < 0:
+    if not is_int(cross_layer_period) or cross_layer_period < 0:
         raise ConfigError(
             f"model.mixer.cross_layer_period must be an integer >= 0, 0 = off (got {cross_layer_period!r})"
         )
-    if cross_layer_span is not None and (not _is_int(cross_layer_span) or cross_layer_span < 1):
+    if cross_layer_span is not None and (not is_int(cross_layer_span) or cross_layer_span < 1):
         raise ConfigError(
             f"model.mixer.cross_layer_span must be null (= cross_layer_period) or an integer >= 1 "
             f"(got {cross_layer_span!r})"
@@ -451,7 +452,7 @@ def _check_config(
         raise ConfigError(
             f"model.mixer.note_scorer must be one of {', '.join(NOTE_SCORERS)} (got {note_scorer!r})"
         )
-    if not _is_int(note_window) or not 0 <= note_window <= note_period:
+    if not is_int(note_window) or not 0 <= note_window <= note_period:
         raise ConfigError(
             f"model.mixer.note_window must be an integer in [0, note_period={note_period}] "
             f"(got {note_window!r})"
@@ -464,8 +465,3 @@ def _check_config(
             "(that is model=mamba)"
         )
     return cross_layer_period if cross_layer_span is None else cross_layer_span
-
-
-def _is_int(value: object) -> bool:
-    """An integer, not a bool (``true`` would pass ``isinstance(value, int)``)."""
-    return isinstance(value, int) and not isinstance(value, bool)

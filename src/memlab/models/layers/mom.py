@@ -36,6 +36,7 @@ from memlab.kernels.gated_delta_rule.checks import MAX_HEAD_DIM, sequence_bounds
 from memlab.kernels.gated_delta_rule.chunk import HAS_TRITON, pick_backend
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
 from memlab.models.layers.attention import document_positions
+from memlab.models.layers.config_types import require_types
 from memlab.models.layers.gated_rmsnorm import GatedRMSNorm
 from memlab.models.layers.mom_dispatch import grouped_mm_fits, packed_layout, padded_layout, project_packed
 from memlab.models.layers.short_conv import ShortConvolution
@@ -110,10 +111,10 @@ class MoMAttention(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        value_dim = head_dim * expand_v
         _check_config(
-            num_heads, head_dim, value_dim, num_memories, topk, aux_loss_weight, conv_size, norm_eps, backend
+            num_heads, head_dim, expand_v, num_memories, topk, aux_loss_weight, conv_size, norm_eps, backend
         )
+        value_dim = head_dim * expand_v
         self.layer_idx = layer_idx
         self.num_heads, self.head_dim, self.value_dim = num_heads, head_dim, int(value_dim)
         self.num_memories, self.topk, self.shared_mem = num_memories, topk, shared_mem
@@ -388,7 +389,7 @@ def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
 def _check_config(
     num_heads: int,
     head_dim: int,
-    value_dim: float,
+    expand_v: float,
     num_memories: int,
     topk: int,
     aux_loss_weight: float,
@@ -397,6 +398,17 @@ def _check_config(
     backend: str | None,
 ) -> None:
     """Raise ConfigError naming the first invalid ``model.mixer.*`` key."""
+    require_types(
+        {
+            "num_heads": num_heads,
+            "head_dim": head_dim,
+            "num_memories": num_memories,
+            "topk": topk,
+            "conv_size": conv_size,
+        },
+        {"expand_v": expand_v, "aux_loss_weight": aux_loss_weight, "norm_eps": norm_eps},
+    )
+    value_dim = head_dim * expand_v
     if num_heads < 1:
         raise ConfigError(f"model.mixer.num_heads must be >= 1 (got {num_heads})")
     if not 0 < head_dim <= MAX_HEAD_DIM:
