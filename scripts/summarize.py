@@ -1,6 +1,6 @@
 """Print and write the comparison table + plot of a sweep folder (what a multirun does at its end).
 
-    python scripts/summarize.py logs/train/multiruns/2026-01-01_12-00-00 [--metric val/acc]
+python scripts/summarize.py logs/train/multiruns/2026-01-01_12-00-00 [--metric val/acc]
 """
 
 import argparse

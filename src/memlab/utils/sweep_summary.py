@@ -68,10 +68,14 @@ def default_metrics(records: list[dict[str, Any]], optimized: str | None) -> lis
     """The optimised metric first, then accuracies (overall, per number of pairs, passkey per
     context length), then speed."""
     names = {k for r in records for k in r if k not in ("arm", "seed", "job")}
-    by_pairs = sorted((n for n in names if "acc_by_pairs/" in n and n.startswith("test/")),
-                      key=lambda n: int(n.rsplit("/", 1)[1]))
-    by_length = sorted((n for n in names if n.startswith(_PASSKEY_BY_LENGTH)),
-                       key=lambda n: int(n[len(_PASSKEY_BY_LENGTH):]))
+    by_pairs = sorted(
+        (n for n in names if "acc_by_pairs/" in n and n.startswith("test/")),
+        key=lambda n: int(n.rsplit("/", 1)[1]),
+    )
+    by_length = sorted(
+        (n for n in names if n.startswith(_PASSKEY_BY_LENGTH)),
+        key=lambda n: int(n[len(_PASSKEY_BY_LENGTH) :]),
+    )
     ordered = [optimized, "val/acc", "test/acc", *by_pairs, *by_length, "perf/tokens_per_s"]
     out: list[str] = []
     for name in ordered:
@@ -122,8 +126,14 @@ def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
         curve = by_pairs or by_length
         xs = [int(m.rsplit("/", 1)[1].removeprefix("len")) for m in curve]
         for row in rows:
-            ax.errorbar(xs, [row[m] for m in curve], yerr=[row[m + " std"] for m in curve],
-                        marker="o", capsize=3, label=row["arm"])
+            ax.errorbar(
+                xs,
+                [row[m] for m in curve],
+                yerr=[row[m + " std"] for m in curve],
+                marker="o",
+                capsize=3,
+                label=row["arm"],
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("number of key-value pairs" if by_pairs else "context length (tokens)")
         ax.set_ylabel("test accuracy" if by_pairs else "passkey exact match")
