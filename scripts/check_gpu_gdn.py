@@ -22,6 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from memlab.kernels.compare import rel_err
 from memlab.kernels.gated_delta_rule import (
     chunk_gated_delta_rule,
     fused_recurrent_gated_delta_rule,
@@ -33,11 +34,6 @@ NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 INPUTS = ("q", "k", "v", "g", "beta", "initial_state")
 HEADS = 4
 DEVICE = "cuda"  # "cpu" (with TRITON_INTERPRET=1) only to try this script out, slowly
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def make_inputs(

@@ -36,6 +36,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from memlab.kernels.compare import rel_err
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
 
@@ -47,13 +48,6 @@ VOCAB, BATCH = 256, 2
 KNOBS = dict(
     chunk_size=32, pool_size=6, summary_dim=32, num_heads=4, head_dim=32, cross_layer_period=2, d_state=16
 )
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖, or ‖a‖ where b is exactly zero."""
-    a, b = a.double(), b.double()
-    scale = b.norm()
-    return ((a - b).norm() / scale).item() if scale > 0 else a.norm().item()
 
 
 def randomize_gains(model: torch.nn.Module) -> None:

@@ -26,16 +26,12 @@ from contextlib import nullcontext
 
 import torch
 
+from memlab.kernels.compare import rel_err
 from memlab.models.layers import MoMAttention
 from memlab.models.layers.mom_dispatch import grouped_mm_fits, packed_layout, project_packed
 
 TOL = {"fp32": 2e-3, "bf16": 3e-2}
 DEVICE = "cuda"  # "cpu" (with TRITON_INTERPRET=1) only to try this script out, slowly
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def make_layer(D: int, H: int, K: int, E: int, topk: int, shared: bool, empty_memory: bool) -> MoMAttention:

@@ -16,19 +16,13 @@ import sys
 
 import torch
 
+from memlab.kernels.compare import rel_err
 from memlab.kernels.selective_scan import naive_selective_scan, selective_scan, selective_state_update
 
 BATCH, DIM = 2, 48
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 GRADS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖, or ‖a‖ where b is exactly zero (dA when L = 1)."""
-    a, b = a.double(), b.double()
-    scale = b.norm()
-    return ((a - b).norm() / scale).item() if scale > 0 else a.norm().item()
 
 
 def make_inputs(

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.kernels import KernelInputError
+from memlab.kernels.compare import rel_err
 from memlab.kernels.gated_delta_rule import (
     chunk_gated_delta_rule,
     fused_recurrent_gated_delta_rule,
@@ -73,11 +74,6 @@ def make_inputs(
 def as_f64(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same values in fp64, as fresh leaves (for the reference run)."""
     return {name: x.detach().to(F64).requires_grad_() for name, x in inputs.items()}
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.detach().to(F64), ref.detach().to(F64)
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def forward_backward(fn, inputs, cotangents=None, **kwargs):

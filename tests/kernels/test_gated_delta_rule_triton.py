@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.kernels import KernelInputError
+from memlab.kernels.compare import rel_err
 from memlab.kernels.gated_delta_rule import (
     chunk_gated_delta_rule,
     fused_recurrent_gated_delta_rule,
@@ -77,11 +78,6 @@ def make_inputs(
     if num_states is not None:
         x["initial_state"] = torch.randn(num_states, H, K, V, dtype=F64).float()
     return {name: t.requires_grad_() for name, t in x.items()}
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.detach().to(F64), ref.detach().to(F64)
-    return ((a - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def forward_backward(fn, inputs, cotangents=None, **kwargs):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from memlab.kernels.backend import KernelInputError
+from memlab.kernels.compare import rel_err
 from memlab.kernels.selective_scan import (
     naive_selective_scan,
     selective_scan,
@@ -29,13 +30,6 @@ def gen() -> torch.Generator:
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"seed={seed}")
     return torch.Generator().manual_seed(seed)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖, or ‖a‖ where b is exactly zero (e.g. dA when L = 1: A never acts)."""
-    a, b = a.double(), b.double()
-    scale = b.norm()
-    return ((a - b).norm() / scale).item() if scale > 0 else a.norm().item()
 
 
 def make_inputs(

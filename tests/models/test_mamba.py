@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.errors import ConfigError
+from memlab.kernels.compare import rel_err
 from memlab.models.layers import Mamba
 
 F64 = torch.float64
@@ -57,10 +58,6 @@ def reference(layer: Mamba, x: torch.Tensor) -> torch.Tensor:
             y = (h @ C_t + layer.D * u) * F.silu(z)
             outputs.append(layer.out_proj(y))
     return torch.stack(outputs).view(B, T, -1)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.mark.parametrize("d_conv,bias,conv_bias", [(4, False, True), (1, True, False), (3, True, True)])

@@ -10,8 +10,6 @@ compiler bug gives wrong gradients there); its guard is switched off here for ti
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
 
 import torch
@@ -197,18 +195,3 @@ def format_table(rows: list[dict], with_fla: bool) -> str:
             verdict = "met" if got <= goal else f"missed by {got - goal:.2f} ms ({got / goal:.2f}x)"
             lines.append(f"goal {op} T=2048 <= {goal} ms: ours {got:.3f} ms, {verdict}")
     return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    rows, table = run()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(table)
-
-
-if __name__ == "__main__":
-    main()

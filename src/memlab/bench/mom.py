@@ -13,8 +13,6 @@ for timing only.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable
 
 import torch
@@ -142,18 +140,3 @@ def format_table(rows: list[dict]) -> str:
             verdict = "met" if mom / gdn <= GOAL_VS_GDN else "missed"
             lines.append(f"goal T={T}: mom <= {GOAL_VS_GDN}x our gdn: {mom / gdn:.2f}x, {verdict}")
     return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    rows, table = run()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(table)
-
-
-if __name__ == "__main__":
-    main()
