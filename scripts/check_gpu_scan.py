@@ -5,7 +5,10 @@ functional of y and the last state), each as ‖got − ref‖/‖ref‖ against
 fp64 reference run on exactly the values the kernel saw (inputs rounded to the kernel's
 dtype first). Prints one table row per case with PASS/FAIL and exits 1 if any case fails.
 
-    python scripts/check_gpu_scan.py [--json PATH]
+    python scripts/check_gpu_scan.py [--shard K/N] [--json PATH]
+
+``--shard K/N`` runs every N-th case from the K-th (0-based), so that N processes can share
+the GPU: the fp64 reference loops over time from Python and leaves the GPU mostly idle.
 """
 
 from __future__ import annotations
@@ -141,15 +144,23 @@ def cases():
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th case from the K-th")
     parser.add_argument("--json", help="also write every case's errors to this file")
     args = parser.parse_args()
+    try:
+        shard, n_shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < n_shards
+    except (ValueError, AssertionError):
+        parser.error(f"--shard takes K/N with 0 <= K < N, got {args.shard!r}")
     torch.manual_seed(0)
     cols = ("y", "state", *(f"d{k}" for k in GRADS))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     header = f"| case | {' | '.join(cols)} | max | tol | result |"
     lines = [header, "|" + "---|" * (len(cols) + 4)]
     results, failed = [], 0
-    for label, dtype, check in cases():
+    for index, (label, dtype, check) in enumerate(cases()):
+        if index % n_shards != shard:
+            continue
         try:
             errs, finite = check()
         except Exception as exc:  # a crash is a failed case, reported with the others

@@ -181,3 +181,19 @@ def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str, tmp_pat
     assert len(err) == 1 and err[0].startswith("error: "), res.stderr
     assert needle in err[0]
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_out_of_memory_is_reported_as_a_sizing_mistake() -> None:
+    from memlab.utils.user_errors import one_line, user_error
+
+    oom = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 1.95 GiB. GPU 0 has a total capacity of 79.18 GiB"
+    )
+    try:
+        raise RuntimeError("training step failed") from oom
+    except RuntimeError as wrapped:
+        reported = user_error(wrapped)
+    assert reported is not None
+    line = one_line(reported)
+    assert "Tried to allocate 1.95 GiB" in line and "data.batch_size" in line and "\n" not in line
+    assert user_error(RuntimeError("a bug")) is None

@@ -19,8 +19,14 @@ DenseFn = Callable[
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(sum(x²) + eps) over the last dim, in x's dtype; eps keeps all-zero rows finite."""
-    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
+    """x / sqrt(sum(x²) + eps) over the last dim, in x's dtype; eps keeps all-zero rows finite.
+
+    The sum runs in fp32 (or fp64) and the result is cast back explicitly: CUDA autocast runs
+    ``sum`` in fp32, and a bf16 x times an fp32 norm would otherwise come out fp32 while v
+    stays bf16, a dtype mix the Triton kernels cannot compile.
+    """
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (wide * torch.rsqrt(wide.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def run_per_sequence(

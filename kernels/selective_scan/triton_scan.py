@@ -3,9 +3,9 @@
 Every program owns a block of channels of one batch element, with all N states of each
 channel in fp32 registers, and walks the sequence; programs never exchange a state.
 
-Forward: one time step per loop iteration, one channel per lane and that channel's N states
-in its thread, so y_t = C_t · h_t is a sum inside a thread; the next step's inputs are loaded
-while the current one is computed. With gradients needed it also writes the state before
+Forward: one time step per loop iteration; a channel's N states lie on N lanes of a warp
+(several channels per thread), so y_t = C_t · h_t is a sum across lanes; the next step's
+inputs are loaded while the current one is computed. With gradients needed it also writes the state before
 every STATE_EVERY-th step ([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and
 channel) and nothing else.
 
@@ -35,10 +35,11 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 # The forward stores the state before every _STATE_EVERY-th step for the backward.
 _STATE_EVERY = 64
-# Forward: channels per program and warps (one channel per lane). Measured on an H100 (batch
-# 8, dim 1536, N 16, L 8192, bf16): 32 channels on 1 warp ran fastest, 3.6 ms; 64 on 2 warps
-# 5.2 ms, 128 on 4 warps 7.8 ms.
-_FWD_BLOCK_D, _FWD_WARPS = 32, 1
+# Forward: channels per program and warps. Measured on an H100 (batch 8, dim 1536, N 16,
+# bf16): 8 channels on 1 warp, 0.70 / 2.69 ms at L 2048 / 8192; 16 on 1 warp 0.93 / 3.53;
+# 32 on 4 warps 0.98 / 3.79; 2 on 1 warp 1.82 / 7.28 (the per-channel work of a step, its
+# loads, softplus and gate, is repeated on every lane that holds one of its states).
+_FWD_BLOCK_D, _FWD_WARPS = 8, 1
 # Backward: channels per program, elements of one [BLOCK_T, N, BLOCK_D] tile (which sets
 # BLOCK_T; the backward keeps about eight such fp32 tiles live) and warps.
 _BWD_BLOCK_D, _BWD_TILE, _BWD_WARPS = 32, 4096, 4
@@ -77,7 +78,7 @@ def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
 def _scan_fwd_kernel(
     u_ptr,
     delta_ptr,
-    At_ptr,
+    A_ptr,
     Bt_ptr,
     Ct_ptr,
     D_ptr,
@@ -105,12 +106,14 @@ def _scan_fwd_kernel(
     BLOCK_N: tl.constexpr,
 ):
     """Grid (cdiv(dg, BLOCK_D), G, batch), one time step per iteration: the state
-    [BLOCK_N, BLOCK_D] stays in registers, each step reads one value per channel and the
+    [BLOCK_D, BLOCK_N] stays in registers, each step reads one value per channel and the
     step's B and C rows (Bt, Ct: [batch, groups, L, N], time-major), and the next step's
-    inputs are loaded before the current step is computed. A comes as At [N, dim] and the
-    last state leaves as [batch, N, dim]: every [N, channel] access is then contiguous
-    along the channels, which keeps the channels on the lanes of a warp and each state's
-    N values in one thread (y's sum over N needs no shuffles)."""
+    inputs are loaded before the current step is computed. A [dim, N] and the B and C rows
+    are read contiguously along N, which lays a channel's N states on N lanes of a warp (a
+    thread holds one state of each of several channels): a step's exponentials are spread over
+    the lanes, and y's sum over N costs log2(N) shuffles. B and C come as [BLOCK_D, BLOCK_N]
+    tiles of repeated rows so that they arrive in the state's layout. The last state leaves
+    as [batch, dim, N]."""
     g = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     i = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -118,50 +121,52 @@ def _scan_fwd_kernel(
     d = (g * dg + i).to(tl.int64)
     n = tl.arange(0, BLOCK_N)
     n_mask = n < N
-    nd_mask = n_mask[:, None] & d_mask[None, :]
+    dn_mask = d_mask[:, None] & n_mask[None, :]
 
-    A = tl.load(At_ptr + n[:, None] * dim + d[None, :], mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * LOG2E
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else None
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
     u_ptrs = u_ptr + (b * dim + d) * L  # [BLOCK_D] at step 0
     dl_ptrs = delta_ptr + (b * dim + d) * L
     z_ptrs = z_ptr + (b * dim + d) * L if HAS_Z else u_ptrs
     y_ptrs = y_ptr + (b * dim + d) * L
-    B_ptrs = Bt_ptr + (b * gB + g // B_div) * L * N + n  # [BLOCK_N] at step 0
-    C_ptrs = Ct_ptr + (b * gC + g // C_div) * L * N + n
+    # the repeated addresses of the B and C tiles are served by one cache line
+    rep = tl.zeros((BLOCK_D, 1), dtype=tl.int64)
+    B_ptrs = Bt_ptr + (b * gB + g // B_div) * L * N + n[None, :] + rep  # at step 0
+    C_ptrs = Ct_ptr + (b * gC + g // C_div) * L * N + n[None, :] + rep
 
     u_nx = tl.load(u_ptrs, mask=d_mask, other=0.0)
     dl_nx = tl.load(dl_ptrs, mask=d_mask, other=0.0)
     z_nx = tl.load(z_ptrs, mask=d_mask, other=0.0)
-    B_nx = tl.load(B_ptrs, mask=n_mask, other=0.0)
-    C_nx = tl.load(C_ptrs, mask=n_mask, other=0.0)
-    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    B_nx = tl.load(B_ptrs, mask=dn_mask, other=0.0)
+    C_nx = tl.load(C_ptrs, mask=dn_mask, other=0.0)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for t in range(0, L):
         if STORE_STATES and t % STATE_EVERY == 0:
-            s_offs = ((b * n_blocks + t // STATE_EVERY) * N + n[:, None]) * dim + d[None, :]
-            tl.store(states_ptr + s_offs, h, mask=nd_mask)
+            s_offs = ((b * n_blocks + t // STATE_EVERY) * N + n[None, :]) * dim + d[:, None]
+            tl.store(states_ptr + s_offs, h, mask=dn_mask)
         u, dl, zt, Bv, Cv = u_nx.to(tl.float32), dl_nx, z_nx.to(tl.float32), B_nx, C_nx
         nx = tl.minimum(t + 1, L - 1)
         u_nx = tl.load(u_ptrs + nx, mask=d_mask, other=0.0)
         dl_nx = tl.load(dl_ptrs + nx, mask=d_mask, other=0.0)
         z_nx = tl.load(z_ptrs + nx, mask=d_mask, other=0.0)
-        B_nx = tl.load(B_ptrs + nx * N, mask=n_mask, other=0.0)
-        C_nx = tl.load(C_ptrs + nx * N, mask=n_mask, other=0.0)
+        B_nx = tl.load(B_ptrs + nx * N, mask=dn_mask, other=0.0)
+        C_nx = tl.load(C_ptrs + nx * N, mask=dn_mask, other=0.0)
 
         dt = dl.to(tl.float32)
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        h = tl.exp2(dt[None, :] * A) * h + (dt * u)[None, :] * Bv.to(tl.float32)[:, None]
-        y = tl.sum(h * Cv.to(tl.float32)[:, None], axis=0)
+        h = tl.exp2(dt[:, None] * A) * h + (dt * u)[:, None] * Bv.to(tl.float32)
+        y = tl.sum(h * Cv.to(tl.float32), axis=1)
         if HAS_D:
             y += Dv * u
         if HAS_Z:
             y *= zt * tl.sigmoid(zt)
         tl.store(y_ptrs + t, y.to(y_ptr.dtype.element_ty), mask=d_mask)
 
-    tl.store(last_ptr + (b * N + n[:, None]) * dim + d[None, :], h, mask=nd_mask)
+    tl.store(last_ptr + (b * dim + d[:, None]) * N + n[None, :], h, mask=dn_mask)
 
 
 @triton.jit(do_not_specialize=["L", "n_blocks"])
@@ -381,18 +386,17 @@ class _SelectiveScan(torch.autograd.Function):
         block_d = _block_d(dg, _FWD_BLOCK_D)
         n_blocks = triton.cdiv(L, state_every)
         y = torch.empty_like(u)
-        last = u.new_empty(batch, N, dim, dtype=torch.float32)
+        last = u.new_empty(batch, dim, N, dtype=torch.float32)
         states = u.new_empty(batch, n_blocks, N, dim, dtype=torch.float32) if need_grad else last
-        # Time-major B and C, channel-major A: see the kernel's docstring.
+        # Time-major B and C: see the kernel's docstring.
         Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()
         _scan_fwd_kernel[(triton.cdiv(dg, block_d), G, batch)](
-            u, delta, A.t().contiguous(), Bt, Ct, D, z, delta_bias, y, last, states,
+            u, delta, A, Bt, Ct, D, z, delta_bias, y, last, states,
             dim, L, N, dg, gB, gC, G // gB, G // gC, n_blocks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, STORE_STATES=need_grad, STATE_EVERY=state_every,
             BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N), num_warps=_FWD_WARPS,
         )  # fmt: skip
-        last = last.transpose(1, 2).contiguous()
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states)
             ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, delta_softplus)

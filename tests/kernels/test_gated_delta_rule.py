@@ -284,3 +284,19 @@ def test_backend_selection(op, monkeypatch):
         op(**kwargs)
     monkeypatch.setenv("MEMLAB_KERNEL_BACKEND", "torch")
     assert torch.equal(op(**kwargs)[0], reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, F64])
+def test_l2norm_keeps_dtype_and_normalises_in_fp32(dtype):
+    # Under CUDA autocast a bf16 q, k times an fp32 norm came out fp32 next to a bf16 v,
+    # which the Triton kernels refuse to compile: the result must be in x's own dtype.
+    from memlab.kernels.gated_delta_rule.common import l2norm
+
+    x = torch.randn(3, 5, 64, dtype=F64).to(dtype)
+    y = l2norm(x)
+    assert y.dtype == dtype
+    expected = F.normalize(x.double(), dim=-1)
+    # fp64: the 1e-6 under the square root, not rounding, sets the difference
+    tol = {torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float32: 1e-6, F64: 1e-6}[dtype]
+    assert rel_err(y, expected) < tol
+    assert torch.equal(l2norm(torch.zeros(2, 8, dtype=dtype)), torch.zeros(2, 8, dtype=dtype))

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from hydra.errors import HydraException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import OmegaConfBaseException
@@ -37,6 +38,15 @@ def user_error(exc: BaseException) -> BaseException | None:
     for cause in chain:
         if isinstance(cause, USER_ERRORS):
             return cause
+    for cause in chain:
+        if isinstance(cause, torch.OutOfMemoryError):
+            # a size the user chose that the device cannot hold: say how much, and what to turn
+            sentences = [part.strip() for part in str(cause).split(". ") if part.strip()]
+            detail = "; ".join(sentences[:2]) or "out of memory"
+            return ConfigError(
+                f"{detail}. Lower data.batch_size or data.seq_len, or move batch into "
+                "trainer.accumulate_grad_batches (a crashed run keeps its last checkpoint)"
+            )
     return None
 
 

@@ -338,7 +338,10 @@ class MoMAttention(nn.Module):
             chosen = torch.zeros(B, T, 1, dtype=torch.long, device=x.device)
             weights = torch.ones(B, T, 1, dtype=compute, device=x.device)
         else:
-            probs = F.linear(x.to(compute), self.router.weight.to(compute)).softmax(-1)
+            # in fp32 even under autocast: bf16 logits round near-ties differently depending on
+            # the matmul's shape, so the packed and padded layouts could route a token apart
+            with torch.autocast(x.device.type, enabled=False):
+                probs = F.linear(x.to(compute), self.router.weight.to(compute)).softmax(-1)
             top, chosen = probs.topk(self.topk, dim=-1)
             weights = top / top.sum(-1, keepdim=True)
         # A scatter rather than F.one_hot, which checks index ranges on the host for CPU tensors.

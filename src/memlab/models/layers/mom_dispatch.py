@@ -82,7 +82,9 @@ def packed_layout(
     S, num_seqs = chosen.shape[1], starts.numel()
     # routed_before[i, m]: tokens before token i that visit m, so a visit's rank inside its
     # segment is routed_before at the token minus routed_before at its sequence's start.
-    routed_before = F.pad(visited.cumsum(0), (0, 0, 1, 0))  # [tokens + 1, M]
+    # The cumsum runs along the last, contiguous dim of [M, tokens]: along dim 0 of [tokens, M]
+    # CUDA scans each of the M columns with one thread block, a tenth of the layer's time.
+    routed_before = F.pad(visited.T.contiguous().cumsum(1), (1, 0)).T  # [tokens + 1, M]
     at_start = routed_before[starts]  # [num_seqs, M]
     rank = routed_before[:-1].gather(1, chosen) - at_start[sequence].gather(1, chosen)
     lengths = (routed_before[ends] - at_start).T.flatten()  # [M·num_seqs], memory-major
