@@ -6,6 +6,7 @@ constant-size cache, and config errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import pytest
@@ -123,6 +124,23 @@ def test_chunk_layout_documents_and_offsets() -> None:
     fifo = chunk_layout(4, [(0, 6, 2), (6, 7, 0), (7, 16, 0)], recent_slots=1)
     assert fifo.recent[5].tolist() == [False, False, False, False, True, False]
     assert fifo.older[5].tolist() == [False, False, False, True, False, False]
+
+
+@pytest.mark.parametrize("w,R", [(4, 0), (5, 2)])
+def test_chunk_layout_of_a_continued_document_is_shifted_from_its_place_in_a_chunk(w, R) -> None:
+    """Decoding steps and prefill pieces reuse the layout of their offset within a chunk; the
+    shifted copy equals the layout built for the absolute position."""
+    from memlab.models.layers.note_pool import _build_layout, _cached_layout
+
+    _cached_layout.cache_clear()
+    for position in range(0, 6 * w, 1):
+        for length in (1, 3, 2 * w + 1):
+            got = chunk_layout(w, [(0, length, position)], recent_slots=R)
+            want = _build_layout(w, ((0, length, position),), R)
+            for field in dataclasses.fields(want):
+                a, b = getattr(got, field.name), getattr(want, field.name)
+                assert torch.equal(a, b) if isinstance(b, torch.Tensor) else a == b, (position, field.name)
+    assert _cached_layout.cache_info().currsize <= 3 * w
 
 
 def test_chunk_layout_is_cached_and_usable_after_inference_mode() -> None:

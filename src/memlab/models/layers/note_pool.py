@@ -19,6 +19,7 @@ token-by-token decoding select exactly the pools a single forward pass does, tie
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -78,7 +79,18 @@ def chunk_layout(
     layout every time, so after the first step it costs neither work nor a host-device sync.
     """
     key = tuple((int(start), int(end), int(position)) for start, end, position in segments)
-    return _cached_layout(int(chunk_size), key, int(recent_slots), torch.device(device or "cpu"))
+    w, R, device = int(chunk_size), int(recent_slots), torch.device(device or "cpu")
+    if len(key) == 1 and key[0][2] >= w:
+        # A pass that continues one document (a prefill piece, a decoding step) differs from the
+        # pass at the same place within a chunk only in its absolute chunk indices, by whole
+        # chunks: it reuses that layout, so decoding meets w layouts in all, not one per token.
+        ((start, end, position),) = key
+        base = _cached_layout(w, ((start, end, position % w),), R, device)
+        shift = position // w
+        return dataclasses.replace(
+            base, chunk_index=base.chunk_index + shift, query_index=base.query_index + shift
+        )
+    return _cached_layout(w, key, R, device)
 
 
 @functools.lru_cache(maxsize=64)
