@@ -1,8 +1,9 @@
 """Triton implementation of ``chunk_gated_delta_rule`` (the "triton" backend).
 
-Forward: triton_chunk_fwd (prepare, state pass, output). Backward recomputes the forward's
-intermediates (G, Ai, w, u, h, v') instead of keeping them, then runs triton_chunk_bwd.
-Only q, k, v, g, beta (and initial_state) are saved for backward. The optional q/k L2 norm
+Forward: triton_chunk_fwd (prepare, state pass, output). The forward keeps what prepare made
+(G, Ai, w, u: the size of k and v plus 64 + 1 floats per token and head) and the backward
+recomputes only the chunk states h and v' from them (h, K·V floats per chunk and head, is the
+large one), then runs triton_chunk_bwd. The optional q/k L2 norm
 and the reshaping of the batch into one packed time axis happen in PyTorch around it.
 """
 
@@ -15,24 +16,9 @@ from memlab.kernels.gated_delta_rule.common import l2norm
 from memlab.kernels.gated_delta_rule.torch_chunk import OP
 from memlab.kernels.gated_delta_rule.triton_chunk_bwd import dqkw, intra_dv, state_grad_pass, wy_backward
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import output, prepare, state_pass
-from memlab.kernels.gated_delta_rule.triton_chunk_index import ChunkIndex, build_chunk_index
+from memlab.kernels.gated_delta_rule.triton_chunk_index import build_chunk_index
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _forward_states(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    initial_state: torch.Tensor | None,
-    output_final_state: bool,
-    index: ChunkIndex,
-) -> tuple[torch.Tensor, ...]:
-    """(G, Ai, w, h, v', final state) of the forward, shared by forward and backward."""
-    gcum, Ai, w, u = prepare(k, v, g, beta, index)
-    h, v_new, final_state = state_pass(k, w, u, gcum, initial_state, output_final_state, index)
-    return gcum, Ai, w, h, v_new, final_state
 
 
 class _ChunkGatedDeltaRule(torch.autograd.Function):
@@ -40,21 +26,20 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, initial_state, scale, output_final_state, index):
-        gcum, _, _, h, v_new, final_state = _forward_states(
-            k, v, g, beta, initial_state, output_final_state, index
-        )
+        gcum, Ai, w, u = prepare(k, v, g, beta, index)
+        h, v_new, final_state = state_pass(k, w, u, gcum, initial_state, output_final_state, index)
         o = output(q, k, v_new, h, gcum, scale, index)
-        ctx.save_for_backward(q, k, v, g, beta, initial_state)
-        ctx.scale, ctx.index = scale, index
+        ctx.save_for_backward(q, k, v, beta, initial_state, gcum, Ai, w, u)
+        ctx.g_dtype, ctx.scale, ctx.index = g.dtype, scale, index
         if final_state is not None:
             return o, final_state
         return o, None
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, beta, initial_state = ctx.saved_tensors
+        q, k, v, beta, initial_state, gcum, Ai, w, u = ctx.saved_tensors
         scale, index = ctx.scale, ctx.index
-        gcum, Ai, w, h, v_new, _ = _forward_states(k, v, g, beta, initial_state, False, index)
+        h, v_new, _ = state_pass(k, w, u, gcum, initial_state, False, index)
         do = do.contiguous()
         dv_local = intra_dv(q, k, do, gcum, scale, index)
         dh, dv_new, dh0 = state_grad_pass(
@@ -64,7 +49,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         dk, dv, dbeta, dg = wy_backward(k, v, beta, gcum, Ai, dw, dv_new, dk_part, dG_part, index)
         if dh0 is not None:
             dh0 = dh0.to(initial_state.dtype)
-        return dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dh0, None, None, None
+        return dq, dk, dv, dg.to(ctx.g_dtype), dbeta.to(beta.dtype), dh0, None, None, None
 
 
 def chunk_gated_delta_rule_triton(

@@ -1,5 +1,5 @@
 """Triton backward of the chunked gated delta rule (chunk size BT = 64), four launches after
-the forward's prepare and state pass are rerun to recompute G, Ai, w, u, h and v'.
+the state pass is rerun, from the G, Ai, w and u the forward kept, to recompute h and v'.
 
 1. ``intra_dv``: dv'_local = scale (K Qᵀ ⊙ e^{G_i − G_j})_{i≥j} dO, the part of dv' that
    comes from the same chunk's outputs.
