@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
 from memlab.train import train
 
@@ -45,5 +46,14 @@ def test_every_experiment_runs_a_fast_dev_run(experiment: str, tmp_path: Path) -
         "extras.print_config=false",
     ]
     cfg = compose_config(overrides, tmp_path / "run")
+    # fast_dev_run reads one batch of each split: generating the experiment's full MQAR sets and
+    # stepping its full batch on a CPU would test nothing more, at a minute per experiment
+    with open_dict(cfg):
+        for key in ("batch_size", "eval_batch_size"):
+            if cfg.data.get(key):
+                cfg.data[key] = min(cfg.data[key], 8)
+        for key in ("train_segments", "val_segments"):
+            for segment in cfg.data.get(key) or []:
+                segment.num_examples = min(segment.num_examples, 32)
     metrics = train(cfg)
     assert "test/acc" in metrics
