@@ -20,12 +20,12 @@ import argparse
 import dataclasses
 import functools
 import gc
-import json
 import time
 from typing import Any
 
 import torch
 
+from memlab.bench.table import cell, report
 from memlab.models import LanguageModel
 from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
 
@@ -180,9 +180,6 @@ def run() -> tuple[list[dict], str]:
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``measure``'s rows, then the goals' verdicts."""
 
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
     lines = [
         "| model | context | decode tok/s | cache MiB | decode peak MiB | prefill s |",
         "|---|---|---|---|---|---|",
@@ -193,7 +190,7 @@ def format_table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {r['model']} | {r['context']} | {r['tokens_per_s']:.1f} | {r['cache_mib']:.2f} | "
-            f"{num(r['peak_mib'], '.1f')} | {r['prefill_s']:.2f} |"
+            f"{cell(r['peak_mib'], '.1f')} | {r['prefill_s']:.2f} |"
         )
     if rows:
         r = rows[0]
@@ -264,10 +261,7 @@ def main() -> None:
         args.prefill_chunk,
         args.batch,
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(format_table(rows))
+    report(rows, format_table(rows), args.json)
 
 
 if __name__ == "__main__":

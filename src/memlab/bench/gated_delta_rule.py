@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from memlab.bench.table import cell
 from memlab.bench.timing import peak_memory_mib, time_ms
 
 HEADS, DIM, TOKENS = 16, 128, 32768
@@ -166,9 +167,6 @@ def run() -> tuple[list[dict], str]:
 
 
 def format_table(rows: list[dict], with_fla: bool) -> str:
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
     lines = [
         "| op | T | impl | ms | Mtok/s | peak MiB | speed-up vs fla | speed-up vs twin |",
         "|---|---|---|---|---|---|---|---|",
@@ -176,8 +174,9 @@ def format_table(rows: list[dict], with_fla: bool) -> str:
     for r in rows:
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e6
         lines.append(
-            f"| {r['op']} | {r['T']} | {r['impl']} | {num(r['ms'], '.3f')} | {num(tok, '.1f')} | "
-            f"{num(r['peak_mib'], '.0f')} | {num(r.get('vs_fla'), '.2f')} | {num(r.get('vs_twin'), '.1f')} |"
+            f"| {r['op']} | {r['T']} | {r['impl']} | {cell(r['ms'], '.3f')} | {cell(tok, '.1f')} | "
+            f"{cell(r['peak_mib'], '.0f')} | {cell(r.get('vs_fla'), '.2f')} | "
+            f"{cell(r.get('vs_twin'), '.1f')} |"
         )
     floor, gb, gflop = forward_floor_ms()
     lines.append(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memlab.bench.table import cell, report
 from memlab.bench.timing import peak_memory_mib, time_ms
 from memlab.models.layers import Mamba, MemMamba
 from memlab.models.layers.memmamba import PoolView
@@ -144,20 +144,16 @@ def run() -> tuple[list[dict], str]:
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``measure``'s rows and the goal's verdict per L."""
 
-    def num(v: float | None, fmt: str) -> str:
-        return "OOM" if v is None else format(v, fmt)
-
     lines = [
         "| layer | L | batch | fwd+bwd ms | Mtok/s | peak MiB | × Mamba |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e6
-        peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        ratio = "-" if r["vs_mamba"] is None else f"{r['vs_mamba']:.2f}"
+        ms, tok = cell(r["ms"], ".2f", "OOM"), cell(tok, ".2f", "OOM")
         lines.append(
-            f"| {r['layer']} | {r['L']} | {r['batch']} | {num(r['ms'], '.2f')} | {num(tok, '.2f')} | "
-            f"{peak} | {ratio} |"
+            f"| {r['layer']} | {r['L']} | {r['batch']} | {ms} | {tok} | "
+            f"{cell(r['peak_mib'], '.0f')} | {cell(r['vs_mamba'], '.2f')} |"
         )
     d_model = rows[0]["d_model"] if rows else D_MODEL
     lines.append(
@@ -182,10 +178,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     rows = measure(args.d_model, tuple(args.lengths), args.tokens)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(format_table(rows))
+    report(rows, format_table(rows), args.json)
 
 
 if __name__ == "__main__":

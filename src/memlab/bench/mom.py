@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from memlab.bench.table import cell
 from memlab.bench.timing import peak_memory_mib, time_ms
 from memlab.models.layers import Attention, MoMAttention
 
@@ -105,9 +106,6 @@ def run() -> tuple[list[dict], str]:
 
 
 def format_table(rows: list[dict]) -> str:
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
     ms = {(r["T"], r["impl"]): r["ms"] for r in rows}
     lines = [
         "| T | layer | ms | Mtok/s | peak MiB | time / our gdn | speed-up of our mom over it |",
@@ -119,8 +117,8 @@ def format_table(rows: list[dict]) -> str:
         vs_gdn = r["ms"] / gdn if r["ms"] and gdn else None
         speedup = r["ms"] / mom if r["ms"] and mom else None
         lines.append(
-            f"| {r['T']} | {r['impl']} | {num(r['ms'], '.2f')} | {num(tok, '.2f')} | "
-            f"{num(r['peak_mib'], '.0f')} | {num(vs_gdn, '.2f')} | {num(speedup, '.2f')} |"
+            f"| {r['T']} | {r['impl']} | {cell(r['ms'], '.2f')} | {cell(tok, '.2f')} | "
+            f"{cell(r['peak_mib'], '.0f')} | {cell(vs_gdn, '.2f')} | {cell(speedup, '.2f')} |"
         )
     lines.append(
         f"\nD={D_MODEL}; mom: {HEADS}x{HEAD_DIM}, {NUM_MEMORIES} memories, top-{TOPK}, shared; "

@@ -11,11 +11,11 @@ with ``python -m memlab.bench.selective_scan`` (``--json PATH`` saves the rows).
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 
 import torch
 
+from memlab.bench.table import cell, report
 from memlab.bench.timing import time_ms
 from memlab.kernels.selective_scan.torch_scan import selective_scan_torch
 
@@ -124,18 +124,17 @@ def run() -> tuple[list[dict], str]:
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``run``'s rows."""
 
-    def num(v: float | None, fmt: str) -> str:
-        return "OOM" if v is None else format(v, fmt)
-
     lines = [
         "| op | dtype | L | ours ms | twin ms | speedup | floor ms | % of floor |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        floor = f"{r['floor_ms']:.3f} | {num(r['pct_of_floor'], '.0f')}" if "floor_ms" in r else "- | -"
+        floor = (
+            f"{r['floor_ms']:.3f} | {cell(r['pct_of_floor'], '.0f', 'OOM')}" if "floor_ms" in r else "- | -"
+        )
         lines.append(
-            f"| {r['op']} | {r['dtype']} | {r['L']} | {num(r['ours_ms'], '.3f')} | "
-            f"{num(r['twin_ms'], '.2f')} | {num(r['speedup'], '.1f')} | {floor} |"
+            f"| {r['op']} | {r['dtype']} | {r['L']} | {cell(r['ours_ms'], '.3f', 'OOM')} | "
+            f"{cell(r['twin_ms'], '.2f', 'OOM')} | {cell(r['speedup'], '.1f', 'OOM')} | {floor} |"
         )
     bw = rows[0]["copy_gbs"] if rows else float("nan")
     lines.append(f"\nbatch {BATCH}, dim {DIM}, N {N}; D, z, delta_bias, softplus on; copy {bw:.0f} GB/s")
@@ -149,10 +148,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     rows = measure(tuple(args.dtypes), tuple(args.lengths))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(format_table(rows))
+    report(rows, format_table(rows), args.json)
 
 
 if __name__ == "__main__":
