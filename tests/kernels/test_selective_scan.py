@@ -187,7 +187,9 @@ def test_non_contiguous_inputs(gen):
     torch.testing.assert_close(y, selective_scan(**x, delta_softplus=True), rtol=1e-12, atol=1e-12)
 
 
-def decode(x: dict[str, torch.Tensor], state: torch.Tensor, start: int, softplus: bool) -> torch.Tensor:
+def decode(
+    x: dict[str, torch.Tensor], state: torch.Tensor, start: int, softplus: bool, backend: str | None = None
+) -> torch.Tensor:
     """Run selective_state_update over steps start.. of x, updating state; returns [batch, dim, L']."""
     outs = []
     for t in range(start, x["u"].shape[-1]):
@@ -203,6 +205,7 @@ def decode(x: dict[str, torch.Tensor], state: torch.Tensor, start: int, softplus
                 z=x["z"][..., t] if "z" in x else None,
                 dt_bias=x.get("delta_bias"),
                 dt_softplus=softplus,
+                backend=backend,
             )
         )
     return torch.stack(outs, dim=-1)

@@ -19,7 +19,7 @@ import torch
 from memlab.kernels.backend import KernelInputError
 from memlab.kernels.selective_scan import naive_selective_scan, selective_scan, selective_state_update
 from tests.interpreter import interpreted, run_under_interpreter
-from tests.kernels.test_selective_scan import assert_close, reference, rel_err, run
+from tests.kernels.test_selective_scan import assert_close, decode, reference, rel_err, run
 
 triton = pytest.importorskip("triton")
 
@@ -192,28 +192,6 @@ def test_float64_refused_on_triton():
         triton_scan(**x)
 
 
-def decode(x: dict[str, torch.Tensor], state: torch.Tensor, start: int, softplus: bool) -> torch.Tensor:
-    """selective_state_update (Triton) over steps start.. of x, updating state; [batch, dim, L']."""
-    outs = []
-    for t in range(start, x["u"].shape[-1]):
-        outs.append(
-            selective_state_update(
-                state,
-                x["u"][..., t],
-                x["delta"][..., t],
-                x["A"],
-                x["B"][..., t],
-                x["C"][..., t],
-                D=x.get("D"),
-                z=x["z"][..., t] if "z" in x else None,
-                dt_bias=x.get("delta_bias"),
-                dt_softplus=softplus,
-                backend="triton",
-            )
-        )
-    return torch.stack(outs, dim=-1)
-
-
 @interpreted
 @pytest.mark.parametrize(
     ("optional", "softplus", "groups"), [(OPTIONAL, True, 2), ((), False, None)], ids=["all", "bare"]
@@ -223,7 +201,7 @@ def test_state_update_steps_reproduce_scan(optional, softplus, groups):
     y_ref, state_ref = naive_selective_scan(**x, delta_softplus=softplus, return_last_state=True)
     # The state is a strided view into a larger cache: it must be updated where it lives.
     cache = torch.zeros(BATCH, 6, 2, 4).transpose(0, 2)
-    y = decode({k: v.float() for k, v in x.items()}, cache[1].transpose(0, 1), 0, softplus)
+    y = decode({k: v.float() for k, v in x.items()}, cache[1].transpose(0, 1), 0, softplus, "triton")
     assert rel_err(y, y_ref) < 1e-5
     assert rel_err(cache[1].transpose(0, 1), state_ref) < 1e-5
     assert not cache[0].any()
@@ -235,7 +213,7 @@ def test_scan_prefix_then_decode():
     y_full, state_full = naive_selective_scan(**x, delta_softplus=True, return_last_state=True)
     head = {k: (v[..., :17] if v.dim() >= 3 else v) for k, v in x.items()}
     y_head, state = triton_scan(**head, delta_softplus=True, return_last_state=True)
-    y_tail = decode(x, state, 17, True)
+    y_tail = decode(x, state, 17, True, "triton")
     assert y_tail.dtype == torch.float32
     assert rel_err(torch.cat((y_head, y_tail), dim=-1), y_full) < 1e-5
     assert rel_err(state, state_full) < 1e-5
