@@ -499,7 +499,7 @@ def dqkw(
         q, k, v_new, do, dv_new, h, dh, gcum, dq, dk, dw, dG, scale, cu_seqlens, chunk_table, T,
         H=H, K=K, V=V, BT=CHUNK_SIZE, BK=block_k(K), BV=tile(V, fwd.MAX_BLOCK_V),
         IS_VARLEN=index.is_varlen, PREC=dot_precision(q.dtype), num_warps=8,
-        num_stages=pipeline_stages(q.dtype),
+        num_stages=pipeline_stages(q.dtype, 3),
     )  # fmt: skip
     return dq, dk, dw, dG
 
@@ -527,7 +527,7 @@ def wy_backward(
     _wy_backward_kernel[(index.num_chunks, H)](
         k, v, beta, gcum, Ai, dw, du, dk_part, dG_part, dk, dv, dbeta, dg, cu_seqlens, chunk_table, T,
         H=H, K=K, V=V, BT=CHUNK_SIZE, BK=block_k(K), BV=tile(V, fwd.MAX_BLOCK_V),
-        IS_VARLEN=index.is_varlen, PREC=dot_precision(k.dtype), num_warps=8,
+        IS_VARLEN=index.is_varlen, PREC=dot_precision(k.dtype), num_warps=4,
         num_stages=pipeline_stages(k.dtype),
     )  # fmt: skip
     return dk, dv, dbeta, dg

@@ -12,9 +12,9 @@ packed time axis Tp; chunk-wise buffers are indexed by the global chunk index of
 triton_chunk_index. K is walked in blocks of at most MAX_BLOCK_K (the serial passes hold
 the state as up to four [BK, BV] register blocks, hence K <= 4·BK), V in tiles; this keeps
 every tl.dot operand small enough for shared memory at K = V = 256 in fp32. Every exponent
-is of a non-positive difference, masked before exp. Transposed operands of tl.dot are
-always loaded transposed from memory, never produced by tl.trans of a dot result (a Hopper
-miscompile in Triton 3.4 to 3.7).
+is of a non-positive difference, masked before exp. A transposed operand of tl.dot is
+loaded transposed from memory or is tl.trans of a loaded tile, never tl.trans of a dot result
+(a Hopper miscompile in Triton 3.4 to 3.7).
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def pipeline_stages(dtype: torch.dtype) -> int:
-    """Software-pipelining depth of the K and V loops: 1 for fp32, whose tiles are twice as
-    large, so that the multi-buffered operands stay within shared memory."""
-    return 1 if dtype == torch.float32 else 2
+def pipeline_stages(dtype: torch.dtype, depth: int = 2) -> int:
+    """Software-pipelining depth of the K and V loops: ``depth`` for 16-bit inputs, 1 for fp32,
+    whose tiles are twice as large, so that the multi-buffered operands stay within shared
+    memory. The deeper choices were measured per kernel on an H100 (bf16, K = V = 128)."""
+    return 1 if dtype == torch.float32 else depth
 
 
 def tile(size: int, cap: int) -> int:
@@ -104,48 +105,47 @@ def _prepare_kernel(
     b_L = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         b_k = load_tile(base_k, r0, i_k * BK, seq_len, K, H * K, 1, BT, BK)
-        b_kt = load_tile(base_k, i_k * BK, r0, K, seq_len, 1, H * K, BK, BT)
-        b_L += tl.dot(b_k, b_kt, input_precision=PREC)
+        b_L += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     strictly_lower = (o_i[:, None] > o_i[None, :]) & m_t[:, None]
     decay = tl.exp(tl.where(strictly_lower, b_G[:, None] - b_G[None, :], 0.0))
     b_L = tl.where(strictly_lower, b_L * decay * b_beta[:, None], 0.0)
 
-    # Invert I + L by 16×16 blocks: forward substitution on the four diagonal blocks, then
-    # the off-diagonal blocks by X_ij = −X_ii Σ_{j≤m<i} L_im X_mj. Blocks are read back from
-    # the Ai rows of this chunk (written first as scratch), since a register tile cannot
-    # be sliced.
+    # Invert I + L by 16×16 blocks, with this chunk's Ai rows as scratch (a register tile
+    # cannot be sliced). The four diagonal blocks by forward substitution, all at once as a
+    # [4, 16, 16] tile X = (I + L_bb)⁻¹ − I: row i of X is −L_i + Σ_{j<i} (−L_ij) X_j, with
+    # row i of L read back from the scratch rather than cut out of a register tile.
     base_a = Ai + (bos * H + i_h) * BT
     S = H * BT  # row stride of Ai
     store_tile(base_a, b_L, r0, 0, seq_len, BT, S, 1, BT, BT)
     tl.debug_barrier()
+    o_16 = tl.arange(0, 16)
+    o_b = tl.arange(0, 4) * 16  # first row (and column) of each diagonal block
+    diag_rows = base_a + (r0 + o_b)[:, None].to(tl.int64) * S + o_b[:, None] + o_16[None, :]
+    b_X = tl.zeros([4, 16, 16], dtype=tl.float32)
+    for i in range(1, 16):
+        in_seq = (r0 + o_b + i < seq_len)[:, None]
+        b_a = -tl.load(diag_rows + i * S, mask=in_seq, other=0.0)
+        b_a += tl.sum(b_a[:, :, None] * b_X, 1)
+        b_X = tl.where((o_16 == i)[None, :, None], b_a[:, None, :], b_X)
+    eye = (o_16[:, None] == o_16[None, :]).to(tl.float32)
+    # Every thread has read its rows of L before the diagonal blocks are overwritten.
+    tl.debug_barrier()
+    diag_tiles = diag_rows[:, None, :] + o_16[None, :, None] * S
+    in_seq = (r0 + o_b[:, None, None] + o_16[None, :, None] < seq_len) & (o_16 >= 0)[None, None, :]
+    tl.store(diag_tiles, b_X + eye[None, :, :], mask=in_seq)
+    tl.debug_barrier()
+
+    # The off-diagonal blocks: X_ij = −X_ii Σ_{j≤m<i} L_im X_mj.
     b_L21 = load_tile(base_a, r0 + 16, 0, seq_len, BT, S, 1, 16, 16)
     b_L31 = load_tile(base_a, r0 + 32, 0, seq_len, BT, S, 1, 16, 16)
     b_L32 = load_tile(base_a, r0 + 32, 16, seq_len, BT, S, 1, 16, 16)
     b_L41 = load_tile(base_a, r0 + 48, 0, seq_len, BT, S, 1, 16, 16)
     b_L42 = load_tile(base_a, r0 + 48, 16, seq_len, BT, S, 1, 16, 16)
     b_L43 = load_tile(base_a, r0 + 48, 32, seq_len, BT, S, 1, 16, 16)
-    b_X11 = -load_tile(base_a, r0, 0, seq_len, BT, S, 1, 16, 16)
-    b_X22 = -load_tile(base_a, r0 + 16, 16, seq_len, BT, S, 1, 16, 16)
-    b_X33 = -load_tile(base_a, r0 + 32, 32, seq_len, BT, S, 1, 16, 16)
-    b_X44 = -load_tile(base_a, r0 + 48, 48, seq_len, BT, S, 1, 16, 16)
-    o_16 = tl.arange(0, 16)
-    for i in range(1, 16):
-        # Row i of (I + L)⁻¹ − I from the finished rows above it; rows below i contribute
-        # nothing because row i of L is zero there.
-        is_row = o_16[:, None] == i
-        r11 = tl.sum(tl.where(is_row, b_X11, 0.0), 0)
-        r22 = tl.sum(tl.where(is_row, b_X22, 0.0), 0)
-        r33 = tl.sum(tl.where(is_row, b_X33, 0.0), 0)
-        r44 = tl.sum(tl.where(is_row, b_X44, 0.0), 0)
-        b_X11 = tl.where(is_row, (r11 + tl.sum(r11[:, None] * b_X11, 0))[None, :], b_X11)
-        b_X22 = tl.where(is_row, (r22 + tl.sum(r22[:, None] * b_X22, 0))[None, :], b_X22)
-        b_X33 = tl.where(is_row, (r33 + tl.sum(r33[:, None] * b_X33, 0))[None, :], b_X33)
-        b_X44 = tl.where(is_row, (r44 + tl.sum(r44[:, None] * b_X44, 0))[None, :], b_X44)
-    eye = (o_16[:, None] == o_16[None, :]).to(tl.float32)
-    b_X11 += eye
-    b_X22 += eye
-    b_X33 += eye
-    b_X44 += eye
+    b_X11 = load_tile(base_a, r0, 0, seq_len, BT, S, 1, 16, 16)
+    b_X22 = load_tile(base_a, r0 + 16, 16, seq_len, BT, S, 1, 16, 16)
+    b_X33 = load_tile(base_a, r0 + 32, 32, seq_len, BT, S, 1, 16, 16)
+    b_X44 = load_tile(base_a, r0 + 48, 48, seq_len, BT, S, 1, 16, 16)
     b_X21 = -tl.dot(tl.dot(b_X22, b_L21, input_precision="tf32x3"), b_X11, input_precision="tf32x3")
     b_X32 = -tl.dot(tl.dot(b_X33, b_L32, input_precision="tf32x3"), b_X22, input_precision="tf32x3")
     b_X43 = -tl.dot(tl.dot(b_X44, b_L43, input_precision="tf32x3"), b_X33, input_precision="tf32x3")
@@ -159,12 +159,8 @@ def _prepare_kernel(
         + tl.dot(b_L43, b_X31, input_precision="tf32x3")
     )
     b_X41 = -tl.dot(b_X44, b_S41, input_precision="tf32x3")
-    # Every thread has read its blocks before any is overwritten.
+    # Every thread has read its blocks of L before any is overwritten.
     tl.debug_barrier()
-    store_tile(base_a, b_X11, r0, 0, seq_len, BT, S, 1, 16, 16)
-    store_tile(base_a, b_X22, r0 + 16, 16, seq_len, BT, S, 1, 16, 16)
-    store_tile(base_a, b_X33, r0 + 32, 32, seq_len, BT, S, 1, 16, 16)
-    store_tile(base_a, b_X44, r0 + 48, 48, seq_len, BT, S, 1, 16, 16)
     store_tile(base_a, b_X21, r0 + 16, 0, seq_len, BT, S, 1, 16, 16)
     store_tile(base_a, b_X31, r0 + 32, 0, seq_len, BT, S, 1, 16, 16)
     store_tile(base_a, b_X32, r0 + 32, 16, seq_len, BT, S, 1, 16, 16)
@@ -354,7 +350,7 @@ def prepare(
         k, v, g, beta, gcum, Ai, w, u, cu_seqlens, chunk_table, T,
         H=H, K=K, V=V, BT=CHUNK_SIZE, BK=block_k(K), BV=tile(V, MAX_BLOCK_V),
         IS_VARLEN=index.is_varlen, PREC=dot_precision(k.dtype), num_warps=4,
-        num_stages=pipeline_stages(k.dtype),
+        num_stages=pipeline_stages(k.dtype, 3),
     )  # fmt: skip
     return gcum, Ai, w, u
 
