@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from memlab.errors import ConfigError
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
-from memlab.models.layers.note_pool import chunk_layout, group_by_chunk, select_pools
+from memlab.models.layers.note_pool import chunk_layout, group_by_chunk, select_pools, ungroup
 from memlab.models.layers.pool_attention import PoolAttention
 
 F64 = torch.float64
@@ -141,6 +141,30 @@ def test_chunk_layout_of_a_continued_document_is_shifted_from_its_place_in_a_chu
                 a, b = getattr(got, field.name), getattr(want, field.name)
                 assert torch.equal(a, b) if isinstance(b, torch.Tensor) else a == b, (position, field.name)
     assert _cached_layout.cache_info().currsize <= 3 * w
+
+
+@pytest.mark.parametrize(
+    ("segments", "dense"),
+    [
+        ([(0, 12, 0)], True),
+        ([(0, 12, 4)], True),
+        ([(0, 10, 0)], False),
+        ([(0, 12, 2)], False),
+        ([(0, 4, 0), (4, 12, 0)], True),
+        ([(0, 3, 0), (3, 12, 0)], False),
+    ],
+)
+def test_dense_layouts_group_as_views_and_match_the_copying_path(segments, dense) -> None:
+    """A pass whose chunks are all whole (documents of whole chunks) is grouped by a view;
+    everything else by the scatter into the grid. Both give the same grid and the same tokens back."""
+    layout = chunk_layout(4, segments)
+    assert layout.dense is dense
+    x = torch.randn(2, segments[-1][1], 3)
+    grid = group_by_chunk(x, layout, -1.0)
+    copied = group_by_chunk(x, dataclasses.replace(layout, dense=False), -1.0)
+    assert torch.equal(grid, copied)
+    assert (grid.data_ptr() == x.data_ptr()) is dense
+    assert torch.equal(ungroup(grid, layout), x)
 
 
 def test_chunk_layout_is_cached_and_usable_after_inference_mode() -> None:

@@ -311,8 +311,10 @@ class MemMamba(nn.Module):
 
         stats: dict[str, torch.Tensor] = {}
         mixed = x
+        attends = self.token_attn is not None or self.layer_attn is not None
+        grouped = group_by_chunk(x, layout, 0.0) if attends else None  # [B, C, W, D]
         if self.token_attn is not None:
-            c_tok, probs = self.token_attn(group_by_chunk(x, layout, 0.0), view.summary, view.log_priority)
+            c_tok, probs = self.token_attn(grouped, view.summary, view.log_priority)
             c_tok = ungroup(c_tok, layout)
             if self.gate is not None:
                 gate = torch.sigmoid(self.gate(x))
@@ -323,7 +325,7 @@ class MemMamba(nn.Module):
             if state is None:
                 stats.update(self._attention_stats("attn", probs, layout))
         if self.layer_attn is not None:
-            c_lay, probs = self._cross_layer(x, layout, layer_memory)
+            c_lay, probs = self._cross_layer(grouped, layout, layer_memory)
             mixed = mixed + (c_lay if self.gamma_lay is None else self.gamma_lay * c_lay).to(x.dtype)
             if state is None:
                 stats.update(self._attention_stats("layer_attn", probs, layout))
@@ -367,10 +369,10 @@ class MemMamba(nn.Module):
         return value.expand(B, C)
 
     def _cross_layer(
-        self, x: torch.Tensor, layout: ChunkLayout, layer_memory: list[PoolView | None]
+        self, grouped: torch.Tensor, layout: ChunkLayout, layer_memory: list[PoolView | None]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention from x to the pools of the ``cross_layer_span`` layers below -> c_lay
-        [B, T, D] and the weights [B, C, W, H, slots + 1]."""
+        """Attention from the tokens grouped by chunk [B, C, W, D] to the pools of the
+        ``cross_layer_span`` layers below -> c_lay [B, T, D] and the weights [B, C, W, H, slots + 1]."""
         summaries, priorities, offsets = [], [], []
         first = max(0, len(layer_memory) - self.cross_layer_span)
         for j in range(first, len(layer_memory)):
@@ -384,7 +386,7 @@ class MemMamba(nn.Module):
         if not summaries:
             raise ValueError(f"MemMamba layer {self.layer_idx}: no earlier layer offers a note pool")
         c_lay, probs = self.layer_attn(
-            group_by_chunk(x, layout, 0.0),
+            grouped,
             torch.cat(summaries, dim=2),
             torch.cat(priorities, dim=2),
             key_offset=torch.cat(offsets),

@@ -46,6 +46,9 @@ class ChunkLayout:
     recent: bool [C + 1, C], recent[q, j]: chunk j is in pool q's FIFO window (complete, of the
         same document, among the ``recent_slots`` chunks just before q).
     ends_chunk: the last token of the pass completes its chunk (known on the host).
+    dense: every cell of the grid holds a token, in time order (token_flat is 0..T−1): the
+        grid is then a view of the tokens, which ``group_by_chunk`` and ``ungroup`` need not
+        copy (a training pass whose documents are whole chunks).
     """
 
     width: int
@@ -57,6 +60,7 @@ class ChunkLayout:
     older: torch.Tensor
     recent: torch.Tensor
     ends_chunk: bool
+    dense: bool
 
     @property
     def num_chunks(self) -> int:
@@ -116,7 +120,7 @@ def _cached_layout(
                 "recent",
             )
         }
-        return ChunkLayout(width=layout.width, ends_chunk=layout.ends_chunk, **fields)
+        return ChunkLayout(width=layout.width, ends_chunk=layout.ends_chunk, dense=layout.dense, **fields)
 
 
 def _build_layout(
@@ -140,6 +144,7 @@ def _build_layout(
         first_chunk += count
     chunk = torch.cat(token_chunk)
     width = int(torch.bincount(chunk).max())
+    token_flat = chunk * width + torch.cat(token_slot)
     index, docs, done = torch.cat(chunk_index), torch.cat(chunk_doc), torch.cat(complete)
     # The row after the pass continues the last document, in the next chunk if this one is done.
     query_doc = torch.cat([docs, docs[-1:]])
@@ -149,7 +154,7 @@ def _build_layout(
     older = earlier & (index[None, :] < query_index[:, None] - recent_slots)
     return ChunkLayout(
         width=width,
-        token_flat=chunk * width + torch.cat(token_slot),
+        token_flat=token_flat,
         token_chunk=chunk,
         chunk_index=index,
         complete=done,
@@ -157,6 +162,8 @@ def _build_layout(
         older=older,
         recent=earlier & ~older,
         ends_chunk=bool(done[-1]),
+        dense=token_flat.numel() == index.numel() * width
+        and bool((token_flat == torch.arange(token_flat.numel())).all()),
     )
 
 
@@ -164,6 +171,8 @@ def group_by_chunk(x: torch.Tensor, layout: ChunkLayout, fill: float) -> torch.T
     """x [B, T, F] -> [B, C, W, F]: each token in its chunk's row at its slot, ``fill`` elsewhere."""
     B, _, F = x.shape
     C, W = layout.num_chunks, layout.width
+    if layout.dense:
+        return x.reshape(B, C, W, F)
     grid = x.new_full((B, C * W, F), fill).index_copy(1, layout.token_flat, x)
     return grid.view(B, C, W, F)
 
@@ -171,6 +180,8 @@ def group_by_chunk(x: torch.Tensor, layout: ChunkLayout, fill: float) -> torch.T
 def ungroup(y: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     """The inverse of ``group_by_chunk``: y [B, C, W, ...] -> [B, T, ...] (the fill is dropped)."""
     B, C, W = y.shape[:3]
+    if layout.dense:
+        return y.reshape(B, C * W, *y.shape[3:])
     return y.reshape(B, C * W, *y.shape[3:]).index_select(1, layout.token_flat)
 
 
