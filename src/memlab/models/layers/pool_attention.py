@@ -65,16 +65,16 @@ class PoolAttention(nn.Module):
         k = self.k_proj(summary)
         if key_offset is not None:
             k = k + key_offset.to(k.dtype)
-        v = self.v_proj(summary)
-        # The null slot joins the slots as one more key and value (priority bias 0), so that
-        # the [B, C, W, H, slots] logits are built by one product and never copied by a cat.
-        k = torch.cat([k.view(B, C, -1, H, Dh), self.null_key.to(k.dtype).expand(B, C, 1, H, Dh)], dim=2)
-        v = torch.cat([v.view(B, C, -1, H, Dh), self.null_value.to(v.dtype).expand(B, C, 1, H, Dh)], dim=2)
+        k = k.view(B, C, -1, H, Dh)
+        v = self.v_proj(summary).view(B, C, -1, H, Dh)
+        scale = 1.0 / math.sqrt(Dh)
+        logits = torch.einsum("bcwhd,bckhd->bcwhk", q, k) * scale
+        null = torch.einsum("bcwhd,hd->bcwh", q, self.null_key.to(q.dtype))[..., None] * scale
+        bias = log_priority[:, :, None, None, :]
         # Softmax in at least fp32: the bias and the masked slots need the range.
-        work = torch.promote_types(log_priority.dtype, torch.float32)
-        bias = torch.cat([log_priority.to(work), log_priority.new_zeros(B, C, 1, dtype=work)], dim=-1)
-        logits = torch.einsum("bcwhd,bckhd->bcwhk", q, k).to(work)
-        # in place: the largest tensors of the layer, and neither op needs its input saved
-        probs = logits.mul_(1.0 / math.sqrt(Dh)).add_(bias[:, :, None, None, :]).softmax(dim=-1)
-        mixed = torch.einsum("bcwhk,bckhd->bcwhd", probs.to(v.dtype), v)
+        work = torch.promote_types(bias.dtype, torch.float32)
+        logits = torch.cat([logits.to(work) + bias.to(work), null.to(work)], dim=-1)
+        probs = logits.softmax(dim=-1)
+        p = probs.to(v.dtype)
+        mixed = torch.einsum("bcwhk,bckhd->bcwhd", p[..., :-1], v) + p[..., -1:] * self.null_value.to(v.dtype)
         return self.o_proj(mixed.reshape(B, C, W, H * Dh)), probs
