@@ -3,11 +3,17 @@
 Every program owns a block of channels of one batch element, with all N states of each
 channel in fp32 registers, and walks the sequence; programs never exchange a state.
 
-Forward: one time step per loop iteration; a channel's N states lie on N lanes of a warp
-(several channels per thread), so y_t = C_t · h_t is a sum across lanes; the next step's
-inputs are loaded while the current one is computed. With gradients needed it also writes the state before
-every STATE_EVERY-th step ([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and
-channel) and nothing else.
+Forward, two kernels (see _FWD_* for which takes what). Chunked: walks the sequence in chunks
+of BLOCK_T steps, time-parallel inside a chunk. The chunk's u, delta and z arrive as tiles read
+along time, a thread holding consecutive steps of one channel, so dt (bias, softplus), the gate
+and the D term are computed once per step and channel. The N states are then visited one at a
+time: exp2(dt·A) once per (step, channel, state), an associative scan over the chunk's steps
+(sequential in a thread, then across the few lanes that share a channel) seeded with the
+carried state, and y_t += C_t·h_t inside the thread. Step: one time step per loop iteration; a
+channel's N states lie on N lanes of a warp (several channels per thread), so y_t = C_t · h_t
+is a sum across lanes; the next step's inputs are loaded while the current one is computed.
+With gradients needed both also write the state before every STATE_EVERY-th step
+([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and channel) and nothing else.
 
 Backward: walks those blocks of STATE_EVERY steps last to first. For each it rebuilds the
 start state of each of its chunks of BLOCK_T steps (a reduction per chunk, kept in a small
@@ -28,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -35,11 +42,19 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 # The forward stores the state before every _STATE_EVERY-th step for the backward.
 _STATE_EVERY = 64
-# Forward: channels per program and warps. Measured on an H100 (batch 8, dim 1536, N 16,
-# bf16): 8 channels on 1 warp, 0.70 / 2.69 ms at L 2048 / 8192; 16 on 1 warp 0.93 / 3.53;
-# 32 on 4 warps 0.98 / 3.79; 2 on 1 warp 1.82 / 7.28 (the per-channel work of a step, its
-# loads, softplus and gate, is repeated on every lane that holds one of its states).
-_FWD_BLOCK_D, _FWD_WARPS = 8, 1
+# Forward, two kernels. The chunked one (time-parallel inside chunks of BLOCK_T steps) takes
+# 16-bit rows that can be read as 16-byte vectors (L·2 bytes a multiple of 16) and N <= 16 (it
+# unrolls its loop over the states); the step one (one time step per iteration) takes the rest.
+# Measured on an H100 (batch 8, dim 1536, N 16, bf16, L 2048 / 8192): chunked, 16 channels,
+# chunks of 32 steps (a thread holds 8 steps of one channel, 4 lanes share it), 2 warps:
+# 0.52 / 2.07 ms; 32 on 4 warps 0.53 / 2.11; chunks of 8 steps (the scan in one thread) 0.87 /
+# 3.54, of 16 steps 1.37 / 5.84, of 64 steps 0.68 / 2.72. Step kernel, 8 channels on 1 warp
+# (a channel's N states on N lanes): 0.70 / 2.69 ms; it is also faster for fp32 rows (0.86 ms
+# against the chunked kernel's 0.98 at L 2048) and, unlike the chunked one, does not slow down
+# by 6x on unaligned rows.
+_FWD_CHUNK_BLOCK_D, _FWD_CHUNK_BLOCK_T, _FWD_CHUNK_WARPS = 16, 32, 2
+_FWD_CHUNK_MAX_N = 16
+_FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
 # Backward: channels per program, elements of one [BLOCK_T, N, BLOCK_D] tile (which sets
 # BLOCK_T; the backward keeps about eight such fp32 tiles live) and warps.
 _BWD_BLOCK_D, _BWD_TILE, _BWD_WARPS = 32, 4096, 4
@@ -63,6 +78,24 @@ def _softplus(x):
 
 
 @triton.jit
+def _softplus_poly(x):
+    """``_softplus`` without log or division, for the forward, which is bound by instruction
+    issue (libdevice's log and a division made ``_softplus`` about 45 instructions, this is
+    about 15): log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the degree-8 Chebyshev
+    interpolant of (log1p(w)/w − 1)/w on [0, 1] (log1p within 3 ulp)."""
+    w = tl.exp2(-tl.abs(x) * LOG2E)
+    q = -0.004466211423277855 * w + 0.025224054232239723
+    q = q * w - 0.06675772368907928
+    q = q * w + 0.11561845242977142
+    q = q * w - 0.15847565233707428
+    q = q * w + 0.198541060090065
+    q = q * w - 0.24986526370048523
+    q = q * w + 0.3333284258842468
+    q = q * w - 0.4999999701976776
+    return tl.maximum(x, 0.0) + (w * q * w + w)
+
+
+@triton.jit
 def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """dt = softplus(delta + bias) (or delta + bias) in fp32 at [time, channel] ``offs``, 0
     where ``mask`` is off, so padded steps have decay 1 and no input. Also returns
@@ -74,8 +107,118 @@ def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
     return tl.where(mask, dt, 0.0), pre
 
 
+@triton.jit(do_not_specialize=["n_blocks"])
+def _scan_fwd_chunked_kernel(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    y_ptr,
+    last_ptr,
+    states_ptr,
+    dim,
+    L_units,
+    L_BC,
+    dg,
+    gB,
+    gC,
+    B_div,
+    C_div,
+    n_blocks,
+    L_UNIT: tl.constexpr,
+    N: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    STORE_STATES: tl.constexpr,
+    STATE_EVERY: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """Grid (cdiv(dg, BLOCK_D), G, batch); chunks of BLOCK_T steps (BLOCK_T divides
+    STATE_EVERY) are visited first to last. u, delta, z and y move as [BLOCK_T, BLOCK_D] tiles
+    read along time, which Triton lays out as one vector load of consecutive steps of one
+    channel per thread (8 steps for 16-bit inputs, 4 for fp32) and the chunk's remaining steps
+    on neighbouring lanes; the next chunk's u and delta are loaded before the current chunk is
+    computed. B and C come in fp32 as [batch, groups, N, L_BC], rows zero-padded to whole
+    chunks so that they load without masks. The N states are visited one at a time
+    (unrolled): an associative scan over the chunk gives the state at every step (its steps in
+    a thread run sequentially, then across lanes), y adds its C-weighted term in the thread,
+    and the state at the chunk's last step (padded steps have decay 1 and no input) goes back
+    into the carried [BLOCK_N, BLOCK_D] state. The last state leaves as [batch, dim, N].
+
+    L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L: it tells Triton
+    how far rows are aligned, which bounds the vector loads and thus the steps per thread."""
+    L = L_units * L_UNIT
+    g = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    i = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = i < dg
+    d = (g * dg + i).to(tl.int64)
+    n = tl.arange(0, BLOCK_N)
+    tt = tl.arange(0, BLOCK_T)
+    nd_mask = (n < N)[:, None] & d_mask[None, :]
+
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else None
+    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
+    B_rows = B_ptr + (b * gB + g // B_div) * N * L_BC
+    C_rows = C_ptr + (b * gC + g // C_div) * N * L_BC
+    offs = ((b * dim + d) * L)[None, :] + tt[:, None]  # the first chunk's tile
+    mask = (tt < L)[:, None] & d_mask[None, :]
+    u_nx = tl.load(u_ptr + offs, mask=mask, other=0.0)
+    dl_nx = tl.load(delta_ptr + offs, mask=mask, other=0.0)
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for t0 in range(0, L, BLOCK_T):
+        if STORE_STATES and t0 % STATE_EVERY == 0:
+            s_offs = ((b * n_blocks + t0 // STATE_EVERY) * N + n[:, None]) * dim + d[None, :]
+            tl.store(states_ptr + s_offs, h, mask=nd_mask)
+        u, dt = u_nx.to(tl.float32), dl_nx.to(tl.float32)
+        # z is needed only after the chunk's scans, which hide its latency.
+        zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_Z else None
+        nx_offs = offs + BLOCK_T
+        nx_mask = (t0 + BLOCK_T + tt < L)[:, None] & d_mask[None, :]
+        u_nx = tl.load(u_ptr + nx_offs, mask=nx_mask, other=0.0)
+        dl_nx = tl.load(delta_ptr + nx_offs, mask=nx_mask, other=0.0)
+
+        if HAS_BIAS:
+            dt += bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus_poly(dt)
+        dt = tl.where(mask, dt, 0.0)  # padded steps: decay 1 (and u = 0, so no input)
+        dtu = dt * u
+        y = Dv[None, :] * u if HAS_D else tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+        for k in tl.static_range(N):
+            A_k = tl.load(A_ptr + d * N + k, mask=d_mask, other=0.0).to(tl.float32) * LOG2E
+            B_k = tl.load(B_rows + k * L_BC + t0 + tt)
+            C_k = tl.load(C_rows + k * L_BC + t0 + tt)
+            decay = tl.exp2(dt * A_k[None, :])
+            x = dtu * B_k[:, None]
+            # The carried state enters through the chunk's first input.
+            h_k = tl.sum(tl.where(n[:, None] == k, h, 0.0), axis=0)
+            x = tl.where(tt[:, None] == 0, decay * h_k[None, :] + x, x)
+            _, hs = tl.associative_scan((decay, x), 0, _linear_combine)
+            y += hs * C_k[:, None]
+            h_last = tl.sum(tl.where(tt[:, None] == BLOCK_T - 1, hs, 0.0), axis=0)
+            h = tl.where(n[:, None] == k, h_last[None, :], h)
+        if HAS_Z:
+            # z·sigmoid(z) = z / s with s = 1 + e^-z ≥ 1, and 1/s as rsqrt(s)²: no division
+            # (s = inf gives 0).
+            r = tl.math.rsqrt(1.0 + tl.exp2(-zt * LOG2E))
+            y *= zt * r * r
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        offs, mask = nx_offs, nx_mask
+
+    tl.store(last_ptr + (b * dim + d[None, :]) * N + n[:, None], h, mask=nd_mask)
+
+
 @triton.jit(do_not_specialize=["L", "n_blocks"])
-def _scan_fwd_kernel(
+def _scan_fwd_step_kernel(
     u_ptr,
     delta_ptr,
     A_ptr,
@@ -383,20 +526,39 @@ class _SelectiveScan(torch.autograd.Function):
         z = z.contiguous() if z is not None else None
 
         state_every = min(_STATE_EVERY, triton.next_power_of_2(L))
-        block_d = _block_d(dg, _FWD_BLOCK_D)
         n_blocks = triton.cdiv(L, state_every)
         y = torch.empty_like(u)
         last = u.new_empty(batch, dim, N, dtype=torch.float32)
         states = u.new_empty(batch, n_blocks, N, dim, dtype=torch.float32) if need_grad else last
-        # Time-major B and C: see the kernel's docstring.
-        Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()
-        _scan_fwd_kernel[(triton.cdiv(dg, block_d), G, batch)](
-            u, delta, A, Bt, Ct, D, z, delta_bias, y, last, states,
-            dim, L, N, dg, gB, gC, G // gB, G // gC, n_blocks,
+        flags = dict(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, STORE_STATES=need_grad, STATE_EVERY=state_every,
-            BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N), num_warps=_FWD_WARPS,
+            BLOCK_N=triton.next_power_of_2(N),
         )  # fmt: skip
+        L_unit = math.gcd(L, 16)
+        rows = (u, delta) if z is None else (u, delta, z)
+        if N <= _FWD_CHUNK_MAX_N and all(t.element_size() == 2 for t in rows) and L_unit * 2 % 16 == 0:
+            block_d = _block_d(dg, _FWD_CHUNK_BLOCK_D)
+            block_t = min(_FWD_CHUNK_BLOCK_T, state_every)
+            # fp32 B and C: a bf16 value costs the kernel up to two instructions to widen, on
+            # every (step, state) of every channel; rows are zero-padded to whole chunks (and
+            # to 16 steps, for aligned vector loads) so that they load without masks.
+            L_BC = triton.cdiv(L, max(block_t, 16)) * max(block_t, 16)
+            B32, C32 = (F.pad(BC.float(), (0, L_BC - L)) if L_BC > L else BC.float() for BC in (Bg, Cg))
+            _scan_fwd_chunked_kernel[(triton.cdiv(dg, block_d), G, batch)](
+                u, delta, A, B32, C32, D, z, delta_bias, y, last, states,
+                dim, L // L_unit, L_BC, dg, gB, gC, G // gB, G // gC, n_blocks,
+                L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=_FWD_CHUNK_WARPS, **flags,
+            )  # fmt: skip
+        else:
+            block_d = _block_d(dg, _FWD_STEP_BLOCK_D)
+            # Time-major B and C: see the kernel's docstring.
+            Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()
+            _scan_fwd_step_kernel[(triton.cdiv(dg, block_d), G, batch)](
+                u, delta, A, Bt, Ct, D, z, delta_bias, y, last, states,
+                dim, L, N, dg, gB, gC, G // gB, G // gC, n_blocks,
+                BLOCK_D=block_d, num_warps=_FWD_STEP_WARPS, **flags,
+            )  # fmt: skip
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states)
             ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, delta_softplus)

@@ -5,8 +5,10 @@ The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
 ``test_triton_kernels_under_interpreter`` (see tests/interpreter.py).
 
 Shapes are tiny and the kernels' block sizes are forced small (states stored every 16
-steps, backward chunks of 4 to 16 steps, 2 or 4 channels per program), so the tests cross
-chunk, stored-state and channel-block boundaries and end on partial chunks.
+steps, forward chunks of 8 steps, backward chunks of 4 to 16 steps, 2 or 4 channels per
+program), so the tests cross chunk, stored-state and channel-block boundaries and end on
+partial chunks. fp32 inputs take the step forward; 16-bit ones whose rows are whole 16-byte
+vectors take the chunked forward (the tests of that kernel forbid the other).
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ BATCH = 2
 def _small_blocks_and_fresh_seed(request, monkeypatch):
     from memlab.kernels.selective_scan import triton_scan
 
-    # States stored every 16 steps; forward programs of 2 channels, backward programs of 4
-    # channels walking 4-step chunks (N = 4), so the backward's programs differ from those
-    # of the forward that stored the states.
+    # States stored every 16 steps; forward programs of 2 channels (the chunked kernel in
+    # chunks of 8 steps), backward programs of 4 channels walking 4-step chunks (N = 4), so the
+    # backward's programs differ from those of the forward that stored the states.
     monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
-    monkeypatch.setattr(triton_scan, "_FWD_BLOCK_D", 2)
+    monkeypatch.setattr(triton_scan, "_FWD_STEP_BLOCK_D", 2)
+    monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_D", 2)
+    monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_T", 8)
     monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
     monkeypatch.setattr(triton_scan, "_BWD_TILE", 64)
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
@@ -151,6 +155,36 @@ def test_bf16_inputs():
     assert y.dtype == torch.bfloat16 and state.dtype == torch.float32
     assert all(grads[k].dtype == dtypes[k] for k in grads)
     assert_close(got, reference(x, True, dtypes), tol=2e-2)
+
+
+@pytest.fixture
+def chunked_forward_only(monkeypatch):
+    """Fail if the step forward runs: the test is about the chunked one."""
+    from memlab.kernels.selective_scan import triton_scan
+
+    class Forbidden:
+        def __getitem__(self, grid):
+            raise AssertionError("the step forward ran where the chunked one should")
+
+    monkeypatch.setattr(triton_scan, "_scan_fwd_step_kernel", Forbidden())
+
+
+@interpreted
+@pytest.mark.usefixtures("chunked_forward_only")
+@pytest.mark.parametrize(
+    ("L", "N", "dim", "groups", "optional", "softplus"),
+    [
+        (8, 1, 8, None, OPTIONAL, True),
+        (40, 4, 8, 2, OPTIONAL, True),  # two stored blocks, ends on a partial chunk of the 3rd
+        (48, 3, 5, None, ("z",), False),  # N not a power of two; a partial channel block
+        (24, 4, 6, 3, (), True),
+    ],
+)
+def test_chunked_forward_fp16(L, N, dim, groups, optional, softplus):
+    x = make_inputs(L, N, dim=dim, groups_B=groups, groups_C=groups, softplus=softplus, optional=optional)
+    dtypes = {k: torch.float16 for k in ("u", "delta", "B", "C", "z")}
+    dtypes.update({k: torch.float32 for k in ("A", "D", "delta_bias")})
+    assert_close(run(triton_scan, x, softplus, dtypes), reference(x, softplus, dtypes), tol=5e-3)
 
 
 @interpreted
