@@ -24,7 +24,13 @@ import triton
 import triton.language as tl
 
 from memlab.kernels.gated_delta_rule import triton_chunk_fwd as fwd
-from memlab.kernels.gated_delta_rule.triton_chunk_fwd import block_k, dot_precision, pipeline_stages, tile
+from memlab.kernels.gated_delta_rule.triton_chunk_fwd import (
+    block_k,
+    dot_precision,
+    is_narrow,
+    pipeline_stages,
+    tile,
+)
 from memlab.kernels.gated_delta_rule.triton_chunk_index import (
     CHUNK_SIZE,
     ChunkIndex,
@@ -439,7 +445,7 @@ def intra_dv(
         q, k, do, gcum, dv, scale, cu_seqlens, chunk_table, T,
         H=H, K=K, V=V, BT=CHUNK_SIZE, BK=block_k(K), BV=BV,
         IS_VARLEN=index.is_varlen, PREC=dot_precision(q.dtype), num_warps=4,
-        num_stages=pipeline_stages(q.dtype),
+        num_stages=pipeline_stages(q.dtype, 3 if is_narrow(K, V) else 2),
     )  # fmt: skip
     return dv
 

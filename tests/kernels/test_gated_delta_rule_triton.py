@@ -40,7 +40,13 @@ def _small_blocks_and_fresh_seed(request, monkeypatch):
     if INTERPRETED:
         from memlab.kernels.gated_delta_rule import triton_chunk_fwd
 
-        for name in ("MAX_BLOCK_K", "MAX_BLOCK_V", "MAX_BLOCK_V_SERIAL"):
+        for name in (
+            "MAX_BLOCK_K",
+            "MAX_BLOCK_V",
+            "MAX_BLOCK_V_OUTPUT",
+            "MAX_BLOCK_V_STATE_PASS",
+            "MAX_BLOCK_V_SERIAL",
+        ):
             monkeypatch.setattr(triton_chunk_fwd, name, 16)
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
