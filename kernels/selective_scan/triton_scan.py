@@ -143,9 +143,9 @@ def _scan_fwd_chunked_kernel(
 ):
     """Grid (cdiv(dg, BLOCK_D), G, batch); chunks of BLOCK_T steps (BLOCK_T divides
     STATE_EVERY) are visited first to last. u, delta, z and y move as [BLOCK_T, BLOCK_D] tiles
-    read along time, which Triton lays out as one vector load of consecutive steps of one
-    channel per thread (8 steps for 16-bit inputs, 4 for fp32) and the chunk's remaining steps
-    on neighbouring lanes; the next chunk's u and delta are loaded before the current chunk is
+    read along time, which Triton lays out as one 16-byte vector load of 8 consecutive steps of
+    one channel per thread (the caller sends only 16-bit rows aligned that far) and the chunk's
+    remaining steps on neighbouring lanes; the next chunk's u and delta are loaded before the current chunk is
     computed. B and C come in fp32 as [batch, groups, N, L_BC], rows zero-padded to whole
     chunks so that they load without masks. The N states are visited one at a time
     (unrolled): an associative scan over the chunk gives the state at every step (its steps in
@@ -153,8 +153,9 @@ def _scan_fwd_chunked_kernel(
     and the state at the chunk's last step (padded steps have decay 1 and no input) goes back
     into the carried [BLOCK_N, BLOCK_D] state. The last state leaves as [batch, dim, N].
 
-    L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L: it tells Triton
-    how far rows are aligned, which bounds the vector loads and thus the steps per thread."""
+    L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L (8 or 16 here): it
+    tells Triton how far rows are aligned, which bounds the vector loads and thus the steps per
+    thread."""
     L = L_units * L_UNIT
     g = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
