@@ -151,6 +151,9 @@ def main() -> int:
     if not (shard.isdigit() and n_shards.isdigit() and int(shard) < int(n_shards)):
         parser.error(f"--shard takes K/N with 0 <= K < N, got {args.shard!r}")
     shard, n_shards = int(shard), int(n_shards)
+    if not torch.cuda.is_available():
+        print("error: no CUDA device; this script checks the kernels on a GPU", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     cols = ("y", "state", *(f"d{k}" for k in GRADS))
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
