@@ -22,4 +22,7 @@ def test_without_cuda_one_error_line_and_exit_2(script: str) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr[-2000:]
     assert done.stderr.startswith("error: no CUDA device"), done.stderr[-2000:]
+
+
+def test_every_check_script_is_found() -> None:
     assert len(SCRIPTS) == 4
