@@ -2,17 +2,22 @@
 
 Public API (names and conventions of the linear-attention and Mamba ecosystems):
 ``chunk_gated_delta_rule``, ``fused_recurrent_gated_delta_rule``, ``selective_scan``,
-``selective_state_update``. Every op takes ``backend="auto" | "triton" | "torch"``.
+``selective_state_update``, ``causal_conv1d``, ``l2norm``. Every op takes
+``backend="auto" | "triton" | "torch"``.
 """
 
 from memlab.kernels.backend import KernelInputError, resolve_backend
+from memlab.kernels.causal_conv1d import causal_conv1d
 from memlab.kernels.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from memlab.kernels.l2norm import l2norm
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
 
 __all__ = [
     "KernelInputError",
+    "causal_conv1d",
     "chunk_gated_delta_rule",
     "fused_recurrent_gated_delta_rule",
+    "l2norm",
     "resolve_backend",
     "selective_scan",
     "selective_state_update",

@@ -8,12 +8,17 @@ CPU tensors runs the kernels under Triton's interpreter, which must be switched 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "MEMLAB_KERNEL_BACKEND"
+# Triton is a Linux-only dependency: without it every backend resolves to the PyTorch twins
+# (and an explicit backend="triton" is refused). Kernel modules import Triton, so each op
+# imports its kernels only when a call runs them.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 class KernelInputError(ValueError):
@@ -40,4 +45,18 @@ def resolve_backend(backend: str | None, x: torch.Tensor, op: str, has_triton: b
                 f"{op}: backend='triton' on {x.device} tensors needs TRITON_INTERPRET=1 "
                 "set before Triton is imported"
             )
+    return choice
+
+
+def resolve_fp32_backend(backend: str | None, x: torch.Tensor, op: str, tensors: tuple) -> str:
+    """resolve_backend for an op whose Triton kernels compute in fp32: float64 inputs (any of
+    ``tensors``, None entries skipped) run the PyTorch twin under "auto" and are refused under
+    an explicit "triton"."""
+    choice = resolve_backend(backend, x, op, has_triton=HAS_TRITON)
+    if choice == "triton" and any(t is not None and t.dtype == torch.float64 for t in tensors):
+        if (backend if backend is not None else os.environ.get(ENV_VAR, "auto")) == "auto":
+            return "torch"
+        raise KernelInputError(
+            f"{op}: the Triton kernels compute in float32; float64 inputs need backend='torch'"
+        )
     return choice

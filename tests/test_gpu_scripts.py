@@ -25,4 +25,4 @@ def test_without_cuda_one_error_line_and_exit_2(script: str) -> None:
 
 
 def test_every_check_script_is_found() -> None:
-    assert len(SCRIPTS) == 4
+    assert len(SCRIPTS) == 5

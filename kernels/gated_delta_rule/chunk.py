@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-from memlab.kernels.backend import ENV_VAR, KernelInputError, resolve_backend
+from memlab.kernels.backend import HAS_TRITON, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import check_inputs
 from memlab.kernels.gated_delta_rule.torch_chunk import OP, chunk_gated_delta_rule_torch
-
-# Triton may be missing (it is Linux-only); then every backend resolves to the twin.
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def chunk_gated_delta_rule_triton(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -21,17 +15,6 @@ def chunk_gated_delta_rule_triton(*args, **kwargs) -> tuple[torch.Tensor, torch.
     from memlab.kernels.gated_delta_rule.triton_chunk import chunk_gated_delta_rule_triton
 
     return chunk_gated_delta_rule_triton(*args, **kwargs)
-
-
-def pick_backend(backend: str | None, q: torch.Tensor, op: str, has_triton: bool) -> str:
-    """resolve_backend, plus fp64: the Triton kernels compute in fp32, so fp64 inputs run
-    the PyTorch twin under "auto" and are refused under an explicit "triton"."""
-    choice = resolve_backend(backend, q, op, has_triton=has_triton)
-    if choice == "triton" and q.dtype == torch.float64:
-        if (backend if backend is not None else os.environ.get(ENV_VAR, "auto")) == "auto":
-            return "torch"
-        raise KernelInputError(f"{op}: the Triton kernels compute in fp32; fp64 inputs need backend='torch'")
-    return choice
 
 
 # Backend name -> implementation.
@@ -79,7 +62,7 @@ def chunk_gated_delta_rule(
         KernelInputError: for inputs the op cannot take or a backend it does not have.
     """
     check_inputs(OP, q, k, v, g, beta, scale, initial_state, cu_seqlens)
-    implementation = _IMPLEMENTATIONS[pick_backend(backend, q, OP, has_triton="triton" in _IMPLEMENTATIONS)]
+    implementation = _IMPLEMENTATIONS[resolve_fp32_backend(backend, q, OP, (q,))]
     return implementation(
         q,
         k,

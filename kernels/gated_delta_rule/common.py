@@ -1,6 +1,6 @@
-"""Plumbing shared by the reference and the PyTorch twins of the gated delta rule:
-q/k normalisation, the per-sequence loop for packed (cu_seqlens) inputs, and the
-upcast-run-downcast wrapper around a dense recurrence."""
+"""Plumbing shared by the reference and the PyTorch twins of the gated delta rule: the
+per-sequence loop for packed (cu_seqlens) inputs, and the upcast-run-downcast wrapper around a
+dense recurrence."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from memlab.kernels.gated_delta_rule.checks import sequence_bounds
+from memlab.kernels.l2norm import l2norm_torch
 
 # (q, k, v, g, beta, h0 or None) -> (o, final state); every tensor holds one batch of
 # equal-length sequences, q is already scaled.
@@ -16,17 +17,6 @@ DenseFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
     tuple[torch.Tensor, torch.Tensor],
 ]
-
-
-def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(sum(x²) + eps) over the last dim, in x's dtype; eps keeps all-zero rows finite.
-
-    The sum runs in fp32 (or fp64) and the result is cast back explicitly: CUDA autocast runs
-    ``sum`` in fp32, and a bf16 x times an fp32 norm would otherwise come out fp32 while v
-    stays bf16, a dtype mix the Triton kernels cannot compile.
-    """
-    wide = x.to(torch.promote_types(x.dtype, torch.float32))
-    return (wide * torch.rsqrt(wide.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def run_per_sequence(
@@ -81,7 +71,7 @@ def run_twin(
     if initial_state is not None:
         initial_state = initial_state.to(dtype)
     if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
+        q, k = l2norm_torch(q), l2norm_torch(k)
     q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
     o, final_state = run_per_sequence(op, dense, q, k, v, g, beta, initial_state, cu_seqlens)
     return o.to(out_dtype), (final_state if output_final_state else None)

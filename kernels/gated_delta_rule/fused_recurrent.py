@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from memlab.kernels.backend import HAS_TRITON, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import check_inputs
-from memlab.kernels.gated_delta_rule.chunk import HAS_TRITON, pick_backend
 from memlab.kernels.gated_delta_rule.common import run_twin
 
 OP = "fused_recurrent_gated_delta_rule"
@@ -121,7 +121,7 @@ def fused_recurrent_gated_delta_rule(
         KernelInputError: for inputs the op cannot take or a backend it does not have.
     """
     check_inputs(OP, q, k, v, g, beta, scale, initial_state, cu_seqlens)
-    implementation = _IMPLEMENTATIONS[pick_backend(backend, q, OP, has_triton="triton" in _IMPLEMENTATIONS)]
+    implementation = _IMPLEMENTATIONS[resolve_fp32_backend(backend, q, OP, (q,))]
     return implementation(
         q,
         k,

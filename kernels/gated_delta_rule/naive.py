@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.gated_delta_rule.common import l2norm, run_per_sequence
+from memlab.kernels.gated_delta_rule.common import run_per_sequence
+from memlab.kernels.l2norm import l2norm_torch
 
 
 def _naive_dense(
@@ -65,7 +66,7 @@ def naive_recurrent_gated_delta_rule(
         q's dtype. Differentiable by autograd; slow, meant for tests.
     """
     if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
+        q, k = l2norm_torch(q), l2norm_torch(k)
     o, final_state = run_per_sequence(
         "naive_recurrent_gated_delta_rule", _naive_dense, q, k, v, g, beta, initial_state, cu_seqlens
     )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 
 from memlab.kernels.backend import KernelInputError
-from memlab.kernels.gated_delta_rule.common import l2norm
 from memlab.kernels.gated_delta_rule.torch_chunk import OP
 from memlab.kernels.gated_delta_rule.triton_chunk_bwd import dqkw, intra_dv, state_grad_pass, wy_backward
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import output, prepare, state_pass
 from memlab.kernels.gated_delta_rule.triton_chunk_index import build_chunk_index
+from memlab.kernels.l2norm import l2norm
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -78,7 +78,7 @@ def chunk_gated_delta_rule_triton(
     B, T, H, K = q.shape
     V = v.shape[-1]
     if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
+        q, k = l2norm(q, backend="triton"), l2norm(k, backend="triton")
     scale = K**-0.5 if scale is None else float(scale)
     index = build_chunk_index(B, T, cu_seqlens)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()

@@ -13,9 +13,9 @@ import triton
 import triton.language as tl
 
 from memlab.kernels.backend import KernelInputError
-from memlab.kernels.gated_delta_rule.common import l2norm
 from memlab.kernels.gated_delta_rule.triton_chunk import TRITON_DTYPES
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import tile
+from memlab.kernels.l2norm import l2norm
 
 OP = "fused_recurrent_gated_delta_rule"
 
@@ -106,7 +106,7 @@ def fused_recurrent_gated_delta_rule_triton(
     B, T, H, K = q.shape
     V = v.shape[-1]
     if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
+        q, k = l2norm(q, backend="triton"), l2norm(k, backend="triton")
     scale = K**-0.5 if scale is None else float(scale)
     num_seqs = B if cu_seqlens is None else cu_seqlens.numel() - 1
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))

@@ -6,33 +6,12 @@ their errors the same way.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-from memlab.kernels.backend import ENV_VAR, KernelInputError, resolve_backend
+from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
 from memlab.kernels.selective_scan.torch_scan import selective_scan_torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-# Triton is a Linux-only dependency: without it every backend resolves to the PyTorch twin
-# (and an explicit backend="triton" is refused). The kernel modules import Triton, so they
-# are imported only when a call actually runs them.
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-
-def pick_backend(backend: str | None, ref: torch.Tensor, op: str, tensors: tuple) -> str:
-    """resolve_backend, plus the float64 rule: the Triton kernels compute in float32, so
-    float64 inputs run the PyTorch twin under "auto" and are refused under "triton"."""
-    choice = resolve_backend(backend, ref, op, has_triton=_HAS_TRITON)
-    if choice == "triton" and any(t is not None and t.dtype == torch.float64 for t in tensors):
-        if (backend if backend is not None else os.environ.get(ENV_VAR, "auto")) == "auto":
-            return "torch"
-        raise KernelInputError(
-            f"{op}: the Triton kernel computes in float32; float64 inputs need backend='torch'"
-        )
-    return choice
 
 
 def check_tensor(
@@ -154,7 +133,7 @@ def selective_scan(
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if pick_backend(backend, u, "selective_scan", tensors) == "triton":
+    if resolve_fp32_backend(backend, u, "selective_scan", tensors) == "triton":
         from memlab.kernels.selective_scan.triton_scan import selective_scan_triton
 
         return selective_scan_triton(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import KernelInputError
-from memlab.kernels.selective_scan.scan import check_grouped, check_tensor, pick_backend
+from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.selective_scan.scan import check_grouped, check_tensor
 
 
 def _check_inputs(
@@ -107,7 +107,7 @@ def selective_state_update(
     """
     _check_inputs(state, x, dt, A, B, C, D, z, dt_bias)
     tensors = (state, x, dt, A, B, C, D, z, dt_bias)
-    if pick_backend(backend, x, "selective_state_update", tensors) == "triton":
+    if resolve_fp32_backend(backend, x, "selective_state_update", tensors) == "triton":
         from memlab.kernels.selective_scan.triton_state_update import selective_state_update_triton
 
         return selective_state_update_triton(*tensors, dt_softplus=dt_softplus)

@@ -290,7 +290,7 @@ def test_backend_selection(op, monkeypatch):
 def test_l2norm_keeps_dtype_and_normalises_in_fp32(dtype):
     # Under CUDA autocast a bf16 q, k times an fp32 norm came out fp32 next to a bf16 v,
     # which the Triton kernels refuse to compile: the result must be in x's own dtype.
-    from memlab.kernels.gated_delta_rule.common import l2norm
+    from memlab.kernels.l2norm import l2norm_torch as l2norm
 
     x = torch.randn(3, 5, 64, dtype=F64).to(dtype)
     y = l2norm(x)

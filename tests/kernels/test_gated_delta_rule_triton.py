@@ -182,7 +182,7 @@ def test_fused_recurrent_refuses_gradients():
 @pytest.mark.parametrize("op", [chunk_gated_delta_rule, fused_recurrent_gated_delta_rule])
 def test_fp64_is_refused_by_triton_and_auto_stays_on_torch_for_cpu(op):
     x = {n: t.detach().double() for n, t in make_inputs(3).items()}
-    with pytest.raises(KernelInputError, match="fp64 inputs need backend='torch'"):
+    with pytest.raises(KernelInputError, match="float64 inputs need backend='torch'"):
         op(**x, backend="triton")
     o_auto, _ = op(**x)
     o_torch, _ = op(**x, backend="torch")

@@ -31,9 +31,8 @@ from torch import nn
 
 from memlab.errors import ConfigError
 from memlab.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
-from memlab.kernels.backend import BACKENDS
+from memlab.kernels.backend import BACKENDS, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import MAX_HEAD_DIM, sequence_bounds
-from memlab.kernels.gated_delta_rule.chunk import HAS_TRITON, pick_backend
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
 from memlab.models.layers.attention import document_positions
 from memlab.models.layers.config_types import require_types
@@ -130,9 +129,9 @@ class MoMAttention(nn.Module):
             torch.empty(rows, d_model, H * K + H * V + 2 * H).uniform_(-bound, bound)
         )
         self.A_log, self.dt_bias = _mamba_decay_init(H)
-        self.q_conv = ShortConvolution(H * K, conv_size)
-        self.k_conv = ShortConvolution(H * K, conv_size)
-        self.v_conv = ShortConvolution(H * V, conv_size)
+        self.q_conv = ShortConvolution(H * K, conv_size, backend)
+        self.k_conv = ShortConvolution(H * K, conv_size, backend)
+        self.v_conv = ShortConvolution(H * V, conv_size, backend)
         self.gate_proj = nn.Linear(d_model, H * V, bias=False)
         self.norm = GatedRMSNorm(V, norm_eps)
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
@@ -195,7 +194,7 @@ class MoMAttention(nn.Module):
         themselves (Gated DeltaNet) and dispatching would only copy them."""
         if self.num_rows == 1 and cu_seqlens is None:
             return False
-        return pick_backend(self.backend, x, CHUNK_OP, has_triton=HAS_TRITON) == "triton"
+        return resolve_fp32_backend(self.backend, x, CHUNK_OP, (x,)) == "triton"
 
     def _mix_packed(
         self, x: torch.Tensor, cu_seqlens: torch.Tensor | None

@@ -1,0 +1,76 @@
+"""Triton L2 norm over the last dim (the "triton" backend of ``l2norm``): one pass over x
+forward, keeping 1/‖x‖ per row; one pass over x and dy backward,
+dx = r · dy − r³ (x · dy) x with r = 1/sqrt(Σ x² + eps)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements of the [rows, D] tile one program handles.
+_TILE = 4096
+
+
+@triton.jit
+def _l2norm_fwd_kernel(x, y, rstd, R, D, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    o_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    o_d = tl.arange(0, BLOCK_D)
+    mask = (o_r < R)[:, None] & (o_d < D)[None, :]
+    offsets = o_r.to(tl.int64)[:, None] * D + o_d[None, :]
+    b_x = tl.load(x + offsets, mask=mask, other=0.0).to(tl.float32)
+    b_r = 1.0 / tl.sqrt(tl.sum(b_x * b_x, 1) + eps)
+    tl.store(y + offsets, (b_x * b_r[:, None]).to(y.dtype.element_ty), mask=mask)
+    tl.store(rstd + o_r, b_r, mask=o_r < R)
+
+
+@triton.jit
+def _l2norm_bwd_kernel(x, dy, rstd, dx, R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    o_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    o_d = tl.arange(0, BLOCK_D)
+    mask = (o_r < R)[:, None] & (o_d < D)[None, :]
+    offsets = o_r.to(tl.int64)[:, None] * D + o_d[None, :]
+    b_x = tl.load(x + offsets, mask=mask, other=0.0).to(tl.float32)
+    b_dy = tl.load(dy + offsets, mask=mask, other=0.0).to(tl.float32)
+    b_r = tl.load(rstd + o_r, mask=o_r < R, other=0.0)
+    b_xdy = tl.sum(b_x * b_dy, 1)
+    b_dx = b_dy * b_r[:, None] - b_x * (b_r * b_r * b_r * b_xdy)[:, None]
+    tl.store(dx + offsets, b_dx.to(dx.dtype.element_ty), mask=mask)
+
+
+def _blocks(D: int) -> tuple[int, int]:
+    block_d = triton.next_power_of_2(D)
+    return max(1, _TILE // block_d), block_d
+
+
+class _L2Norm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, eps):
+        rows = x.reshape(-1, x.shape[-1])
+        R, D = rows.shape
+        block_r, block_d = _blocks(D)
+        y = torch.empty_like(rows)
+        rstd = torch.empty(R, dtype=torch.float32, device=x.device)
+        _l2norm_fwd_kernel[(triton.cdiv(R, block_r),)](
+            rows, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d
+        )
+        ctx.save_for_backward(rows, rstd)
+        ctx.shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, rstd = ctx.saved_tensors
+        R, D = rows.shape
+        block_r, block_d = _blocks(D)
+        dy = dy.reshape(R, D).contiguous()
+        dx = torch.empty_like(rows)
+        _l2norm_bwd_kernel[(triton.cdiv(R, block_r),)](
+            rows, dy, rstd, dx, R, D, BLOCK_R=block_r, BLOCK_D=block_d
+        )
+        return dx.view(ctx.shape), None
+
+
+def l2norm_triton(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """As ``l2norm`` (x already checked): [..., D] in x's dtype."""
+    return _L2Norm.apply(x.contiguous(), eps)
