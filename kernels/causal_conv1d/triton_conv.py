@@ -4,9 +4,8 @@ A program owns a [BLOCK_T, BLOCK_C] tile of one sequence row: time along dim 0, 
 (contiguous in memory) along dim 1. Each of the W taps is one shifted, masked load of the
 tile; a tap is masked where it would reach before the token's sequence start, so packed
 sequences never mix. The backward takes two passes: the first recomputes the pre-activations
-(the forward stores none), writes the gradient at them (in x's dtype, as dx will be) and
-reduces the tile's weight and bias gradients, from the unrounded fp32 one, into fp32 partials
-that one sum finishes; the second gathers dx from the W
+(the forward stores none), writes the fp32 gradient at them and reduces the tile's weight and
+bias gradients into fp32 partials that one sum finishes; the second gathers dx from the W
 outputs each input feeds.
 """
 
@@ -218,7 +217,7 @@ class _CausalConv1d(torch.autograd.Function):
         grid = _grid(B, T, C)
         pre_grid = (triton.cdiv(T, _BWD_ROWS), grid[1], B)
         parts = B * pre_grid[0]
-        dpre = torch.empty(B, T, C, dtype=x.dtype, device=x.device) if ctx.silu else dy
+        dpre = torch.empty(B, T, C, dtype=torch.float32, device=x.device) if ctx.silu else dy
         dw_part = torch.empty(parts, W, C, dtype=torch.float32, device=x.device)
         db_part = None if bias is None else torch.empty(parts, C, dtype=torch.float32, device=x.device)
         _conv_bwd_pre_kernel[pre_grid](

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from memlab.kernels.gated_rmsnorm import gated_rmsnorm
 
 
 class GatedRMSNorm(nn.Module):
@@ -13,16 +14,14 @@ class GatedRMSNorm(nn.Module):
     Args:
         dim: the head dim; weight is [dim], initialised to ones, shared by all heads.
         eps: added to the mean square.
+        backend: kernel backend (see ``gated_rmsnorm``).
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, backend: str | None = None) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.backend = eps, backend
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, o: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """o, gate: [..., dim] -> [..., dim] in o's dtype; computed in fp32 (or fp64) for bf16 safety."""
-        dtype = torch.promote_types(o.dtype, torch.float32)
-        o32 = o.to(dtype)
-        normed = o32 * torch.rsqrt(o32.square().mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.to(dtype) * F.silu(gate.to(dtype))).to(o.dtype)
+        return gated_rmsnorm(o, gate, self.weight, self.eps, backend=self.backend)

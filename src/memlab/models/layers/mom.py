@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlab.errors import ConfigError
-from memlab.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule
 from memlab.kernels.backend import BACKENDS, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import MAX_HEAD_DIM, sequence_bounds
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
@@ -133,7 +133,7 @@ class MoMAttention(nn.Module):
         self.k_conv = ShortConvolution(H * K, conv_size, backend)
         self.v_conv = ShortConvolution(H * V, conv_size, backend)
         self.gate_proj = nn.Linear(d_model, H * V, bias=False)
-        self.norm = GatedRMSNorm(V, norm_eps)
+        self.norm = GatedRMSNorm(V, norm_eps, backend)
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
 
     @property
@@ -247,8 +247,10 @@ class MoMAttention(nn.Module):
             use_qk_l2norm_in_kernel=True,
             backend=self.backend,
         )
-        picked = o_packed.view(N, H * V)[segments.destination].to(compute)  # [B·T, S, H·V]
-        o = (picked * weights.reshape(B * T, S, 1)).sum(1).to(x.dtype)
+        o = combine_routed(
+            o_packed.view(N, H * V), segments.destination, weights.reshape(B * T, S), self.backend
+        )
+        o = o.to(x.dtype)
         o = self.norm(o.view(B, T, H, V), self.gate_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), probs, routed
 
@@ -308,8 +310,9 @@ class MoMAttention(nn.Module):
             use_qk_l2norm_in_kernel=True,
             backend=self.backend,
         )
-        picked = o_rows.reshape(B * M * T, H * V)[destination].to(compute)  # [B, T, S, H·V]
-        o = (picked * weights[..., None]).sum(2).to(x.dtype)
+        o = combine_routed(
+            o_rows.reshape(B * M * T, H * V), destination.view(B * T, S), weights.view(B * T, S), self.backend
+        ).to(x.dtype)
         o = self.norm(o.view(B, T, H, V), self.gate_proj(x).view(B, T, H, V))
         hidden = self.o_proj(o.reshape(B, T, H * V))
 

@@ -1,14 +1,16 @@
-"""Check the Triton causal conv1d and L2 norm on a GPU against their fp64 references.
+"""Check the Triton layer ops (causal conv1d, L2 norm, gated RMSNorm, routed combine) on a GPU
+against their fp64 references.
 
 For every case: the output and the gradients of every input (from random cotangents), each as
 ‖got − ref‖/‖ref‖ against the fp64 reference run on exactly the values the kernel saw (inputs
 rounded to the kernel's dtype first). Conv cases cover widths 1-4, channel counts that are
 and are not multiples of the kernels' tiles, a bias or none, SiLU or none, packed sequences
-with empty and length-1 ones, and a strided input; L2 norm cases cover head sizes 64-256 and
-odd ones, with all-zero rows. bf16 and fp32. Prints one row per case with PASS/FAIL and exits
+with empty and length-1 ones, and a strided input; the norms cover head sizes 64-256 and odd
+ones (L2 norm with all-zero rows); the combine covers MoM's shape (top-2 plus shared) and rows
+no index picks. bf16 and fp32. Prints one row per case with PASS/FAIL and exits
 1 if any case fails.
 
-    python scripts/check_gpu_conv_norm.py
+    python scripts/check_gpu_layer_ops.py
 """
 
 from __future__ import annotations
@@ -18,18 +20,21 @@ import time
 
 import torch
 
-from memlab.kernels import causal_conv1d, l2norm
+from memlab.kernels import causal_conv1d, combine_routed, gated_rmsnorm, l2norm
 from memlab.kernels.causal_conv1d import naive_causal_conv1d
+from memlab.kernels.combine_routed import combine_routed_torch
 from memlab.kernels.compare import rel_err
+from memlab.kernels.gated_rmsnorm import gated_rmsnorm_torch
 from memlab.kernels.l2norm import l2norm_torch
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
-COLUMNS = ("y", "dx", "dweight", "dbias")
+COLUMNS = ("y", "dx", "do", "dgate", "dvalues", "dweight", "dweights", "dbias")
 
 
 def check(fn, reference, inputs: dict[str, torch.Tensor | None], dtype: torch.dtype, **kwargs) -> dict:
-    """Errors of fn's output and gradients against ``reference`` in fp64, on the same values."""
+    """Errors of fn's output and gradients against ``reference`` in fp64, on the same values
+    (integer inputs, passed through kwargs, are not differentiated)."""
     strided = kwargs.pop("strided", False)
     leaves = {n: t.to(dtype).double().requires_grad_() for n, t in inputs.items() if t is not None}
     ref = reference(**leaves, **kwargs)
@@ -79,6 +84,27 @@ def cases():
             x = torch.randn(*shape, device="cuda")
             x[:3] = 0  # all-zero rows: finite, zero output and gradient
             yield f"l2norm {list(shape)}", l2norm, l2norm_torch, {"x": x}, dtype, {}
+            norm_inputs = {
+                "o": x,
+                "gate": torch.randn(*shape, device="cuda"),
+                "weight": torch.randn(shape[-1], device="cuda"),
+            }
+            yield (
+                f"gated_rmsnorm {list(shape)}",
+                gated_rmsnorm,
+                gated_rmsnorm_torch,
+                norm_inputs,
+                dtype,
+                {"eps": 1e-5},
+            )
+        for tokens, S, F, spare in ((32768, 3, 1024, 0), (1000, 2, 100, 77)):
+            index = torch.randperm(tokens * S + spare, device="cuda")[: tokens * S].view(tokens, S)
+            combine_inputs = {
+                "values": torch.randn(tokens * S + spare, F, device="cuda"),
+                "weights": torch.rand(tokens, S, device="cuda"),
+            }
+            name = f"combine tokens={tokens} S={S} F={F} unpicked={spare}"
+            yield name, combine_routed, combine_routed_torch, combine_inputs, dtype, {"index": index}
 
 
 def main() -> int:

@@ -1,0 +1,96 @@
+"""Gated RMSNorm: the PyTorch twin against ``F.rms_norm``, input checks, and (under Triton's
+interpreter, started by ``test_triton_kernels_under_interpreter``) the Triton kernels against
+the fp64 twin, output and the gradients of o, gate and weight, with several rows per program
+and backward programs that end inside a tile.
+
+Every test draws fresh random inputs; the seed is printed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memlab.kernels.backend import KernelInputError
+from memlab.kernels.compare import rel_err
+from memlab.kernels.gated_rmsnorm import gated_rmsnorm, gated_rmsnorm_torch
+from tests.interpreter import INTERPRETED, interpreted, run_under_interpreter
+
+F64 = torch.float64
+EPS = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_small_tiles(monkeypatch):
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"seed={seed}")
+    torch.manual_seed(seed)
+    monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
+    if INTERPRETED:
+        from memlab.kernels.gated_rmsnorm import triton_gated_rmsnorm
+
+        monkeypatch.setattr(triton_gated_rmsnorm, "_TILE", 256)
+        monkeypatch.setattr(triton_gated_rmsnorm, "_BWD_ROWS", 6)
+
+
+def inputs(*shape: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.randn(*shape, dtype=F64), torch.randn(*shape, dtype=F64), torch.randn(shape[-1], dtype=F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, F64])
+def test_twin_matches_rms_norm(dtype):
+    o, g, w = (t.to(dtype) for t in inputs(3, 5, 33))
+    expected = F.rms_norm(o.double(), (33,), eps=EPS) * w.double() * F.silu(g.double())
+    got = gated_rmsnorm(o, g, w, EPS, backend="torch")
+    assert got.dtype == dtype
+    assert rel_err(got, expected) < {torch.bfloat16: 8e-3, torch.float32: 1e-6, F64: 1e-12}[dtype]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((torch.randn(2, 4), torch.randn(2, 5), torch.randn(4)), "o and gate must have one shape"),
+        ((torch.randn(2, 4), torch.randn(2, 4), torch.randn(5)), r"weight must have shape \[D=4\]"),
+        (
+            (torch.randn(2, 4), torch.ones(2, 4, dtype=torch.long), torch.randn(4)),
+            "gate must be a floating-point",
+        ),
+    ],
+)
+def test_bad_inputs_are_refused_clearly(args, message):
+    with pytest.raises(KernelInputError, match=message):
+        gated_rmsnorm(*args)
+
+
+def test_triton_kernels_under_interpreter() -> None:
+    run_under_interpreter(__file__)
+
+
+@interpreted
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 9, 4, 33), (13, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_matches_reference(shape, dtype):
+    o, g, w = inputs(*shape)
+    o, g = o.to(dtype), g.to(dtype)
+    w = w.float()
+    ref_leaves = [t.double().requires_grad_() for t in (o, g, w)]
+    ref = gated_rmsnorm_torch(*ref_leaves, EPS)
+    dy = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy)
+    leaves = [t.clone().requires_grad_() for t in (o, g, w)]
+    got = gated_rmsnorm(*leaves, EPS, backend="triton")
+    grads = torch.autograd.grad(got, leaves, dy.to(dtype))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert got.dtype == dtype and [t.dtype for t in grads] == [dtype, dtype, torch.float32]
+    errors = [rel_err(got, ref)] + [rel_err(a, b) for a, b in zip(grads, ref_grads, strict=True)]
+    assert max(errors) < tol, errors
+
+
+@interpreted
+def test_float64_refused_on_triton():
+    o, g, w = inputs(2, 4)
+    with pytest.raises(KernelInputError, match="float64 inputs need backend='torch'"):
+        gated_rmsnorm(o, g, w, backend="triton")
