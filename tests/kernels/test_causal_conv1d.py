@@ -48,6 +48,7 @@ def _seed_and_small_tiles(monkeypatch):
         monkeypatch.setattr(triton_conv, "_BLOCK_C", 4)
         monkeypatch.setattr(triton_conv, "_BWD_ROWS", 8)
         monkeypatch.setattr(triton_conv, "_BWD_BLOCK_T", 4)
+        monkeypatch.setattr(triton_conv, "_BWD_BLOCK_C", 4)
 
 
 def conv_inputs(B, T, C, W, bias: bool) -> dict[str, torch.Tensor | None]:

@@ -37,7 +37,13 @@ from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
 from memlab.models.layers.attention import document_positions
 from memlab.models.layers.config_types import require_types
 from memlab.models.layers.gated_rmsnorm import GatedRMSNorm
-from memlab.models.layers.mom_dispatch import grouped_mm_fits, packed_layout, padded_layout, project_packed
+from memlab.models.layers.mom_dispatch import (
+    dispatch_rows,
+    grouped_mm_fits,
+    packed_layout,
+    padded_layout,
+    project_packed,
+)
 from memlab.models.layers.short_conv import ShortConvolution
 from memlab.models.mixer import MixerOutput
 
@@ -117,7 +123,7 @@ class MoMAttention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads, self.head_dim, self.value_dim = num_heads, head_dim, int(value_dim)
         self.num_memories, self.topk, self.shared_mem = num_memories, topk, shared_mem
-        self.aux_loss_weight, self.backend = aux_loss_weight, backend
+        self.aux_loss_weight = aux_loss_weight
         H, K, V = num_heads, head_dim, self.value_dim
         rows = num_memories + int(shared_mem)
 
@@ -135,6 +141,19 @@ class MoMAttention(nn.Module):
         self.gate_proj = nn.Linear(d_model, H * V, bias=False)
         self.norm = GatedRMSNorm(V, norm_eps, backend)
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str | None:
+        """The kernel backend of every op of the layer (see ``__init__``)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str | None) -> None:
+        # the convs and the norm run kernel ops of their own: one setting for all of them
+        self._backend = value
+        for module in (self.q_conv, self.k_conv, self.v_conv, self.norm):
+            module.backend = value
 
     @property
     def num_rows(self) -> int:
@@ -222,12 +241,12 @@ class MoMAttention(nn.Module):
         # and v convs run over the packed segments and restart at every (sequence, memory)
         # boundary, so they never read another memory's or sequence's tokens.
         q, _ = self.q_conv(self.q_proj(x), cu_seqlens=cu_seqlens)
-        q = q.reshape(B * T, H * K)[segments.source]
+        q = dispatch_rows(q.reshape(B * T, H * K), segments, self.backend)
         flat = x.reshape(B * T, D)
         if torch.is_autocast_enabled(x.device.type):
             flat = flat.to(torch.get_autocast_dtype(x.device.type))
         grouped = grouped_mm_fits(flat, self.memory_proj)
-        k, v, b, a = project_packed(flat, self.memory_proj, segments, grouped).split(
+        k, v, b, a = project_packed(flat, self.memory_proj, segments, grouped, self.backend).split(
             [H * K, H * V, H, H], dim=-1
         )
         k, _ = self.k_conv(k[None], cu_seqlens=segments.cu_seqlens)

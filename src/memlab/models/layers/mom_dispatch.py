@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from memlab.kernels import combine_routed
+
 
 def padded_layout(visited: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The padded layout of B sequences.
@@ -98,6 +100,30 @@ def packed_layout(
     return PackedSegments(destination, source, memory, cu_seqlens, memory_ends)
 
 
+class _DispatchRows(torch.autograd.Function):
+    """x[source] into packed order; the backward sums each token's S visits back through
+    ``destination`` (a gather again, not the sorting scatter-add of index's backward)."""
+
+    @staticmethod
+    def forward(ctx, x, segments, backend):
+        ctx.segments, ctx.backend = segments, backend
+        return x[segments.source]
+
+    @staticmethod
+    def backward(ctx, grad):
+        destination = ctx.segments.destination
+        ones = torch.ones(destination.shape, dtype=torch.float32, device=grad.device)
+        return combine_routed(grad.contiguous(), destination, ones, ctx.backend), None, None
+
+
+def dispatch_rows(x: torch.Tensor, segments: PackedSegments, backend: str | None = None) -> torch.Tensor:
+    """x [tokens, F] -> [N, F], each packed visit's token row (differentiable).
+
+    backend: the kernel backend of the backward's combine (see ``combine_routed``).
+    """
+    return _DispatchRows.apply(x, segments, backend)
+
+
 def grouped_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``torch._grouped_mm`` runs natively for x [N, D] @ weight [M, D, F] on this
     device: CUDA bf16 on compute capability 9.x or 10.x (its CUTLASS kernel), with 16-byte
@@ -114,7 +140,7 @@ def grouped_mm_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def project_packed(
-    x: torch.Tensor, weight: torch.Tensor, segments: PackedSegments, grouped: bool
+    x: torch.Tensor, weight: torch.Tensor, segments: PackedSegments, grouped: bool, backend: str | None = None
 ) -> torch.Tensor:
     """Each packed visit's token through its memory's projection.
 
@@ -125,12 +151,14 @@ def project_packed(
         grouped: gather the tokens into packed order and run one ``torch._grouped_mm`` over
             the memories' runs (N·D·F multiply-adds); otherwise project every token with every
             memory in one dense matmul and pick (tokens·M·D·F), which runs anywhere.
+        backend: the kernel backend of the gather's backward (see ``dispatch_rows``).
 
     Returns:
         [N, F] in x's dtype (the autocast dtype under autocast for the dense form).
     """
     if grouped:
-        return torch._grouped_mm(x[segments.source], weight.to(x.dtype), offs=segments.memory_ends)
+        rows = dispatch_rows(x, segments, backend)
+        return torch._grouped_mm(rows, weight.to(x.dtype), offs=segments.memory_ends)
     M, D, width = weight.shape
     every = (x @ weight.permute(1, 0, 2).reshape(D, M * width)).view(-1, width)  # [tokens·M, F]
     return every[segments.source * M + segments.memory]
