@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlab.errors import ConfigError
-from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule
+from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule, l2norm
 from memlab.kernels.backend import BACKENDS, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import MAX_HEAD_DIM, sequence_bounds
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
@@ -237,11 +237,13 @@ class MoMAttention(nn.Module):
         S = chosen.shape[-1]
         segments = packed_layout(visited.reshape(B * T, M), chosen.reshape(B * T, S), sequence, starts, ends)
 
-        # q is shared by all memories, so its conv runs over each sequence in time order; the k
-        # and v convs run over the packed segments and restart at every (sequence, memory)
-        # boundary, so they never read another memory's or sequence's tokens.
+        # q is shared by all memories, so its conv runs over each sequence in time order, and it
+        # is normalised before it is copied to its S visits; the k and v convs run over the
+        # packed segments and restart at every (sequence, memory) boundary, so they never read
+        # another memory's or sequence's tokens.
         q, _ = self.q_conv(self.q_proj(x), cu_seqlens=cu_seqlens)
-        q = dispatch_rows(q.reshape(B * T, H * K), segments, self.backend)
+        q = l2norm(q.reshape(B * T, H, K), backend=self.backend)
+        q = dispatch_rows(q.view(B * T, H * K), segments, self.backend)
         flat = x.reshape(B * T, D)
         if torch.is_autocast_enabled(x.device.type):
             flat = flat.to(torch.get_autocast_dtype(x.device.type))
@@ -257,13 +259,13 @@ class MoMAttention(nn.Module):
         N = segments.source.numel()
         o_packed, _ = chunk_gated_delta_rule(
             q.view(1, N, H, K).to(k.dtype),
-            k.view(1, N, H, K),
+            l2norm(k.view(1, N, H, K), backend=self.backend),
             v.view(1, N, H, V),
             g.view(1, N, H),
             beta.view(1, N, H),
             scale=K**-0.5,
             cu_seqlens=segments.cu_seqlens,
-            use_qk_l2norm_in_kernel=True,
+            use_qk_l2norm_in_kernel=False,  # normalised above
             backend=self.backend,
         )
         o = combine_routed(
