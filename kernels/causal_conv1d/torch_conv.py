@@ -21,10 +21,24 @@ def causal_conv1d_torch(
     """As ``causal_conv1d``: x [B, T, C], weight [C, W], bias [C] -> y [B, T, C] in x's dtype,
     computed in fp32 (fp64 for fp64 inputs)."""
     dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
-    T, C = x.shape[1:]
-    gap = weight.shape[1] - 1
     w = weight.to(dtype)[:, None]
     b = None if bias is None else bias.to(dtype)
+    # in the compute dtype even under autocast, which would run conv1d in 16 bits
+    with torch.autocast(x.device.type, enabled=False):
+        y = _conv(x, w, b, cu_seqlens, dtype)
+    return (F.silu(y) if activation == "silu" else y).to(x.dtype)
+
+
+def _conv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The pre-activations [B, T, C] in ``dtype``; w [C, 1, W] and b [C] already in it."""
+    T, C = x.shape[1:]
+    gap = w.shape[-1] - 1
     if cu_seqlens is None:
         y = F.conv1d(F.pad(x.to(dtype).transpose(1, 2), (gap, 0)), w, b, groups=C).transpose(1, 2)
     else:
@@ -34,4 +48,4 @@ def causal_conv1d_torch(
         spread = x.new_zeros(T + gap * (bounds.numel() - 1), C, dtype=dtype)
         spread = spread.index_copy(0, slot, x[0].to(dtype))
         y = F.conv1d(spread.T[None], w, b, groups=C)[0].T.index_select(0, slot - gap)[None]
-    return (F.silu(y) if activation == "silu" else y).to(x.dtype)
+    return y

@@ -102,6 +102,13 @@ def test_packed_sequences_equal_separate_rows():
     assert torch.allclose(packed, torch.cat(parts, dim=1))
 
 
+def test_twin_computes_in_fp32_under_autocast():
+    x, w = torch.randn(2, 9, 4).bfloat16(), torch.randn(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = causal_conv1d(x, w, backend="torch")
+    assert torch.equal(autocast, causal_conv1d(x, w, backend="torch"))
+
+
 def test_no_output_depends_on_a_later_token():
     x, w = torch.randn(1, 12, 3, dtype=F64, requires_grad=True), torch.randn(3, 4, dtype=F64)
     y = causal_conv1d(x, w, cu_seqlens=torch.tensor([0, 5, 12]), backend="torch")
