@@ -9,7 +9,7 @@ how to reproduce it.
 
 from __future__ import annotations
 
-import os
+from functools import partial
 
 import pytest
 import torch
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from memlab.kernels import causal_conv1d
 from memlab.kernels.backend import KernelInputError
 from memlab.kernels.causal_conv1d import naive_causal_conv1d
-from memlab.kernels.compare import rel_err
 from tests.interpreter import INTERPRETED, interpreted, run_under_interpreter
+from tests.kernels.reference_check import errors_against_reference, fresh_seed
 
 F64 = torch.float64
 # Shapes (B, T, C, W, cu_seqlens): rows shorter than the window, widths 1-4, channel counts
@@ -35,9 +35,7 @@ SHAPES = [
 
 @pytest.fixture(autouse=True)
 def _seed_and_small_tiles(monkeypatch):
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
-    torch.manual_seed(seed)
+    fresh_seed()
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     if INTERPRETED:
         from memlab.kernels.causal_conv1d import triton_conv
@@ -59,21 +57,9 @@ def conv_inputs(B, T, C, W, bias: bool) -> dict[str, torch.Tensor | None]:
     }
 
 
-def value_and_grads(fn, inputs: dict, dy: torch.Tensor | None, **kwargs):
-    leaves = {n: t.clone().requires_grad_() for n, t in inputs.items() if t is not None}
-    y = fn(**leaves, **kwargs)
-    dy = torch.randn_like(y, dtype=F64) if dy is None else dy
-    grads = torch.autograd.grad(y, list(leaves.values()), dy.to(y.dtype))
-    return y, dict(zip(leaves, grads, strict=True)), dy
-
-
-def compare(fn, reference, inputs, dtype, tol, **kwargs) -> None:
-    ref, ref_grads, dy = value_and_grads(reference, inputs, None, **kwargs)
-    got, grads, _ = value_and_grads(
-        fn, {n: None if t is None else t.to(dtype) for n, t in inputs.items()}, dy, **kwargs
-    )
-    assert got.dtype == dtype
-    errors = {"y": rel_err(got, ref)} | {f"d{n}": rel_err(grads[n], ref_grads[n]) for n in grads}
+def assert_matches_reference(op, inputs: dict, dtype: torch.dtype, tol: float, **kwargs) -> None:
+    inputs = {name: t for name, t in inputs.items() if t is not None}
+    errors = errors_against_reference(op, naive_causal_conv1d, inputs, dtype, **kwargs)
     assert max(errors.values()) < tol, errors
 
 
@@ -90,9 +76,7 @@ def test_torch_twin_matches_reference(B, T, C, W, offsets, activation):
     cu = None if offsets is None else torch.tensor(offsets)
     kwargs = {"cu_seqlens": cu, "activation": activation}
     inputs = conv_inputs(B, T, C, W, bias=activation is None)
-    compare(
-        lambda **a: causal_conv1d(**a, backend="torch"), naive_causal_conv1d, inputs, F64, 1e-12, **kwargs
-    )
+    assert_matches_reference(partial(causal_conv1d, backend="torch"), inputs, F64, 1e-12, **kwargs)
 
 
 def test_packed_sequences_equal_separate_rows():
@@ -148,17 +132,18 @@ def test_triton_kernels_under_interpreter() -> None:
 def test_triton_conv_matches_reference(B, T, C, W, offsets, bias):
     cu = None if offsets is None else torch.tensor(offsets, dtype=torch.int32)
     inputs = conv_inputs(B, T, C, W, bias)
-    triton_conv = lambda **a: causal_conv1d(**a, backend="triton")  # noqa: E731
-    compare(triton_conv, naive_causal_conv1d, inputs, torch.float32, 1e-5, cu_seqlens=cu)
+    assert_matches_reference(
+        partial(causal_conv1d, backend="triton"), inputs, torch.float32, 1e-5, cu_seqlens=cu
+    )
 
 
 @interpreted
 def test_triton_conv_without_activation_bf16_and_strided():
     inputs = conv_inputs(2, 10, 6, 4, bias=True)
     x = inputs["x"].transpose(0, 1).contiguous().transpose(0, 1)  # time is the outer stride
-    triton_conv = lambda **a: causal_conv1d(**a, backend="triton")  # noqa: E731
-    compare(triton_conv, naive_causal_conv1d, inputs | {"x": x}, torch.float32, 1e-5, activation=None)
-    compare(triton_conv, naive_causal_conv1d, inputs, torch.bfloat16, 2e-2)
+    triton_conv = partial(causal_conv1d, backend="triton")
+    assert_matches_reference(triton_conv, inputs | {"x": x}, torch.float32, 1e-5, activation=None)
+    assert_matches_reference(triton_conv, inputs, torch.bfloat16, 2e-2)
 
 
 @interpreted

@@ -7,7 +7,7 @@ Every test draws fresh random inputs; the seed is printed.
 
 from __future__ import annotations
 
-import os
+from functools import partial
 
 import pytest
 import torch
@@ -15,17 +15,15 @@ import torch
 from memlab.kernels import combine_routed
 from memlab.kernels.backend import KernelInputError
 from memlab.kernels.combine_routed import combine_routed_torch
-from memlab.kernels.compare import rel_err
 from tests.interpreter import INTERPRETED, interpreted, run_under_interpreter
+from tests.kernels.reference_check import errors_against_reference, fresh_seed
 
 F64 = torch.float64
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_small_tiles(monkeypatch):
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
-    torch.manual_seed(seed)
+    fresh_seed()
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     if INTERPRETED:
         from memlab.kernels.combine_routed import triton_combine
@@ -71,21 +69,17 @@ def test_triton_kernels_under_interpreter() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_matches_reference(N, R, S, F, dtype):
     values, index, weights = inputs(N, R, S, F)
-    values = values.to(dtype)
-    ref_leaves = [values.double().requires_grad_(), weights.clone().requires_grad_()]
-    ref = combine_routed_torch(ref_leaves[0], index, ref_leaves[1])
-    dy = torch.randn_like(ref)
-    ref_grads = torch.autograd.grad(ref, ref_leaves, dy)
-    leaves = [values.clone().requires_grad_(), weights.float().requires_grad_()]
-    got = combine_routed(leaves[0], index, leaves[1], backend="triton")
-    grads = torch.autograd.grad(got, leaves, dy.to(dtype))
-    assert got.dtype == grads[0].dtype == dtype
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    errors = [rel_err(got, ref)] + [rel_err(a, b) for a, b in zip(grads, ref_grads, strict=True)]
-    assert max(errors) < tol, errors
+    triton_combine = partial(combine_routed, backend="triton")
+    named = {"values": values, "weights": weights}
+    errors = errors_against_reference(triton_combine, combine_routed_torch, named, dtype, index=index)
+    assert max(errors.values()) < (1e-5 if dtype == torch.float32 else 2e-2), errors
+    leaf = values.to(dtype).requires_grad_()
+    (grad,) = torch.autograd.grad(
+        combine_routed(leaf, index, weights.to(dtype), backend="triton").sum(), leaf
+    )
     unpicked = torch.ones(N, dtype=torch.bool)
     unpicked[index.flatten()] = False
-    assert not grads[0][unpicked].any()
+    assert not grad[unpicked].any()
 
 
 @interpreted

@@ -8,7 +8,7 @@ Every test draws fresh random inputs; the seed is printed.
 
 from __future__ import annotations
 
-import os
+from functools import partial
 
 import pytest
 import torch
@@ -18,6 +18,7 @@ from memlab.kernels.backend import KernelInputError
 from memlab.kernels.compare import rel_err
 from memlab.kernels.gated_rmsnorm import gated_rmsnorm, gated_rmsnorm_torch
 from tests.interpreter import INTERPRETED, interpreted, run_under_interpreter
+from tests.kernels.reference_check import errors_against_reference, fresh_seed
 
 F64 = torch.float64
 EPS = 1e-5
@@ -25,9 +26,7 @@ EPS = 1e-5
 
 @pytest.fixture(autouse=True)
 def _seed_and_small_tiles(monkeypatch):
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
-    torch.manual_seed(seed)
+    fresh_seed()
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     if INTERPRETED:
         from memlab.kernels.gated_rmsnorm import triton_gated_rmsnorm
@@ -73,20 +72,11 @@ def test_triton_kernels_under_interpreter() -> None:
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 9, 4, 33), (13, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_matches_reference(shape, dtype):
-    o, g, w = inputs(*shape)
-    o, g = o.to(dtype), g.to(dtype)
-    w = w.float()
-    ref_leaves = [t.double().requires_grad_() for t in (o, g, w)]
-    ref = gated_rmsnorm_torch(*ref_leaves, EPS)
-    dy = torch.randn_like(ref)
-    ref_grads = torch.autograd.grad(ref, ref_leaves, dy)
-    leaves = [t.clone().requires_grad_() for t in (o, g, w)]
-    got = gated_rmsnorm(*leaves, EPS, backend="triton")
-    grads = torch.autograd.grad(got, leaves, dy.to(dtype))
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    assert got.dtype == dtype and [t.dtype for t in grads] == [dtype, dtype, torch.float32]
-    errors = [rel_err(got, ref)] + [rel_err(a, b) for a, b in zip(grads, ref_grads, strict=True)]
-    assert max(errors) < tol, errors
+    o, gate, weight = inputs(*shape)
+    triton_norm = partial(gated_rmsnorm, backend="triton")
+    named = {"o": o, "gate": gate, "weight": weight}
+    errors = errors_against_reference(triton_norm, gated_rmsnorm_torch, named, dtype, eps=EPS)
+    assert max(errors.values()) < (1e-5 if dtype == torch.float32 else 2e-2), errors
 
 
 @interpreted

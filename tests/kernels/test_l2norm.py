@@ -7,7 +7,7 @@ Every test draws fresh random inputs; the seed is printed.
 
 from __future__ import annotations
 
-import os
+from functools import partial
 
 import pytest
 import torch
@@ -18,15 +18,14 @@ from memlab.kernels.backend import KernelInputError
 from memlab.kernels.compare import rel_err
 from memlab.kernels.l2norm import l2norm_torch
 from tests.interpreter import INTERPRETED, interpreted, run_under_interpreter
+from tests.kernels.reference_check import errors_against_reference, fresh_seed
 
 F64 = torch.float64
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_small_tiles(monkeypatch):
-    seed = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={seed}")
-    torch.manual_seed(seed)
+    fresh_seed()
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     if INTERPRETED:
         from memlab.kernels.l2norm import triton_l2norm
@@ -54,17 +53,10 @@ def test_triton_kernels_under_interpreter() -> None:
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 1, 4, 33), (6, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_matches_reference(shape, dtype):
-    x = torch.randn(*shape, dtype=F64).to(dtype)
+    x = torch.randn(*shape, dtype=F64)
     x[0] = 0  # an all-zero row stays finite and zero
-    ref_leaf, leaf = x.double().requires_grad_(), x.clone().requires_grad_()
-    ref = l2norm_torch(ref_leaf)
-    dy = torch.randn_like(ref)
-    (ref_grad,) = torch.autograd.grad(ref, ref_leaf, dy)
-    got = l2norm(leaf, backend="triton")
-    (grad,) = torch.autograd.grad(got, leaf, dy.to(dtype))
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    assert got.dtype == grad.dtype == dtype
-    assert rel_err(got, ref) < tol and rel_err(grad, ref_grad) < tol
+    errors = errors_against_reference(partial(l2norm, backend="triton"), l2norm_torch, {"x": x}, dtype)
+    assert max(errors.values()) < (1e-5 if dtype == torch.float32 else 2e-2), errors
 
 
 @interpreted
