@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from memlab.kernels.causal_conv1d.segments import segment_ids
+
 
 def causal_conv1d_torch(
     x: torch.Tensor,
@@ -42,10 +44,9 @@ def _conv(
     if cu_seqlens is None:
         y = F.conv1d(F.pad(x.to(dtype).transpose(1, 2), (gap, 0)), w, b, groups=C).transpose(1, 2)
     else:
-        bounds = cu_seqlens.to(device=x.device, dtype=torch.long)
-        sequence = torch.searchsorted(bounds[1:], torch.arange(T, device=x.device), right=True)
+        sequence = segment_ids(cu_seqlens, T, x.device)
         slot = torch.arange(T, device=x.device) + gap * (sequence + 1)  # token t in the spread stream
-        spread = x.new_zeros(T + gap * (bounds.numel() - 1), C, dtype=dtype)
+        spread = x.new_zeros(T + gap * (cu_seqlens.numel() - 1), C, dtype=dtype)
         spread = spread.index_copy(0, slot, x[0].to(dtype))
         y = F.conv1d(spread.T[None], w, b, groups=C)[0].T.index_select(0, slot - gap)[None]
     return y

@@ -270,8 +270,7 @@ class MoMAttention(nn.Module):
         )
         o = combine_routed(
             o_packed.view(N, H * V), segments.destination, weights.reshape(B * T, S), self.backend
-        )
-        o = o.to(x.dtype)
+        ).to(x.dtype)
         o = self.norm(o.view(B, T, H, V), self.gate_proj(x).view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), probs, routed
 
