@@ -30,6 +30,11 @@ from memlab.kernels.gated_delta_rule import (
 )
 
 TOL = {torch.float32: 1e-3, torch.bfloat16: 1e-2}
+# In bf16 the gate's gradient dg, per token a difference of near-equal sums, has a heavy-tailed
+# error: on an H100 one case ran from 0.9e-3 to 7.8e-3 over 60 seeds, and single runs of the
+# full table have reached 1.3e-2. It gets its own bf16 bound; the fp32 rows, where a
+# miscompiled kernel shows, keep 1e-3 for every column (they stay below 1e-4).
+GATE_TOL_BF16 = 3e-2
 NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 INPUTS = ("q", "k", "v", "g", "beta", "initial_state")
 HEADS = 4
@@ -85,6 +90,11 @@ def run(fn, x: dict[str, torch.Tensor], cotangents, grads: bool, **kwargs):
     return out, cotangents
 
 
+def tolerance(name: str, dtype: torch.dtype) -> float:
+    """The bound on ‖got − ref‖/‖ref‖ of result ``name`` (o, S, d<input>)."""
+    return GATE_TOL_BF16 if name == "dg" and dtype == torch.bfloat16 else TOL[dtype]
+
+
 def check(name: str, fn, x, dtype, grads: bool = True, **kwargs) -> dict:
     reference, cotangents = run(
         naive_recurrent_gated_delta_rule, {n: t.double() for n, t in x.items()}, None, grads, **kwargs
@@ -93,7 +103,7 @@ def check(name: str, fn, x, dtype, grads: bool = True, **kwargs) -> dict:
     errors = {n: rel_err(got[n], reference[n]) for n in reference}
     worst = max(errors, key=errors.get)
     finite = all(torch.isfinite(t).all() for t in got.values())
-    ok = finite and errors[worst] < TOL[dtype]
+    ok = finite and all(err < tolerance(n, dtype) for n, err in errors.items())
     return {"case": name, "dtype": NAMES[dtype], "errors": errors, "worst": worst, "pass": ok}
 
 
@@ -163,7 +173,7 @@ def main() -> int:
     seed = int(time.time())
     torch.manual_seed(seed)
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
-    print(f"{device_name}, torch {torch.__version__}, seed {seed}; tolerances {TOL}")
+    print(f"{device_name}, torch {torch.__version__}, seed {seed}; tolerances {TOL}, bf16 dg {GATE_TOL_BF16}")
     columns = ("o", "S", "dq", "dk", "dv", "dg", "dbeta", "dinitial_state")
     print("| result | dtype | case | " + " | ".join(columns) + " |")
     print("|---" * (3 + len(columns)) + "|")

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from memlab.kernels.backend import KernelInputError
-from memlab.kernels.selective_scan.triton_scan import _softplus
+from memlab.kernels.selective_scan.triton_scan import _softplus, program_channels
 
 # Elements of the [BLOCK_D, N] state block per program.
 _TILE = 2048
@@ -51,11 +51,7 @@ def _state_update_kernel(
     BLOCK_N: tl.constexpr,
 ):
     """Grid (cdiv(dg, BLOCK_D), G, batch): channels g·dg + [pid0·BLOCK_D, +BLOCK_D) of group g."""
-    g = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    i = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = i < dg
-    d = (g * dg + i).to(tl.int64)
+    g, b, d, d_mask = program_channels(dg, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     n_mask = n < N
     dn_mask = d_mask[:, None] & n_mask[None, :]

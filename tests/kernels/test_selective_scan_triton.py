@@ -5,10 +5,10 @@ The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
 ``test_triton_kernels_under_interpreter`` (see tests/interpreter.py).
 
 Shapes are tiny and the kernels' block sizes are forced small (states stored every 16
-steps, forward chunks of 8 steps, backward chunks of 4 to 16 steps, 2 or 4 channels per
-program), so the tests cross chunk, stored-state and channel-block boundaries and end on
-partial chunks. fp32 inputs take the step forward; 16-bit ones whose rows are whole 16-byte
-vectors take the chunked forward (the tests of that kernel forbid the other).
+steps, forward chunks of 8 steps, 2 or 4 channels per program), so the tests cross chunk,
+stored-state and channel-block boundaries and end on partial chunks. fp32 inputs take the
+step forward; 16-bit ones whose rows are whole 16-byte vectors take the chunked forward (the
+tests of that kernel forbid the other).
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ def _small_blocks_and_fresh_seed(request, monkeypatch):
     from memlab.kernels.selective_scan import triton_scan
 
     # States stored every 16 steps; forward programs of 2 channels (the chunked kernel in
-    # chunks of 8 steps), backward programs of 4 channels walking 4-step chunks (N = 4), so the
+    # chunks of 8 steps), backward programs of 4 channels walking the 16-step blocks, so the
     # backward's programs differ from those of the forward that stored the states.
     monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
     monkeypatch.setattr(triton_scan, "_FWD_STEP_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_T", 8)
     monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
-    monkeypatch.setattr(triton_scan, "_BWD_TILE", 64)
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     seed = zlib.crc32(request.node.nodeid.encode())
     print(f"seed={seed}")
@@ -108,6 +107,12 @@ def test_triton_kernels_under_interpreter() -> None:
 @pytest.mark.parametrize("L", [1, 5, 37])
 def test_matches_reference(L, N):
     check(make_inputs(L, N), softplus=True)
+
+
+@interpreted
+@pytest.mark.parametrize("N", [3, 5])
+def test_state_counts_not_a_power_of_two(N):
+    check(make_inputs(37, N, groups_B=2), softplus=True)
 
 
 @interpreted

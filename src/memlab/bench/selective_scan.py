@@ -1,4 +1,5 @@
-"""Benchmark: the Triton selective scan against its PyTorch twin on one GPU.
+"""Benchmark: the Triton selective scan against its PyTorch twin on one GPU and, when it is
+importable, mamba-ssm's CUDA kernel (its extension module ``selective_scan_cuda``), in one process.
 
 Mamba-1 shapes (batch 8, dim 1536, N 16, L 2048 and 8192; D, z, delta_bias, softplus on),
 forward (inference: no gradients, nothing stored for a backward) and forward+backward.
@@ -6,6 +7,11 @@ Each forward row also gets a floor: the bytes the scan cannot avoid moving (u, d
 read once, y written once) over the device-to-device copy bandwidth measured in the same
 process. Run by ``scripts/bench.py --suite selective_scan``, or alone (any dtypes and lengths)
 with ``python -m memlab.bench.selective_scan`` (``--json PATH`` saves the rows).
+
+mamba-ssm ships its kernel as source: ``pip install mamba-ssm --no-build-isolation`` compiles
+it against the installed torch (needs nvcc); its forward also stores the per-chunk states its
+backward reads, and its forward+backward here is its own ``fwd`` then ``bwd``, as its autograd
+Function calls them.
 """
 
 from __future__ import annotations
@@ -71,6 +77,41 @@ def _forward_backward(scan: Callable, x: dict[str, torch.Tensor]) -> Callable[[]
     return fn
 
 
+def _mamba_ssm() -> object | None:
+    """mamba-ssm's compiled extension, or None when it is not installed."""
+    try:
+        import selective_scan_cuda
+    except ImportError:
+        return None
+    return selective_scan_cuda
+
+
+def _mamba_args(x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Its positional arguments; its extension takes B and C as [batch, groups, N, L] only."""
+    grouped = {k: x[k].unsqueeze(1) if x[k].dim() == 3 else x[k] for k in ("B", "C")}
+    return [grouped.get(k, x[k]) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+
+def _mamba_forward(ext: object, x: dict[str, torch.Tensor]) -> Callable[[], object]:
+    args = _mamba_args(x)
+
+    def fn() -> object:
+        return ext.fwd(*args, True)
+
+    return fn
+
+
+def _mamba_forward_backward(ext: object, x: dict[str, torch.Tensor]) -> Callable[[], object]:
+    args = _mamba_args(x)
+    dy = torch.randn_like(x["u"])
+
+    def fn() -> object:
+        out, states, *_ = ext.fwd(*args, True)
+        return ext.bwd(*args, dy, states, out, None, True, False)
+
+    return fn
+
+
 def _measure(make: Callable, scan: Callable, x: dict[str, torch.Tensor]) -> float | None:
     """Milliseconds of ``make(scan, x)``'s function, or None when it does not fit in GPU memory."""
     try:
@@ -82,10 +123,12 @@ def _measure(make: Callable, scan: Callable, x: dict[str, torch.Tensor]) -> floa
 
 
 def measure(dtypes: tuple[str, ...] = ("bf16",), lengths: tuple[int, ...] = LENGTHS) -> list[dict]:
-    """One row per (dtype, L, op): ours and twin milliseconds, their ratio, and for the
-    forward the bandwidth floor and ours as a percentage of it."""
+    """One row per (dtype, L, op): ours and twin milliseconds, their ratio, mamba-ssm's
+    milliseconds and ours over them (None without mamba-ssm), and for the forward the
+    bandwidth floor and ours as a percentage of it."""
     from memlab.kernels.selective_scan.triton_scan import selective_scan_triton
 
+    mamba = _mamba_ssm()
     bandwidth = copy_bandwidth_gbs()
     rows = []
     for name in dtypes:
@@ -93,9 +136,11 @@ def measure(dtypes: tuple[str, ...] = ("bf16",), lengths: tuple[int, ...] = LENG
             x = make_inputs(L, DTYPES[name])
             io_bytes = sum(x[k].numel() * x[k].element_size() for k in ("u", "delta", "B", "C", "z"))
             io_bytes += x["u"].numel() * x["u"].element_size()  # y
-            for op, make in (("fwd", _forward), ("fwd+bwd", _forward_backward)):
+            ops = (("fwd", _forward, _mamba_forward), ("fwd+bwd", _forward_backward, _mamba_forward_backward))
+            for op, make, make_mamba in ops:
                 ours = _measure(make, selective_scan_triton, x)
                 twin = _measure(make, selective_scan_torch, x)
+                ref = _measure(make_mamba, mamba, x) if mamba is not None else None
                 row = {
                     "op": op,
                     "dtype": name,
@@ -106,6 +151,8 @@ def measure(dtypes: tuple[str, ...] = ("bf16",), lengths: tuple[int, ...] = LENG
                     "ours_ms": ours,
                     "twin_ms": twin,
                     "speedup": twin / ours if ours and twin else None,
+                    "mamba_ssm_ms": ref,
+                    "vs_mamba_ssm": ours / ref if ours and ref else None,
                     "copy_gbs": bandwidth,
                 }
                 if op == "fwd":
@@ -125,8 +172,9 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table of ``run``'s rows."""
 
     lines = [
-        "| op | dtype | L | ours ms | twin ms | speedup | floor ms | % of floor |",
-        "|---|---|---|---|---|---|---|---|",
+        "| op | dtype | L | ours ms | twin ms | speedup | mamba-ssm ms | ours / mamba-ssm | floor ms "
+        "| % of floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         floor = (
@@ -134,7 +182,8 @@ def format_table(rows: list[dict]) -> str:
         )
         lines.append(
             f"| {r['op']} | {r['dtype']} | {r['L']} | {cell(r['ours_ms'], '.3f', 'OOM')} | "
-            f"{cell(r['twin_ms'], '.2f', 'OOM')} | {cell(r['speedup'], '.1f', 'OOM')} | {floor} |"
+            f"{cell(r['twin_ms'], '.2f', 'OOM')} | {cell(r['speedup'], '.1f', 'OOM')} | "
+            f"{cell(r['mamba_ssm_ms'], '.3f', '-')} | {cell(r['vs_mamba_ssm'], '.2f', '-')} | {floor} |"
         )
     bw = rows[0]["copy_gbs"] if rows else float("nan")
     lines.append(f"\nbatch {BATCH}, dim {DIM}, N {N}; D, z, delta_bias, softplus on; copy {bw:.0f} GB/s")
