@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.kernels.causal_conv1d.segments import segment_starts
+from memlab.kernels.precision import compute_dtype
 
 
 def naive_causal_conv1d(
@@ -22,7 +23,7 @@ def naive_causal_conv1d(
     Computes in the promoted dtype of the inputs, at least float32; returns y in x's dtype.
     Inputs are not validated; use ``causal_conv1d`` for that.
     """
-    dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+    dtype = compute_dtype(x, weight)
     B, T, C = x.shape
     W = weight.shape[1]
     start = segment_starts(cu_seqlens, T, x.device)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.kernels.causal_conv1d.segments import segment_ids
+from memlab.kernels.precision import compute_dtype
 
 
 def causal_conv1d_torch(
@@ -22,7 +23,7 @@ def causal_conv1d_torch(
 ) -> torch.Tensor:
     """As ``causal_conv1d``: x [B, T, C], weight [C, W], bias [C] -> y [B, T, C] in x's dtype,
     computed in fp32 (fp64 for fp64 inputs)."""
-    dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+    dtype = compute_dtype(x, weight)
     w = weight.to(dtype)[:, None]
     b = None if bias is None else bias.to(dtype)
     # in the compute dtype even under autocast, which would run conv1d in 16 bits

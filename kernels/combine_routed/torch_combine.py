@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from memlab.kernels.precision import compute_dtype
+
 
 def combine_routed_torch(values: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """As ``combine_routed``: computed in fp32 (fp64 when an input is fp64), returned in values' dtype."""
-    dtype = torch.promote_types(torch.promote_types(values.dtype, weights.dtype), torch.float32)
+    dtype = compute_dtype(values, weights)
     picked = values[index].to(dtype)  # [R, S, F]
     return (picked * weights.to(dtype)[..., None]).sum(1).to(values.dtype)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from memlab.kernels.precision import compute_dtype
+
 EPS = 1e-6
 
 
@@ -15,5 +17,5 @@ def l2norm_torch(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     ``sum`` in fp32, and a bf16 x times an fp32 norm would otherwise come out fp32 while v
     stays bf16, a dtype mix the Triton kernels cannot compile.
     """
-    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    wide = x.to(compute_dtype(x))
     return (wide * torch.rsqrt(wide.square().sum(-1, keepdim=True) + eps)).to(x.dtype)

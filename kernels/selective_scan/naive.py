@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from memlab.kernels.precision import compute_dtype
+
 
 def _per_channel(BC: torch.Tensor, dim: int) -> torch.Tensor:
     """[batch, N, L] or [batch, groups, N, L] -> [batch, dim or 1, N, L]; channel d uses group
@@ -43,10 +45,7 @@ def naive_selective_scan(
     ``return_last_state``, also h_{L-1} [batch, dim, N] in that compute dtype.
     Inputs are not validated; use ``selective_scan`` for that.
     """
-    dtype = torch.float32
-    for t in (u, delta, A, B, C, D, z, delta_bias):
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, _ = u.shape
     dt = delta.to(dtype)
     if delta_bias is not None:

@@ -26,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from memlab.kernels.precision import compute_dtype
+
 # Chunk length (time steps, a power of two) is chosen so one chunk's [batch, T, dim, N]
 # tensors hold about this many elements: 2^18 fp32 = 1 MiB, about one core's L2 cache.
 # Measured on 2 CPU cores, forward+backward: batch·dim·N = 2^15 ran fastest at T = 8,
@@ -39,15 +41,6 @@ def _chunk_len(per_step: int) -> int:
     """Steps per chunk for per-step tensors of ``per_step`` elements (always even)."""
     fit = max(_CHUNK_ELEMENTS // max(per_step, 1), 1)
     return min(max(1 << (fit.bit_length() - 1), _MIN_CHUNK), _MAX_CHUNK)
-
-
-def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """The dtype the state and accumulators use: float32, or float64 if any input is float64."""
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 def _pad_to_even(t: torch.Tensor) -> torch.Tensor:
@@ -144,7 +137,7 @@ def selective_scan_torch(
     """
     batch, dim, L = u.shape
     N = A.shape[1]
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
 
     dt = delta.to(dtype)
     if delta_bias is not None:
