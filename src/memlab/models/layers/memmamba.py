@@ -325,7 +325,8 @@ class MemMamba(nn.Module):
             if state is None:
                 stats.update(self._attention_stats("attn", probs, layout))
         if self.layer_attn is not None:
-            c_lay, probs = self._cross_layer(grouped, layout, layer_memory)
+            c_lay, probs = self.layer_attn(grouped, *self._layer_pools(layer_memory))
+            c_lay = ungroup(c_lay, layout)
             mixed = mixed + (c_lay if self.gamma_lay is None else self.gamma_lay * c_lay).to(x.dtype)
             if state is None:
                 stats.update(self._attention_stats("layer_attn", probs, layout))
@@ -368,30 +369,26 @@ class MemMamba(nn.Module):
         )
         return value.expand(B, C)
 
-    def _cross_layer(
-        self, grouped: torch.Tensor, layout: ChunkLayout, layer_memory: list[PoolView | None]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention from the tokens grouped by chunk [B, C, W, D] to the pools of the
-        ``cross_layer_span`` layers below -> c_lay [B, T, D] and the weights [B, C, W, H, slots + 1]."""
+    def _layer_pools(
+        self, layer_memory: list[PoolView | None]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The slots cross-layer attention reads: the pools of the ``cross_layer_span`` layers
+        below, concatenated -> summary [B, C, slots, S], log_priority [B, C, slots] and the key
+        offsets [layers, H·d_h] of the layers' equal groups of slots (their layer embeddings)."""
         summaries, priorities, offsets = [], [], []
         first = max(0, len(layer_memory) - self.cross_layer_span)
         for j in range(first, len(layer_memory)):
             view = layer_memory[j]
             if view is None:  # a layer without notes (not a MemMamba layer)
                 continue
-            distance = len(layer_memory) - j
             summaries.append(view.summary)
             priorities.append(view.log_priority)
-            offsets.append(self.layer_embed[distance - 1].expand(view.summary.shape[2], -1))
+            offsets.append(self.layer_embed[len(layer_memory) - j - 1])
         if not summaries:
             raise ValueError(f"MemMamba layer {self.layer_idx}: no earlier layer offers a note pool")
-        c_lay, probs = self.layer_attn(
-            grouped,
-            torch.cat(summaries, dim=2),
-            torch.cat(priorities, dim=2),
-            key_offset=torch.cat(offsets),
-        )
-        return ungroup(c_lay, layout), probs
+        if len({s.shape[2] for s in summaries}) > 1:
+            raise ValueError(f"MemMamba layer {self.layer_idx}: the pools below differ in size")
+        return torch.cat(summaries, dim=2), torch.cat(priorities, dim=2), torch.stack(offsets)
 
     def _attention_stats(
         self, name: str, probs: torch.Tensor, layout: ChunkLayout

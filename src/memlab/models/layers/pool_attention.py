@@ -4,12 +4,19 @@ Tokens come grouped by chunk, and all tokens of a chunk read the same slots (the
 so the cost per token is the number of slots, a constant. Per head h, for a token t and slot j:
 
     logit_j = q_t · k_j / sqrt(d_h) + log π_j        (k_j, v_j from the slot's summary;
-                                                      k_j optionally plus a per-slot offset)
+                                                      k_j optionally plus its group's offset)
     logit_∅ = q_t · k_∅ / sqrt(d_h)                  (the learned null slot: "nothing fits")
     out_t = o_proj(Σ_j softmax_j · v_j + softmax_∅ · v_∅)
 
 Empty slots carry log π = −inf and get no weight. The bias log π lets the note scorer learn
 from retrieval: a note that is read more is pushed up in priority.
+
+The keys and values are linear in the summary s_j, so the attention runs in summary space:
+q_h · W_k,h s_j = (W_k,hᵀ q_h) · s_j and Σ_j p_j W_v,h s_j = W_v,h Σ_j p_j s_j. Every chunk
+has its own pool (K slots, or K per layer below for cross-layer attention), so projecting the
+slots' summaries to keys and values would produce [B, C, K, H·d_h] tensors twice per pass;
+folding W_k into the query projection and W_v into the output projection (small products of
+weights, formed each call) leaves only the [B, C, K, summary_dim] summaries, shared by the heads.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -54,27 +62,53 @@ class PoolAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, C, W, D] tokens by chunk; summary: [B, C, S_k, summary_dim], the slots each
         chunk's tokens read; log_priority: [B, C, S_k] at least fp32, −inf at empty slots;
-        key_offset: [S_k, H·d_h] added to the slots' keys (MemMamba's layer embeddings), or None.
+        key_offset: [G, H·d_h] added to the keys of G equal consecutive groups of slots
+        (MemMamba's layer embeddings, one group per layer read), or None.
 
         Returns out [B, C, W, D] (dtype of the projections' output) and the attention weights
         [B, C, W, H, S_k + 1] in fp32 (or fp64), the null slot last.
         """
         B, C, W, _ = x.shape
-        H, Dh = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(B, C, W, H, Dh)
-        k = self.k_proj(summary)
-        if key_offset is not None:
-            k = k + key_offset.to(k.dtype)
-        k = k.view(B, C, -1, H, Dh)
-        v = self.v_proj(summary).view(B, C, -1, H, Dh)
-        scale = 1.0 / math.sqrt(Dh)
-        logits = torch.einsum("bcwhd,bckhd->bcwhk", q, k) * scale
-        null = torch.einsum("bcwhd,hd->bcwh", q, self.null_key.to(q.dtype))[..., None] * scale
-        bias = log_priority[:, :, None, None, :]
+        S_k, S = summary.shape[2], summary.shape[3]
+        H = self.num_heads
+        G = 0 if key_offset is None else key_offset.shape[0]
+        if G and S_k % G:
+            raise ValueError(f"PoolAttention: {S_k} slots do not split into {G} equal groups")
+        query, null, offset = F.linear(x, self._query_weight(key_offset)).split([H * S, H, H * G], dim=-1)
+        logits = torch.matmul(query.reshape(B, C, W * H, S), summary.transpose(-1, -2)).view(B, C, W, H, S_k)
         # Softmax in at least fp32: the bias and the masked slots need the range.
-        work = torch.promote_types(bias.dtype, torch.float32)
-        logits = torch.cat([logits.to(work) + bias.to(work), null.to(work)], dim=-1)
-        probs = logits.softmax(dim=-1)
-        p = probs.to(v.dtype)
-        mixed = torch.einsum("bcwhk,bckhd->bcwhd", p[..., :-1], v) + p[..., -1:] * self.null_value.to(v.dtype)
-        return self.o_proj(mixed.reshape(B, C, W, H * Dh)), probs
+        work = torch.promote_types(log_priority.dtype, torch.float32)
+        logits = logits.to(work) + log_priority[:, :, None, None, :].to(work)
+        if G:
+            logits = (logits.view(B, C, W, H, G, S_k // G) + offset.reshape(B, C, W, H, G, 1)).flatten(-2)
+        probs = torch.cat([logits, null.reshape(B, C, W, H, 1).to(work)], dim=-1).softmax(dim=-1)
+        p = probs.to(summary.dtype)
+        mixed = torch.matmul(p[..., :-1].reshape(B, C, W * H, S_k), summary).view(B, C, W, H * S)
+        return F.linear(torch.cat([mixed, p[..., -1].to(mixed.dtype)], dim=-1), self._output_weight()), probs
+
+    def _query_weight(self, key_offset: torch.Tensor | None) -> torch.Tensor:
+        """[H·S + H + H·G, D]: rows giving, per head, W_k,hᵀ q_h (the query in summary space),
+        then q_h · k_∅,h, then q_h · key_offset[g, h], all scaled by 1/sqrt(d_h)."""
+        H, Dh = self.num_heads, self.head_dim
+        w_q = self.q_proj.weight.view(H, Dh, -1)
+        rows = [
+            torch.einsum("hdi,hds->hsi", w_q, self.k_proj.weight.view(H, Dh, -1)).flatten(0, 1),
+            torch.einsum("hdi,hd->hi", w_q, self.null_key),
+        ]
+        if key_offset is not None:
+            offsets = key_offset.view(-1, H, Dh).to(w_q.dtype)
+            rows.append(torch.einsum("hdi,ghd->hgi", w_q, offsets).flatten(0, 1))
+        return torch.cat(rows) / math.sqrt(Dh)
+
+    def _output_weight(self) -> torch.Tensor:
+        """[D, H·S + H]: o_proj ∘ W_v,h per head (applied to Σ_j p_j s_j), then o_proj ∘ v_∅,h
+        per head (applied to the null slot's weight)."""
+        H, Dh = self.num_heads, self.head_dim
+        w_o = self.o_proj.weight.view(-1, H, Dh)
+        return torch.cat(
+            [
+                torch.einsum("ohd,hds->ohs", w_o, self.v_proj.weight.view(H, Dh, -1)).flatten(1),
+                torch.einsum("ohd,hd->oh", w_o, self.null_value),
+            ],
+            dim=1,
+        )
