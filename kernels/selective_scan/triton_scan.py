@@ -44,7 +44,7 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # The forward stores the state before every _STATE_EVERY-th step for the backward, whose blocks
 # of that many steps are tiles of at least 16 (for short sequences too: the GPU compiler
 # rejects the backward's scans over a single step).
-_STATE_EVERY = 64
+_STATE_EVERY = 32
 # Forward, two kernels. The chunked one (time-parallel inside chunks of BLOCK_T steps) takes
 # 16-bit rows that can be read as 16-byte vectors (L·2 bytes a multiple of 16) and N <= 16 (it
 # unrolls its loop over the states); the step one (one time step per iteration) takes the rest.
@@ -59,10 +59,11 @@ _FWD_CHUNK_BLOCK_D, _FWD_CHUNK_BLOCK_T, _FWD_CHUNK_WARPS = 16, 32, 2
 _FWD_CHUNK_MAX_N = 16
 _FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
-# Measured on an H100 (bf16, batch 8, dim 1536, N 16, L 2048, forward+backward): 8 channels on
-# 1 warp 5.84 ms, 4 on 1 6.46, 8 on 2 7.35, 16 on 2 6.58, 16 on 4 7.16, 32 on 4 7.23; with
-# the loop over the states unrolled (N a constexpr), 7.6 to 11.8 ms (register spills); a former
-# backward that rebuilt the states of 8-step chunks inside each block, 8.65 ms.
+# Measured on an H100 (bf16, batch 8, dim 1536, N 16, forward+backward, L 2048 / 8192), states
+# every 32 steps, 8 channels on 1 warp: 4.36 / 17.6 ms; 16 on 2 6.35, 4 on 1 6.83 (L 2048);
+# states every 64 steps, 8 on 1: 5.05 / 20.3; every 16 steps, 8 on 1 5.74, 16 on 2 5.74, 16 on
+# 1 6.65, 32 on 2 7.32, 4 on 1 9.85. The blocks of 32 steps keep the kernel at about 210
+# registers (of 64: 255 and spills) while the work per state stays large enough.
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
 
 
@@ -397,26 +398,22 @@ def _scan_bwd_kernel(
         t_mask = t < L
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
-        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt, pre = _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS, SOFTPLUS)
+        # Only what the loop over the states needs stays in registers through it (u, the
+        # softplus input and the gate's derivative are read again after it, from cache): with
+        # them kept, the kernel spills.
+        dt, _ = _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dtu = dt * tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         # dt of the following step: its decay carries dh_{t+1} back to step t.
         next_mask = (t + 1 < L)[:, None] & d_mask[None, :]
         dt_next, _ = _load_dt(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS, SOFTPLUS)
         if HAS_DOUT:
-            dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         else:
-            dout = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+            dy = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         if HAS_Z:
             zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zt)
-            dy = dout * zt * sig
-            dz_per_y = dout * sig * (1.0 + zt * (1.0 - sig))
-        else:
-            dy = dout
-        h0 = tl.load(
-            states_ptr + ((b * n_blocks + blk) * N + n[:, None]) * dim + d[None, :], mask=nd_mask, other=0.0
-        )
-        dtu = dt * u
+            dy = dy * zt * tl.sigmoid(zt)
+        h0_ptr = states_ptr + (b * n_blocks + blk) * N * dim + d  # the block's first state, k = 0
         # y (needed for dz only), Σ_n A_n (dh_n ⊙ e_n h_n,t-1) and Σ_n B_n,t dh_n
         y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         ddt = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
@@ -428,7 +425,9 @@ def _scan_bwd_kernel(
             C_k = tl.load(C_ptr + C_off + k * L + t, mask=t_mask, other=0.0).to(tl.float32)
             decay = tl.exp2(dt * (A_k * LOG2E)[None, :])
             x = dtu * B_k[:, None]
-            h0_k = tl.sum(tl.where(sel, h0, 0.0), axis=0)
+            # Read per state, not as one [BLOCK_N, BLOCK_D] tile: a tile read along channels
+            # would give the forward scan its layout (time across lanes, many shuffles).
+            h0_k = tl.load(h0_ptr + k * dim, mask=d_mask, other=0.0)
             _, hs = tl.associative_scan(
                 (decay, tl.where(tt[:, None] == 0, decay * h0_k[None, :] + x, x)), 0, _linear_combine
             )
@@ -439,25 +438,34 @@ def _scan_bwd_kernel(
             r = C_k[:, None] * dy
             dh_k = tl.sum(tl.where(sel, dh_carry, 0.0), axis=0)
             r = tl.where(tt[:, None] == BLOCK_T - 1, decay_next * dh_k[None, :] + r, r)
-            _, dh = tl.associative_scan((decay_next, r), 0, _linear_combine, reverse=True)
+            # A reverse scan as a forward one between flips: Triton lowers reverse=True with
+            # five times the lane shuffles of the three flips (252 against 48 per state, in an
+            # sm_90 build of 64-step blocks).
+            _, dh = tl.associative_scan((tl.flip(decay_next, 0), tl.flip(r, 0)), 0, _linear_combine)
+            dh = tl.flip(dh, 0)
             dh_first = tl.sum(tl.where(tt[:, None] == 0, dh, 0.0), axis=0)
             dh_carry = tl.where(sel, dh_first[None, :], dh_carry)
 
-            # dB and dC sum over the channels of a group: this program's partial sums, added.
-            tl.atomic_add(dC_ptr + C_off + k * L + t, tl.sum(hs * dy, axis=1), mask=t_mask)
-            tl.atomic_add(dB_ptr + B_off + k * L + t, tl.sum(dh * dtu, axis=1), mask=t_mask)
+            # dB and dC sum over the channels of a group: this program's partial sums, added
+            # (relaxed: a sum needs no ordering, and acq_rel would fence every add).
+            tl.atomic_add(dC_ptr + C_off + k * L + t, tl.sum(hs * dy, axis=1), mask=t_mask, sem="relaxed")
+            tl.atomic_add(dB_ptr + B_off + k * L + t, tl.sum(dh * dtu, axis=1), mask=t_mask, sem="relaxed")
             # e_t ⊙ h_{t-1} = h_t − x_t; q is the gradient through the decay, times it.
             q = dh * (hs - x)
             ddt += q * A_k[None, :]
             dBu += dh * B_k[:, None]
             dA_acc = tl.where(sel, dA_acc + tl.sum(q * dt, axis=0)[None, :], dA_acc)
 
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         du = dt * dBu
         ddt += u * dBu
         if HAS_D:
             du += dy * Dv[None, :]
             dD_acc += tl.sum(dy * u, axis=0)
         if SOFTPLUS:
+            pre = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                pre = pre + bias[None, :]
             ddt = ddt * tl.sigmoid(pre)
         ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
@@ -465,7 +473,11 @@ def _scan_bwd_kernel(
         if HAS_Z:
             if HAS_D:
                 y += Dv[None, :] * u
-            tl.store(dz_ptr + offs, (dz_per_y * y).to(dz_ptr.dtype.element_ty), mask=mask)
+            dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_DOUT else 0.0
+            zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(zt)
+            dz = dout * sig * (1.0 + zt * (1.0 - sig)) * y
+            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
         tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
         tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
 
