@@ -1,6 +1,7 @@
 """PoolAttention, which runs in summary space (W_k folded into the queries, W_v into the output),
 against the attention written with per-head keys and values (fp64, outputs, weights and
-gradients), with empty slots, a chunk whose pool is empty and groups of slots with key offsets."""
+gradients), with empty slots, a chunk whose pool is empty, groups of slots with key offsets and
+a scale on the output."""
 
 from __future__ import annotations
 
@@ -47,14 +48,18 @@ def test_summary_space_equals_head_space_outputs_weights_and_gradients(groups: i
     log_priority[1, 0] = float("-inf")  # a chunk with an empty pool: only the null slot
     log_priority.requires_grad_()
     key_offset = torch.randn(groups, H * Dh, dtype=F64, requires_grad=True) if groups else None
+    scale = torch.randn(D, dtype=F64, requires_grad=True) if groups != 1 else None
 
-    out, probs = att(x, summary, log_priority, key_offset)
+    out, probs = att(x, summary, log_priority, key_offset, scale)
     ref_out, ref_probs = head_space(att, x, summary, log_priority, key_offset, groups)
+    if scale is not None:
+        ref_out = scale * ref_out
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(probs, ref_probs, rtol=1e-12, atol=1e-12)
     assert torch.equal(probs[1, 0, ..., :-1], torch.zeros_like(probs[1, 0, ..., :-1]))
 
-    leaves = [x, summary, log_priority, *att.parameters()] + ([key_offset] if groups else [])
+    leaves = [x, summary, log_priority, *att.parameters()]
+    leaves += [t for t in (key_offset, scale) if t is not None]
     dout, dprobs = torch.randn_like(out), torch.randn_like(probs)
     grads = torch.autograd.grad((out * dout).sum() + (probs * dprobs).sum(), leaves)
     ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_probs * dprobs).sum(), leaves)

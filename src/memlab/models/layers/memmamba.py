@@ -314,20 +314,22 @@ class MemMamba(nn.Module):
         attends = self.token_attn is not None or self.layer_attn is not None
         grouped = group_by_chunk(x, layout, 0.0) if attends else None  # [B, C, W, D]
         if self.token_attn is not None:
-            c_tok, probs = self.token_attn(grouped, view.summary, view.log_priority)
+            # γ ⊙ c with γ folded into the attention's output projection (one [D, ·] weight
+            # scaled, not two [B, T, D] products and a reduction for γ's gradient).
+            c_tok, probs = self.token_attn(grouped, view.summary, view.log_priority, None, self.gamma_tok)
             c_tok = ungroup(c_tok, layout)
             if self.gate is not None:
                 gate = torch.sigmoid(self.gate(x))
                 c_tok = gate * c_tok
                 if state is None:
                     stats[f"memory/gate/layer{self.layer_idx}"] = gate.detach().float().mean()
-            mixed = mixed + (c_tok if self.gamma_tok is None else self.gamma_tok * c_tok).to(x.dtype)
+            mixed = (mixed + c_tok).to(x.dtype)  # one kernel when x is the wider type
             if state is None:
                 stats.update(self._attention_stats("attn", probs, layout))
         if self.layer_attn is not None:
-            c_lay, probs = self.layer_attn(grouped, *self._layer_pools(layer_memory))
-            c_lay = ungroup(c_lay, layout)
-            mixed = mixed + (c_lay if self.gamma_lay is None else self.gamma_lay * c_lay).to(x.dtype)
+            summary, log_priority, key_offset = self._layer_pools(layer_memory)
+            c_lay, probs = self.layer_attn(grouped, summary, log_priority, key_offset, self.gamma_lay)
+            mixed = (mixed + ungroup(c_lay, layout)).to(x.dtype)
             if state is None:
                 stats.update(self._attention_stats("layer_attn", probs, layout))
         out = self.backbone(mixed, state=None if state is None else state.backbone, cu_seqlens=cu_seqlens)

@@ -59,11 +59,14 @@ class PoolAttention(nn.Module):
         summary: torch.Tensor,
         log_priority: torch.Tensor,
         key_offset: torch.Tensor | None = None,
+        output_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, C, W, D] tokens by chunk; summary: [B, C, S_k, summary_dim], the slots each
         chunk's tokens read; log_priority: [B, C, S_k] at least fp32, −inf at empty slots;
         key_offset: [G, H·d_h] added to the keys of G equal consecutive groups of slots
-        (MemMamba's layer embeddings, one group per layer read), or None.
+        (MemMamba's layer embeddings, one group per layer read), or None; output_scale: [D]
+        multiplying the output (MemMamba's fusion gain, folded into the output projection), or
+        None.
 
         Returns out [B, C, W, D] (dtype of the projections' output) and the attention weights
         [B, C, W, H, S_k + 1] in fp32 (or fp64), the null slot last.
@@ -78,13 +81,14 @@ class PoolAttention(nn.Module):
         logits = torch.matmul(query.reshape(B, C, W * H, S), summary.transpose(-1, -2)).view(B, C, W, H, S_k)
         # Softmax in at least fp32: the bias and the masked slots need the range.
         work = torch.promote_types(log_priority.dtype, torch.float32)
-        logits = logits.to(work) + log_priority[:, :, None, None, :].to(work)
+        logits = logits + log_priority[:, :, None, None, :].to(work)  # promoted to `work`
         if G:
             logits = (logits.view(B, C, W, H, G, S_k // G) + offset.reshape(B, C, W, H, G, 1)).flatten(-2)
         probs = torch.cat([logits, null.reshape(B, C, W, H, 1).to(work)], dim=-1).softmax(dim=-1)
         p = probs.to(summary.dtype)
         mixed = torch.matmul(p[..., :-1].reshape(B, C, W * H, S_k), summary).view(B, C, W, H * S)
-        return F.linear(torch.cat([mixed, p[..., -1].to(mixed.dtype)], dim=-1), self._output_weight()), probs
+        mixed = torch.cat([mixed, p[..., -1].to(mixed.dtype)], dim=-1)
+        return F.linear(mixed, self._output_weight(output_scale)), probs
 
     def _query_weight(self, key_offset: torch.Tensor | None) -> torch.Tensor:
         """[H·S + H + H·G, D]: rows giving, per head, W_k,hᵀ q_h (the query in summary space),
@@ -100,15 +104,16 @@ class PoolAttention(nn.Module):
             rows.append(torch.einsum("hdi,ghd->hgi", w_q, offsets).flatten(0, 1))
         return torch.cat(rows) / math.sqrt(Dh)
 
-    def _output_weight(self) -> torch.Tensor:
+    def _output_weight(self, scale: torch.Tensor | None) -> torch.Tensor:
         """[D, H·S + H]: o_proj ∘ W_v,h per head (applied to Σ_j p_j s_j), then o_proj ∘ v_∅,h
-        per head (applied to the null slot's weight)."""
+        per head (applied to the null slot's weight); rows times ``scale``."""
         H, Dh = self.num_heads, self.head_dim
         w_o = self.o_proj.weight.view(-1, H, Dh)
-        return torch.cat(
+        weight = torch.cat(
             [
                 torch.einsum("ohd,hds->ohs", w_o, self.v_proj.weight.view(H, Dh, -1)).flatten(1),
                 torch.einsum("ohd,hd->oh", w_o, self.null_value),
             ],
             dim=1,
         )
+        return weight if scale is None else scale[:, None] * weight
