@@ -21,7 +21,7 @@ block's states h_t = e_t ⊙ h_{t-1} + x_t (e_t = exp(dt_t A), x_t = dt_t u_t B_
 associative scan seeded with the stored state, the adjoint dh_t = e_{t+1} ⊙ dh_{t+1} + C_t dy_t
 from a reverse scan seeded with the gradient carried from the block after, then that state's
 terms of every gradient. Nothing is rebuilt or kept beyond one block. dB and dC sum over the
-channels sharing a group: every program adds its [STATE_EVERY] partial sums per state with
+channels sharing a group: every program adds its [STATE_EVERY] partial sums per state with relaxed
 fp32 atomics. dA, dD and d(delta_bias) sum over batch and time: every program writes one
 partial per (batch, channel), summed in PyTorch.
 
