@@ -95,9 +95,9 @@ def _softplus(x):
 
 @triton.jit
 def _softplus_poly(x):
-    """``_softplus`` without log or division, for the forward, which is bound by instruction
-    issue (libdevice's log and a division made ``_softplus`` about 45 instructions, this is
-    about 15): log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the degree-8 Chebyshev
+    """``_softplus`` without log or division, for the chunked forward and the backward, which
+    are bound by instruction issue (libdevice's log and a division made ``_softplus`` about 45
+    instructions, this is about 15): log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the degree-8 Chebyshev
     interpolant of (log1p(w)/w − 1)/w on [0, 1] (log1p within 3 ulp)."""
     w = tl.exp2(-tl.abs(x) * LOG2E)
     q = -0.004466211423277855 * w + 0.025224054232239723
@@ -114,13 +114,13 @@ def _softplus_poly(x):
 @triton.jit
 def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """dt = softplus(delta + bias) (or delta + bias) in fp32 at [time, channel] ``offs``, 0
-    where ``mask`` is off, so padded steps have decay 1 and no input. Also returns
-    delta + bias (for the softplus derivative)."""
-    pre = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    where ``mask`` is off, so padded steps have decay 1 and no input."""
+    dt = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        pre = pre + bias[None, :]
-    dt = _softplus(pre) if SOFTPLUS else pre
-    return tl.where(mask, dt, 0.0), pre
+        dt = dt + bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus_poly(dt)
+    return tl.where(mask, dt, 0.0)
 
 
 @triton.jit(do_not_specialize=["n_blocks"])
@@ -401,11 +401,11 @@ def _scan_bwd_kernel(
         # Only what the loop over the states needs stays in registers through it (u, the
         # softplus input and the gate's derivative are read again after it, from cache): with
         # them kept, the kernel spills.
-        dt, _ = _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dt = _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS, SOFTPLUS)
         dtu = dt * tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         # dt of the following step: its decay carries dh_{t+1} back to step t.
         next_mask = (t + 1 < L)[:, None] & d_mask[None, :]
-        dt_next, _ = _load_dt(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS, SOFTPLUS)
+        dt_next = _load_dt(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS, SOFTPLUS)
         if HAS_DOUT:
             dy = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         else:
