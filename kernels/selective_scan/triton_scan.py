@@ -60,10 +60,10 @@ _FWD_CHUNK_MAX_N = 16
 _FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
 # Measured on an H100 (bf16, batch 8, dim 1536, N 16, forward+backward, L 2048 / 8192), states
-# every 32 steps, 8 channels on 1 warp: 4.36 / 17.6 ms; 16 on 2 6.35, 4 on 1 6.83 (L 2048);
-# states every 64 steps, 8 on 1: 5.05 / 20.3; every 16 steps, 8 on 1 5.74, 16 on 2 5.74, 16 on
-# 1 6.65, 32 on 2 7.32, 4 on 1 9.85. The blocks of 32 steps keep the kernel at about 210
-# registers (of 64: 255 and spills) while the work per state stays large enough.
+# every 32 steps, 8 channels on 1 warp: 2.89 / 11.5 ms; 16 on 1 3.59, 4 on 1 3.73, 16 on 2 4.22
+# (L 2048); every 64 steps, 8 on 1 3.54, 16 on 2 3.99; every 16 steps, 8 on 1 3.01 / 12.0, 16
+# on 2 3.53 / 14.1. Blocks of 32 steps keep the kernel to one wave of 12 warps per SM (168
+# registers) while leaving each state enough work.
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
 
 
