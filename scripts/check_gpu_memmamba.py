@@ -15,9 +15,9 @@ learned scorer's near-tied priorities can then rank notes differently, so that t
 pools hold different notes: a jump, not an error of either path. Over 12 inputs (4-layer model,
 recent_slots 0 and 2), that failed the criterion below, on the scorer's own gradients, in 4 of
 the 12 runs with this version's pool attention and in 4 of 12 with the one before it; with
-positional notes all 12 pass. The positional schedule ranks
-by position, the same on every path; the learned scorer is checked in the fp32 language-model
-cases and in every mixer case (layer 0, whose input, and thus whose pools, the paths share).
+positional notes all 12 pass. The positional schedule ranks by position, the same on every
+path; the learned scorer is checked in the fp32 language-model cases and in every mixer case
+(layer 0, whose input, and thus whose pools, the paths share).
 
 Then one training step (bf16 autocast forward, loss, backward, gradient clipping, AdamW) of a
 small MemMamba language model, and of a Mamba one for comparison, runs under
@@ -122,11 +122,16 @@ def lm(mixer_cls: type, d_model: int = 128, n_layers: int = 4, **knobs: object) 
     return LanguageModel(VOCAB, d_model, n_layers, mixer)
 
 
+def positional_notes(kind: str, dtype_name: str) -> bool:
+    """Whether the case scores notes by the positional schedule (see the module docstring)."""
+    return kind == "lm" and dtype_name == "bf16"
+
+
 def check_case(kind: str, dtype_name: str, recent_slots: int) -> tuple[dict, dict]:
     """Errors of fast and twin against the fp64 reference for every quantity of one case."""
     torch.manual_seed(0)
     knobs = KNOBS | {"recent_slots": recent_slots}
-    if kind == "lm" and dtype_name == "bf16":
+    if positional_notes(kind, dtype_name):
         knobs["note_scorer"] = "positional"
     if kind == "mixer":
         base = MemMamba(128, 0, **knobs)
@@ -239,7 +244,7 @@ def main() -> int:
         for dtype_name in ("fp32", "bf16"):
             for recent_slots in (0, 2):
                 label = f"{kind} {dtype_name} recent_slots={recent_slots}"
-                if kind == "lm" and dtype_name == "bf16":
+                if positional_notes(kind, dtype_name):
                     label += " positional notes"
                 tol = TOL[dtype_name]
                 try:

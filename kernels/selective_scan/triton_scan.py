@@ -97,8 +97,8 @@ def _softplus(x):
 def _softplus_poly(x):
     """``_softplus`` without log or division, for the chunked forward and the backward, which
     are bound by instruction issue (libdevice's log and a division made ``_softplus`` about 45
-    instructions, this is about 15): log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the degree-8 Chebyshev
-    interpolant of (log1p(w)/w − 1)/w on [0, 1] (log1p within 3 ulp)."""
+    instructions, this is about 15): log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the
+    degree-8 Chebyshev interpolant of (log1p(w)/w − 1)/w on [0, 1] (log1p within 3 ulp)."""
     w = tl.exp2(-tl.abs(x) * LOG2E)
     q = -0.004466211423277855 * w + 0.025224054232239723
     q = q * w - 0.06675772368907928

@@ -17,7 +17,7 @@ from memlab.errors import ConfigError
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
 from memlab.models.layers.note_pool import chunk_layout, group_by_chunk, select_pools, ungroup
-from memlab.models.layers.pool_attention import PoolAttention
+from tests.models.pool_reference import read
 
 F64 = torch.float64
 D, VOCAB = 16, 53
@@ -210,21 +210,6 @@ def sequential_slots(layer: MemMamba, x: torch.Tensor) -> list[list[list[tuple[t
     return rows
 
 
-def read(att: PoolAttention, u: torch.Tensor, slots: list, key_offsets: list | None = None) -> torch.Tensor:
-    """One token u [D] attending to slots [(summary, log π)] and the null slot -> [D]; the i-th
-    slot's key plus key_offsets[i] if given."""
-    H, Dh = att.num_heads, att.head_dim
-    q = att.q_proj(u).view(H, Dh)
-    logits = [(q * att.null_key).sum(-1) / Dh**0.5]
-    values = [att.null_value]
-    for i, (s, lp) in enumerate(slots):
-        k = att.k_proj(s) + (0.0 if key_offsets is None else key_offsets[i])
-        logits.append((q * k.view(H, Dh)).sum(-1) / Dh**0.5 + lp)
-        values.append(att.v_proj(s).view(H, Dh))
-    p = torch.stack(logits, -1).softmax(-1)  # [H, 1 + slots]
-    return att.o_proj((p[:, :, None] * torch.stack(values, 1)).sum(1).reshape(-1))
-
-
 def reference(layer: MemMamba, x: torch.Tensor) -> torch.Tensor:
     """The output [B, T, D] of a layer without cross-layer attention, from token-by-token pools
     and per-token attention, fed to the backbone."""
@@ -232,7 +217,7 @@ def reference(layer: MemMamba, x: torch.Tensor) -> torch.Tensor:
     mixed = [
         [
             x[b, t]
-            + layer.gamma_tok * torch.sigmoid(layer.gate(x[b, t])) * read(layer.token_attn, x[b, t], s)
+            + layer.gamma_tok * torch.sigmoid(layer.gate(x[b, t])) * read(layer.token_attn, x[b, t], s)[0]
             for t, s in enumerate(row)
         ]
         for b, row in enumerate(slots)
@@ -282,7 +267,7 @@ def test_cross_layer_attention_matches_token_by_token_reference(span: int) -> No
             notes = [note for j in read_layers for note in slots[j][b][t]]
             tags = [top.layer_embed[2 - j - 1] for j in read_layers for _ in slots[j][b][t]]
             u = xs[2][b, t]
-            mixed.append(u + top.gamma_lay * read(top.layer_attn, u, notes, tags))
+            mixed.append(u + top.gamma_lay * read(top.layer_attn, u, notes, tags)[0])
     ref = top.backbone(torch.stack(mixed).view(2, 20, D)).hidden
     inputs = {f"x{i}": x for i, x in enumerate(xs)}
     for i, layer in enumerate([*below, top]):

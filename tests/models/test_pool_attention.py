@@ -1,36 +1,34 @@
 """PoolAttention, which runs in summary space (W_k folded into the queries, W_v into the output),
-against the attention written with per-head keys and values (fp64, outputs, weights and
+against the token-by-token attention with per-head keys and values (fp64, outputs, weights and
 gradients), with empty slots, a chunk whose pool is empty, groups of slots with key offsets and
 a scale on the output."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from memlab.models.layers.pool_attention import PoolAttention
+from tests.models.pool_reference import read
 
 F64 = torch.float64
 
 
-def head_space(att: PoolAttention, x, summary, log_priority, key_offset, groups: int):
-    """The attention as specified: keys k_j = W_k s_j (+ offset of j's group) and values
-    v_j = W_v s_j per head, plus the null slot -> out [B, C, W, D], weights [B, C, W, H, S_k + 1]."""
+def token_by_token(att: PoolAttention, x, summary, log_priority, key_offset):
+    """``read`` for every token -> out [B, C, W, D] and weights [B, C, W, H, S_k + 1] (null last);
+    key_offset [G, H·d_h] tags G equal consecutive groups of slots."""
     B, C, W, _ = x.shape
-    H, Dh = att.num_heads, att.head_dim
-    q = att.q_proj(x).view(B, C, W, H, Dh)
-    k = att.k_proj(summary)
-    if key_offset is not None:
-        k = k + key_offset.repeat_interleave(summary.shape[2] // groups, dim=0)
-    k = k.view(B, C, -1, H, Dh)
-    v = att.v_proj(summary).view(B, C, -1, H, Dh)
-    logits = torch.einsum("bcwhd,bckhd->bcwhk", q, k) / math.sqrt(Dh) + log_priority[:, :, None, None, :]
-    null = torch.einsum("bcwhd,hd->bcwh", q, att.null_key)[..., None] / math.sqrt(Dh)
-    probs = torch.cat([logits, null], dim=-1).softmax(-1)
-    mixed = torch.einsum("bcwhk,bckhd->bcwhd", probs[..., :-1], v) + probs[..., -1:] * att.null_value
-    return att.o_proj(mixed.reshape(B, C, W, H * Dh)), probs
+    S_k = summary.shape[2]
+    tags = None if key_offset is None else key_offset.repeat_interleave(S_k // len(key_offset), dim=0)
+    outs, weights = [], []
+    for b in range(B):
+        for c in range(C):
+            slots = list(zip(summary[b, c], log_priority[b, c], strict=True))
+            for w in range(W):
+                out, p = read(att, x[b, c, w], slots, tags)
+                outs.append(out)
+                weights.append(torch.cat([p[:, 1:], p[:, :1]], dim=-1))
+    return torch.stack(outs).view(B, C, W, -1), torch.stack(weights).view(B, C, W, att.num_heads, S_k + 1)
 
 
 @pytest.mark.parametrize("groups", [0, 1, 3])
@@ -51,7 +49,7 @@ def test_summary_space_equals_head_space_outputs_weights_and_gradients(groups: i
     scale = torch.randn(D, dtype=F64, requires_grad=True) if groups != 1 else None
 
     out, probs = att(x, summary, log_priority, key_offset, scale)
-    ref_out, ref_probs = head_space(att, x, summary, log_priority, key_offset, groups)
+    ref_out, ref_probs = token_by_token(att, x, summary, log_priority, key_offset)
     if scale is not None:
         ref_out = scale * ref_out
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)

@@ -39,6 +39,7 @@ from torch import nn
 
 from memlab.errors import ConfigError
 from memlab.kernels.gated_delta_rule.checks import sequence_bounds
+from memlab.models.layers.autocast_input import autocast_input
 from memlab.models.layers.config_types import is_int
 from memlab.models.layers.mamba import Mamba, MambaState
 from memlab.models.layers.note_pool import (
@@ -312,9 +313,8 @@ class MemMamba(nn.Module):
         stats: dict[str, torch.Tensor] = {}
         mixed = x
         attends = self.token_attn is not None or self.layer_attn is not None
-        # The gate and the attentions' queries are projections of x; under autocast each would
-        # cast x to the autocast dtype on its own (and give back its own fp32 gradient to add).
-        reads = _in_autocast_dtype(x) if attends else x
+        # The gate and the attentions' queries are all projections of x.
+        reads = autocast_input(x) if attends else x
         grouped = group_by_chunk(reads, layout, 0.0) if attends else None  # [B, C, W, D]
         if self.token_attn is not None:
             # γ ⊙ c with γ folded into the attention's output projection (one [D, ·] weight
@@ -407,16 +407,6 @@ class MemMamba(nn.Module):
                 f"memory/{name}_entropy/layer{i}": torch.special.entr(per_token).sum(-1).float().mean(),
                 f"memory/{name}_null/layer{i}": per_token[..., -1].float().mean(),
             }
-
-
-def _in_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
-    """x cast once to the autocast dtype of its device when autocast is on there and x is a
-    wider float (what every autocast projection of x would do by itself), else x."""
-    device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return x
-    low = torch.get_autocast_dtype(device)
-    return x.to(low) if x.is_floating_point() and x.element_size() > low.itemsize else x
 
 
 def _check_config(

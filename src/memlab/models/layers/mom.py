@@ -35,6 +35,7 @@ from memlab.kernels.backend import BACKENDS, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import MAX_HEAD_DIM, sequence_bounds
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
 from memlab.models.layers.attention import document_positions
+from memlab.models.layers.autocast_input import autocast_input
 from memlab.models.layers.config_types import require_types
 from memlab.models.layers.gated_rmsnorm import GatedRMSNorm
 from memlab.models.layers.mom_dispatch import (
@@ -244,9 +245,7 @@ class MoMAttention(nn.Module):
         q, _ = self.q_conv(self.q_proj(x), cu_seqlens=cu_seqlens)
         q = l2norm(q.reshape(B * T, H, K), backend=self.backend)
         q = dispatch_rows(q.view(B * T, H * K), segments, self.backend)
-        flat = x.reshape(B * T, D)
-        if torch.is_autocast_enabled(x.device.type):
-            flat = flat.to(torch.get_autocast_dtype(x.device.type))
+        flat = autocast_input(x.reshape(B * T, D))
         grouped = grouped_mm_fits(flat, self.memory_proj)
         k, v, b, a = project_packed(flat, self.memory_proj, segments, grouped, self.backend).split(
             [H * K, H * V, H, H], dim=-1
