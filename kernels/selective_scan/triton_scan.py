@@ -13,7 +13,8 @@ carried state, and y_t += C_t·h_t inside the thread. Step: one time step per lo
 channel's N states lie on N lanes of a warp (several channels per thread), so y_t = C_t · h_t
 is a sum across lanes; the next step's inputs are loaded while the current one is computed.
 With gradients needed both also write the state before every STATE_EVERY-th step
-([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and channel) and nothing else.
+([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and channel) and, with z, y before
+the gate (which dz needs), and nothing else.
 
 Backward: walks those blocks of STATE_EVERY steps last to first, as [STATE_EVERY, BLOCK_D]
 tiles read along time like the chunked forward's, and visits the N states one at a time: the
@@ -22,8 +23,9 @@ associative scan seeded with the stored state, the adjoint dh_t = e_{t+1} ⊙ dh
 from a reverse scan seeded with the gradient carried from the block after, then that state's
 terms of every gradient. Nothing is rebuilt or kept beyond one block. dB and dC sum over the
 channels sharing a group: every program adds its [STATE_EVERY] partial sums per state with relaxed
-fp32 atomics. dA, dD and d(delta_bias) sum over batch and time: every program writes one
-partial per (batch, channel), summed in PyTorch.
+fp32 atomics. dA, dD and d(delta_bias) sum over batch and time: every program sums its time
+steps in registers and adds the result once, also atomically (these five gradients share one
+zeroed fp32 buffer).
 
 Numerics: the only exponentials are exp2(dt·A·log2 e) of single steps (dt ≥ 0 and A ≤ 0
 give decays in [0, 1]); the backward needs e_t ⊙ h_{t-1}, which it takes as h_t − x_t rather
@@ -136,6 +138,7 @@ def _scan_fwd_chunked_kernel(
     y_ptr,
     last_ptr,
     states_ptr,
+    ypre_ptr,
     dim,
     L_units,
     L_BC,
@@ -220,6 +223,8 @@ def _scan_fwd_chunked_kernel(
             h_last = tl.sum(tl.where(tt[:, None] == BLOCK_T - 1, hs, 0.0), axis=0)
             h = tl.where(n[:, None] == k, h_last[None, :], h)
         if HAS_Z:
+            if STORE_STATES:
+                tl.store(ypre_ptr + offs, y.to(ypre_ptr.dtype.element_ty), mask=mask)
             # z·sigmoid(z) = z / s with s = 1 + e^-z ≥ 1, and 1/s as rsqrt(s)²: no division
             # (s = inf gives 0).
             r = tl.math.rsqrt(1.0 + tl.exp2(-zt * LOG2E))
@@ -243,6 +248,7 @@ def _scan_fwd_step_kernel(
     y_ptr,
     last_ptr,
     states_ptr,
+    ypre_ptr,
     dim,
     L,
     N,
@@ -315,6 +321,8 @@ def _scan_fwd_step_kernel(
         if HAS_D:
             y += Dv * u
         if HAS_Z:
+            if STORE_STATES:
+                tl.store(ypre_ptr + (b * dim + d) * L + t, y.to(ypre_ptr.dtype.element_ty), mask=d_mask)
             y *= zt * tl.sigmoid(zt)
         tl.store(y_ptrs + t, y.to(y_ptr.dtype.element_ty), mask=d_mask)
 
@@ -332,6 +340,7 @@ def _scan_bwd_kernel(
     z_ptr,
     bias_ptr,
     states_ptr,
+    ypre_ptr,
     dout_ptr,
     dlast_ptr,
     du_ptr,
@@ -339,9 +348,9 @@ def _scan_bwd_kernel(
     dz_ptr,
     dB_ptr,
     dC_ptr,
-    dA_part_ptr,
-    dD_part_ptr,
-    dbias_part_ptr,
+    dA_ptr,
+    dD_ptr,
+    dbias_ptr,
     dim,
     L_units,
     N,
@@ -414,8 +423,7 @@ def _scan_bwd_kernel(
             zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             dy = dy * zt * tl.sigmoid(zt)
         h0_ptr = states_ptr + (b * n_blocks + blk) * N * dim + d  # the block's first state, k = 0
-        # y (needed for dz only), Σ_n A_n (dh_n ⊙ e_n h_n,t-1) and Σ_n B_n,t dh_n
-        y = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+        # Σ_n A_n (dh_n ⊙ e_n h_n,t-1) and Σ_n B_n,t dh_n
         ddt = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         dBu = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
         for k in range(0, N):
@@ -431,8 +439,6 @@ def _scan_bwd_kernel(
             _, hs = tl.associative_scan(
                 (decay, tl.where(tt[:, None] == 0, decay * h0_k[None, :] + x, x)), 0, _linear_combine
             )
-            if HAS_Z:
-                y += hs * C_k[:, None]
             # Adjoint: dh_t = C_t dy_t + e_{t+1} dh_{t+1}, run backwards over the block.
             decay_next = tl.exp2(dt_next * (A_k * LOG2E)[None, :])
             r = C_k[:, None] * dy
@@ -471,8 +477,7 @@ def _scan_bwd_kernel(
         if HAS_BIAS:
             dbias_acc += tl.sum(ddt, axis=0)
         if HAS_Z:
-            if HAS_D:
-                y += Dv[None, :] * u
+            y = tl.load(ypre_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # before the gate
             dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_DOUT else 0.0
             zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             sig = tl.sigmoid(zt)
@@ -481,12 +486,13 @@ def _scan_bwd_kernel(
         tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
         tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
 
-    tl.store(dA_part_ptr + state_offs, dA_acc, mask=nd_mask)
-    part_offs = b * dim + d
+    # Summed over the batch's programs in place: one launch fewer per gradient than partial
+    # sums reduced in PyTorch.
+    tl.atomic_add(dA_ptr + d[None, :] * N + n[:, None], dA_acc, mask=nd_mask, sem="relaxed")
     if HAS_D:
-        tl.store(dD_part_ptr + part_offs, dD_acc, mask=d_mask)
+        tl.atomic_add(dD_ptr + d, dD_acc, mask=d_mask, sem="relaxed")
     if HAS_BIAS:
-        tl.store(dbias_part_ptr + part_offs, dbias_acc, mask=d_mask)
+        tl.atomic_add(dbias_ptr + d, dbias_acc, mask=d_mask, sem="relaxed")
 
 
 def _block_d(dg: int, block_d: int) -> int:
@@ -516,6 +522,9 @@ class _SelectiveScan(torch.autograd.Function):
         y = torch.empty_like(u)
         last = u.new_empty(batch, dim, N, dtype=torch.float32)
         states = u.new_empty(batch, n_blocks, N, dim, dtype=torch.float32) if need_grad else last
+        # y before the z gate, for dz (as mamba-ssm keeps it): reading it back is cheaper than
+        # accumulating it again over the states in the backward.
+        y_pre = torch.empty_like(u) if need_grad and z is not None else y
         flags = dict(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, STORE_STATES=need_grad, STATE_EVERY=state_every,
@@ -532,7 +541,7 @@ class _SelectiveScan(torch.autograd.Function):
             L_BC = triton.cdiv(L, max(block_t, 16)) * max(block_t, 16)
             B32, C32 = (F.pad(BC.float(), (0, L_BC - L)) if L_BC > L else BC.float() for BC in (Bg, Cg))
             _scan_fwd_chunked_kernel[(triton.cdiv(dg, block_d), G, batch)](
-                u, delta, A, B32, C32, D, z, delta_bias, y, last, states,
+                u, delta, A, B32, C32, D, z, delta_bias, y, last, states, y_pre,
                 dim, L // L_unit, L_BC, dg, gB, gC, G // gB, G // gC, n_blocks,
                 L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=_FWD_CHUNK_WARPS, **flags,
             )  # fmt: skip
@@ -541,19 +550,20 @@ class _SelectiveScan(torch.autograd.Function):
             # Time-major B and C: see the kernel's docstring.
             Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()
             _scan_fwd_step_kernel[(triton.cdiv(dg, block_d), G, batch)](
-                u, delta, A, Bt, Ct, D, z, delta_bias, y, last, states,
+                u, delta, A, Bt, Ct, D, z, delta_bias, y, last, states, y_pre,
                 dim, L, N, dg, gB, gC, G // gB, G // gC, n_blocks,
                 BLOCK_D=block_d, num_warps=_FWD_STEP_WARPS, **flags,
             )  # fmt: skip
         if need_grad:
-            ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states)
+            saved_y = y_pre if z is not None else None
+            ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states, saved_y)
             ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, delta_softplus)
             ctx.set_materialize_grads(False)
         return y, last
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        u, delta, A, Bg, Cg, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre = ctx.saved_tensors
         B_shape, C_shape, G, dg, state_every, n_blocks, delta_softplus = ctx.meta
         batch, dim, L = u.shape
         N = A.shape[1]
@@ -563,25 +573,26 @@ class _SelectiveScan(torch.autograd.Function):
 
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
-        dB = torch.zeros(Bg.shape, device=u.device, dtype=torch.float32)
-        dC = torch.zeros(Cg.shape, device=u.device, dtype=torch.float32)
-        dA_part = u.new_empty(batch, dim, N, dtype=torch.float32)
-        dD_part = u.new_empty(batch, dim, dtype=torch.float32) if D is not None else None
-        dbias_part = u.new_empty(batch, dim, dtype=torch.float32) if delta_bias is not None else None
+        # Every gradient the kernel sums with atomics, in one zeroed fp32 buffer (one memset).
+        sizes = [Bg.numel(), Cg.numel(), dim * N, 0 if D is None else dim, 0 if delta_bias is None else dim]
+        grads = u.new_zeros(sum(sizes), dtype=torch.float32)
+        dB, dC, dA, dD, dbias = grads.split(sizes)
         dy = dy.contiguous() if dy is not None else None
         dlast = dlast.contiguous() if dlast is not None else None
         L_unit = math.gcd(L, 16)
         _scan_bwd_kernel[grid](
-            u, delta, A, Bg, Cg, D, z, delta_bias, states, dy, dlast,
-            du, ddelta, dz, dB, dC, dA_part, dD_part, dbias_part,
+            u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre, dy, dlast,
+            du, ddelta, dz, dB, dC, dA, dD, dbias,
             dim, L // L_unit, N, dg, gB, gC, G // gB, G // gC, n_blocks,
             L_UNIT=L_unit, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, HAS_DOUT=dy is not None, HAS_DLAST=dlast is not None,
             BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=state_every, num_warps=_BWD_WARPS,
         )  # fmt: skip
-        dA = dA_part.sum(0).to(A.dtype)
-        dD = dD_part.sum(0).to(D.dtype) if D is not None else None
-        dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+        dA = dA.view(A.shape).to(A.dtype)
+        dD = dD.to(D.dtype) if D is not None else None
+        dbias = dbias.to(delta_bias.dtype) if delta_bias is not None else None
+        if Bg.dtype == Cg.dtype:  # adjacent in the buffer: one cast for both
+            dB, dC = grads[: sizes[0] + sizes[1]].to(Bg.dtype).split(sizes[:2])
         dB = dB.reshape(B_shape).to(Bg.dtype)
         dC = dC.reshape(C_shape).to(Cg.dtype)
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
