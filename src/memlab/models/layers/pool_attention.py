@@ -27,6 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# cuBLAS runs a 16-bit GEMM on its fast kernels only when its rows are a multiple of 8 elements
+# (16 bytes) long; H·S + H (+ H·G) rarely is, and the unaligned kernels took about 3x as long
+# for the query and output projections, so both carry zero rows (columns) up to a multiple.
+_GEMM_ROW_MULTIPLE = 8
+
 
 class PoolAttention(nn.Module):
     """Multi-head attention from tokens [B, C, W, D] to per-chunk slots [B, C, S_k, summary_dim].
@@ -77,7 +82,10 @@ class PoolAttention(nn.Module):
         G = 0 if key_offset is None else key_offset.shape[0]
         if G and S_k % G:
             raise ValueError(f"PoolAttention: {S_k} slots do not split into {G} equal groups")
-        query, null, offset = F.linear(x, self._query_weight(key_offset)).split([H * S, H, H * G], dim=-1)
+        q_pad = -(H * S + H + H * G) % _GEMM_ROW_MULTIPLE
+        query, null, offset, _ = F.linear(x, self._query_weight(key_offset, q_pad)).split(
+            [H * S, H, H * G, q_pad], dim=-1
+        )
         logits = torch.matmul(query.reshape(B, C, W * H, S), summary.transpose(-1, -2)).view(B, C, W, H, S_k)
         # Softmax in at least fp32: the bias and the masked slots need the range.
         work = torch.promote_types(log_priority.dtype, torch.float32)
@@ -87,12 +95,16 @@ class PoolAttention(nn.Module):
         probs = torch.cat([logits, null.reshape(B, C, W, H, 1).to(work)], dim=-1).softmax(dim=-1)
         p = probs.to(summary.dtype)
         mixed = torch.matmul(p[..., :-1].reshape(B, C, W * H, S_k), summary).view(B, C, W, H * S)
-        mixed = torch.cat([mixed, p[..., -1].to(mixed.dtype)], dim=-1)
-        return F.linear(mixed, self._output_weight(output_scale)), probs
+        o_pad = -(H * S + H) % _GEMM_ROW_MULTIPLE
+        pieces = [mixed, p[..., -1].to(mixed.dtype)]
+        if o_pad:
+            pieces.append(mixed.new_zeros(1, 1, 1, 1).expand(B, C, W, o_pad))
+        return F.linear(torch.cat(pieces, dim=-1), self._output_weight(output_scale, o_pad)), probs
 
-    def _query_weight(self, key_offset: torch.Tensor | None) -> torch.Tensor:
-        """[H·S + H + H·G, D]: rows giving, per head, W_k,hᵀ q_h (the query in summary space),
-        then q_h · k_∅,h, then q_h · key_offset[g, h], all scaled by 1/sqrt(d_h)."""
+    def _query_weight(self, key_offset: torch.Tensor | None, pad: int) -> torch.Tensor:
+        """[H·S + H + H·G + pad, D]: rows giving, per head, W_k,hᵀ q_h (the query in summary
+        space), then q_h · k_∅,h, then q_h · key_offset[g, h], all scaled by 1/sqrt(d_h); then
+        ``pad`` zero rows."""
         H, Dh = self.num_heads, self.head_dim
         w_q = self.q_proj.weight.view(H, Dh, -1)
         rows = [
@@ -102,17 +114,20 @@ class PoolAttention(nn.Module):
         if key_offset is not None:
             offsets = key_offset.view(-1, H, Dh).to(w_q.dtype)
             rows.append(torch.einsum("hdi,ghd->hgi", w_q, offsets).flatten(0, 1))
+        rows.append(w_q.new_zeros(pad, w_q.shape[-1]))
         return torch.cat(rows) / math.sqrt(Dh)
 
-    def _output_weight(self, scale: torch.Tensor | None) -> torch.Tensor:
-        """[D, H·S + H]: o_proj ∘ W_v,h per head (applied to Σ_j p_j s_j), then o_proj ∘ v_∅,h
-        per head (applied to the null slot's weight); rows times ``scale``."""
+    def _output_weight(self, scale: torch.Tensor | None, pad: int) -> torch.Tensor:
+        """[D, H·S + H + pad]: o_proj ∘ W_v,h per head (applied to Σ_j p_j s_j), then
+        o_proj ∘ v_∅,h per head (applied to the null slot's weight), then ``pad`` zero columns;
+        rows times ``scale``."""
         H, Dh = self.num_heads, self.head_dim
         w_o = self.o_proj.weight.view(-1, H, Dh)
         weight = torch.cat(
             [
                 torch.einsum("ohd,hds->ohs", w_o, self.v_proj.weight.view(H, Dh, -1)).flatten(1),
                 torch.einsum("ohd,hd->oh", w_o, self.null_value),
+                w_o.new_zeros(w_o.shape[0], pad),
             ],
             dim=1,
         )
