@@ -262,7 +262,9 @@ class MemMamba(nn.Module):
         C, K, R = layout.num_chunks, self.pool_size, self.recent_slots
 
         # Notes of this pass's chunks; the first continues the state's unfinished chunk.
-        chunk_max = group_by_chunk(x, layout, float("-inf")).amax(dim=2)  # [B, C, D]
+        # max, not amax: its backward scatters into the first maximum of each chunk (2 kernels)
+        # where amax's shares the gradient among ties (4 kernels over [B, C, W, D]).
+        chunk_max = group_by_chunk(x, layout, float("-inf")).max(dim=2).values  # [B, C, D]
         if state is not None:
             chunk_max = torch.cat(
                 [torch.maximum(chunk_max[:, :1], state.chunk_max[:, None]), chunk_max[:, 1:]], 1
@@ -403,8 +405,9 @@ class MemMamba(nn.Module):
         with torch.no_grad():
             per_token = ungroup(probs.detach(), layout)  # [B, T, H, slots + 1]
             i = self.layer_idx
+            rows = per_token[..., 0].numel()  # (token, head) pairs
             return {
-                f"memory/{name}_entropy/layer{i}": torch.special.entr(per_token).sum(-1).float().mean(),
+                f"memory/{name}_entropy/layer{i}": torch.special.entr(per_token).sum().float() / rows,
                 f"memory/{name}_null/layer{i}": per_token[..., -1].float().mean(),
             }
 

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # cuBLAS runs a 16-bit GEMM on its fast kernels only when its rows are a multiple of 8 elements
-# (16 bytes) long; H·S + H (+ H·G) rarely is, and the unaligned kernels took about 3x as long
-# for the query and output projections, so both carry zero rows (columns) up to a multiple.
+# (16 bytes) long; S + 1 and S + 1 + G are not (the unaligned kernels took about 3x as long for
+# the query and output projections), so each head's block of rows is padded with zero rows up
+# to one, which also lets the logits' product read the queries in place.
 _GEMM_ROW_MULTIPLE = 8
 
 
@@ -82,11 +83,12 @@ class PoolAttention(nn.Module):
         G = 0 if key_offset is None else key_offset.shape[0]
         if G and S_k % G:
             raise ValueError(f"PoolAttention: {S_k} slots do not split into {G} equal groups")
-        q_pad = -(H * S + H + H * G) % _GEMM_ROW_MULTIPLE
-        query, null, offset, _ = F.linear(x, self._query_weight(key_offset, q_pad)).split(
-            [H * S, H, H * G, q_pad], dim=-1
-        )
-        logits = torch.matmul(query.reshape(B, C, W * H, S), summary.transpose(-1, -2)).view(B, C, W, H, S_k)
+        E = S + 1 + G  # per head: the query in summary space, the null logit, the G offset logits
+        projected = F.linear(x, self._query_weight(key_offset)).unflatten(-1, (H, -1))
+        query, null, offset = projected[..., :S], projected[..., S], projected[..., S + 1 : E]
+        # bmm on 3-d views: a 4-d matmul costs several more (CPU-bound) ops, forward and backward
+        slots = summary.reshape(B * C, S_k, S)
+        logits = torch.bmm(query.reshape(B * C, W * H, S), slots.transpose(1, 2)).view(B, C, W, H, S_k)
         # Softmax in at least fp32: the bias and the masked slots need the range.
         work = torch.promote_types(log_priority.dtype, torch.float32)
         logits = logits + log_priority[:, :, None, None, :].to(work)  # promoted to `work`
@@ -94,41 +96,38 @@ class PoolAttention(nn.Module):
             logits = (logits.view(B, C, W, H, G, S_k // G) + offset.reshape(B, C, W, H, G, 1)).flatten(-2)
         probs = torch.cat([logits, null.reshape(B, C, W, H, 1).to(work)], dim=-1).softmax(dim=-1)
         p = probs.to(summary.dtype)
-        mixed = torch.matmul(p[..., :-1].reshape(B, C, W * H, S_k), summary).view(B, C, W, H * S)
-        o_pad = -(H * S + H) % _GEMM_ROW_MULTIPLE
-        pieces = [mixed, p[..., -1].to(mixed.dtype)]
-        if o_pad:
-            pieces.append(mixed.new_zeros(1, 1, 1, 1).expand(B, C, W, o_pad))
-        return F.linear(torch.cat(pieces, dim=-1), self._output_weight(output_scale, o_pad)), probs
+        mixed = torch.bmm(p[..., :-1].reshape(B * C, W * H, S_k), slots).view(B, C, W, H, S)
+        pieces = [mixed, p[..., -1:].to(mixed.dtype)]
+        pad = _head_pad(S + 1)
+        if pad:
+            pieces.append(mixed.new_zeros(1, 1, 1, 1, 1).expand(B, C, W, H, pad))
+        return F.linear(torch.cat(pieces, dim=-1).flatten(-2), self._output_weight(output_scale)), probs
 
-    def _query_weight(self, key_offset: torch.Tensor | None, pad: int) -> torch.Tensor:
-        """[H·S + H + H·G + pad, D]: rows giving, per head, W_k,hᵀ q_h (the query in summary
-        space), then q_h · k_∅,h, then q_h · key_offset[g, h], all scaled by 1/sqrt(d_h); then
-        ``pad`` zero rows."""
+    def _query_weight(self, key_offset: torch.Tensor | None) -> torch.Tensor:
+        """[H·(S + 1 + G + pad), D], per head h the rows giving W_k,hᵀ q_h (the query in summary
+        space), q_h · k_∅,h, q_h · key_offset[g, h] for each group g, then zero rows (see
+        _GEMM_ROW_MULTIPLE); all scaled by 1/sqrt(d_h). One batched product over the heads."""
         H, Dh = self.num_heads, self.head_dim
-        w_q = self.q_proj.weight.view(H, Dh, -1)
-        rows = [
-            torch.einsum("hdi,hds->hsi", w_q, self.k_proj.weight.view(H, Dh, -1)).flatten(0, 1),
-            torch.einsum("hdi,hd->hi", w_q, self.null_key),
-        ]
+        keys = [self.k_proj.weight.view(H, Dh, -1), self.null_key[..., None]]
         if key_offset is not None:
-            offsets = key_offset.view(-1, H, Dh).to(w_q.dtype)
-            rows.append(torch.einsum("hdi,ghd->hgi", w_q, offsets).flatten(0, 1))
-        rows.append(w_q.new_zeros(pad, w_q.shape[-1]))
-        return torch.cat(rows) / math.sqrt(Dh)
+            keys.append(key_offset.view(-1, H, Dh).permute(1, 2, 0).to(keys[0].dtype))
+        E = sum(k.shape[-1] for k in keys)
+        keys.append(keys[0].new_zeros(H, Dh, _head_pad(E)))
+        w_q = self.q_proj.weight.view(H, Dh, -1)
+        return torch.bmm(torch.cat(keys, dim=2).transpose(1, 2), w_q).flatten(0, 1) / math.sqrt(Dh)
 
-    def _output_weight(self, scale: torch.Tensor | None, pad: int) -> torch.Tensor:
-        """[D, H·S + H + pad]: o_proj ∘ W_v,h per head (applied to Σ_j p_j s_j), then
-        o_proj ∘ v_∅,h per head (applied to the null slot's weight), then ``pad`` zero columns;
-        rows times ``scale``."""
+    def _output_weight(self, scale: torch.Tensor | None) -> torch.Tensor:
+        """[D, H·(S + 1 + pad)], per head h the columns o_proj ∘ W_v,h (applied to Σ_j p_j s_j),
+        o_proj ∘ v_∅,h (applied to the null slot's weight), then zero columns; rows times
+        ``scale``. One batched product over the heads."""
         H, Dh = self.num_heads, self.head_dim
-        w_o = self.o_proj.weight.view(-1, H, Dh)
-        weight = torch.cat(
-            [
-                torch.einsum("ohd,hds->ohs", w_o, self.v_proj.weight.view(H, Dh, -1)).flatten(1),
-                torch.einsum("ohd,hd->oh", w_o, self.null_value),
-                w_o.new_zeros(w_o.shape[0], pad),
-            ],
-            dim=1,
-        )
+        values = [self.v_proj.weight.view(H, Dh, -1), self.null_value[..., None]]
+        values.append(values[0].new_zeros(H, Dh, _head_pad(sum(v.shape[-1] for v in values))))
+        w_o = self.o_proj.weight.view(-1, H, Dh).transpose(0, 1)  # [H, D, d_h]
+        weight = torch.bmm(w_o, torch.cat(values, dim=2)).transpose(0, 1).flatten(1)
         return weight if scale is None else scale[:, None] * weight
+
+
+def _head_pad(width: int) -> int:
+    """Zero rows that pad a head's block of ``width`` rows to a multiple of _GEMM_ROW_MULTIPLE."""
+    return -width % _GEMM_ROW_MULTIPLE
