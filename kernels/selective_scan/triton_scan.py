@@ -48,16 +48,20 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # rejects the backward's scans over a single step).
 _STATE_EVERY = 32
 # Forward, two kernels. The chunked one (time-parallel inside chunks of BLOCK_T steps) takes
-# 16-bit rows that can be read as 16-byte vectors (L·2 bytes a multiple of 16) and N <= 16 (it
-# unrolls its loop over the states); the step one (one time step per iteration) takes the rest.
-# Measured on an H100 (batch 8, dim 1536, N 16, bf16, L 2048 / 8192): chunked, 16 channels,
-# chunks of 32 steps (a thread holds 8 steps of one channel, 4 lanes share it), 2 warps:
-# 0.52 / 2.07 ms; 32 on 4 warps 0.53 / 2.11; chunks of 8 steps (the scan in one thread) 0.87 /
-# 3.54, of 16 steps 1.37 / 5.84, of 64 steps 0.68 / 2.72. Step kernel, 8 channels on 1 warp
-# (a channel's N states on N lanes): 0.70 / 2.69 ms; it is also faster for fp32 rows (0.86 ms
-# against the chunked kernel's 0.98 at L 2048) and, unlike the chunked one, does not slow down
-# by 6x on unaligned rows.
-_FWD_CHUNK_BLOCK_D, _FWD_CHUNK_BLOCK_T, _FWD_CHUNK_WARPS = 16, 32, 2
+# 16- or 32-bit rows that can be read as 16-byte vectors (L·element size a multiple of 16) and
+# N <= 16 (it unrolls its loop over the states); the step one (one time step per iteration)
+# takes the rest. A chunk is _FWD_CHUNK_LANES lanes of one 16-byte vector of steps each (32
+# steps in bf16, 16 in fp32). The chunk loop is software-pipelined (_FWD_CHUNK_STAGES = 2: the
+# loads of the next chunk, among them the B and C rows read once per state, go through shared
+# memory by cp.async while the current chunk is computed); the kernel was waiting on those
+# loads. Measured on an H100 (batch 8, dim 1536, N 16, L 2048 / 8192), pipelined, bf16: 8
+# channels on 1 warp 0.32 / 1.19 ms; 16 on 2 warps 0.36 / 1.38; 32 on 4 0.36 / 1.37; chunks of
+# 16 steps 0.50 / 1.98; 3 stages 0.37 / 1.41 (16 on 2); not pipelined (16 on 2, the previous
+# default) 0.52 / 2.07. fp32, 8 channels on 1 warp: chunks of 16 steps 0.47 / 1.84, of 32 0.54
+# / 2.11; the step kernel 0.90 / 3.47. The step kernel (a channel's N states on N lanes of a
+# warp) is the slower one, but unlike the chunked one it does not slow down by 6x on unaligned
+# rows.
+_FWD_CHUNK_BLOCK_D, _FWD_CHUNK_WARPS, _FWD_CHUNK_LANES, _FWD_CHUNK_STAGES = 8, 1, 4, 2
 _FWD_CHUNK_MAX_N = 16
 _FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
@@ -159,20 +163,22 @@ def _scan_fwd_chunked_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     """Grid (cdiv(dg, BLOCK_D), G, batch); chunks of BLOCK_T steps (BLOCK_T divides
     STATE_EVERY) are visited first to last. u, delta, z and y move as [BLOCK_T, BLOCK_D] tiles
-    read along time, which Triton lays out as one 16-byte vector load of 8 consecutive steps of
-    one channel per thread (the caller sends only 16-bit rows aligned that far) and the chunk's
-    remaining steps on neighbouring lanes; the next chunk's u and delta are loaded before the current chunk is
-    computed. B and C come in fp32 as [batch, groups, N, L_BC], rows zero-padded to whole
-    chunks so that they load without masks. The N states are visited one at a time
+    read along time, which Triton lays out as one 16-byte vector load of consecutive steps of
+    one channel per thread (8 in 16 bits, 4 in fp32; the caller sends only rows aligned that
+    far) and the chunk's remaining steps on neighbouring lanes; the next chunk's u and delta are
+    loaded before the current chunk is computed, and the chunk loop is software-pipelined over
+    STAGES stages (see _FWD_CHUNK_STAGES). B and C come in fp32 as [batch, groups, N, L_BC],
+    rows zero-padded to whole chunks so that they load without masks. The N states are visited one at a time
     (unrolled): an associative scan over the chunk gives the state at every step (its steps in
     a thread run sequentially, then across lanes), y adds its C-weighted term in the thread,
     and the state at the chunk's last step (padded steps have decay 1 and no input) goes back
     into the carried [BLOCK_N, BLOCK_D] state. The last state leaves as [batch, dim, N].
 
-    L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L (8 or 16 here): it
+    L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L (4 to 16 here): it
     tells Triton how far rows are aligned, which bounds the vector loads and thus the steps per
     thread."""
     L = L_units * L_UNIT
@@ -190,7 +196,7 @@ def _scan_fwd_chunked_kernel(
     u_nx = tl.load(u_ptr + offs, mask=mask, other=0.0)
     dl_nx = tl.load(delta_ptr + offs, mask=mask, other=0.0)
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for t0 in range(0, L, BLOCK_T):
+    for t0 in tl.range(0, L, BLOCK_T, num_stages=STAGES):
         if STORE_STATES and t0 % STATE_EVERY == 0:
             s_offs = ((b * n_blocks + t0 // STATE_EVERY) * N + n[:, None]) * dim + d[None, :]
             tl.store(states_ptr + s_offs, h, mask=nd_mask)
@@ -532,9 +538,11 @@ class _SelectiveScan(torch.autograd.Function):
         )  # fmt: skip
         L_unit = math.gcd(L, 16)
         rows = (u, delta) if z is None else (u, delta, z)
-        if N <= _FWD_CHUNK_MAX_N and all(t.element_size() == 2 for t in rows) and L_unit * 2 % 16 == 0:
+        size = u.element_size()
+        aligned = size in (2, 4) and all(t.element_size() == size for t in rows) and L_unit * size % 16 == 0
+        if N <= _FWD_CHUNK_MAX_N and aligned:
             block_d = _block_d(dg, _FWD_CHUNK_BLOCK_D)
-            block_t = min(_FWD_CHUNK_BLOCK_T, state_every)
+            block_t = min(_FWD_CHUNK_LANES * 16 // size, state_every)
             # fp32 B and C: a bf16 value costs the kernel up to two instructions to widen, on
             # every (step, state) of every channel; rows are zero-padded to whole chunks (and
             # to 16 steps, for aligned vector loads) so that they load without masks.
@@ -543,7 +551,8 @@ class _SelectiveScan(torch.autograd.Function):
             _scan_fwd_chunked_kernel[(triton.cdiv(dg, block_d), G, batch)](
                 u, delta, A, B32, C32, D, z, delta_bias, y, last, states, y_pre,
                 dim, L // L_unit, L_BC, dg, gB, gC, G // gB, G // gC, n_blocks,
-                L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=_FWD_CHUNK_WARPS, **flags,
+                L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t, STAGES=_FWD_CHUNK_STAGES,
+                num_warps=_FWD_CHUNK_WARPS, **flags,
             )  # fmt: skip
         else:
             block_d = _block_d(dg, _FWD_STEP_BLOCK_D)

@@ -5,10 +5,11 @@ The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
 ``test_triton_kernels_under_interpreter`` (see tests/interpreter.py).
 
 Shapes are tiny and the kernels' block sizes are forced small (states stored every 16
-steps, forward chunks of 8 steps, 2 or 4 channels per program), so the tests cross chunk,
-stored-state and channel-block boundaries and end on partial chunks. fp32 inputs take the
-step forward; 16-bit ones whose rows are whole 16-byte vectors take the chunked forward (the
-tests of that kernel forbid the other).
+steps, forward chunks of 8 steps in 16 bits and 4 in fp32, 2 or 4 channels per program), so
+the tests cross chunk, stored-state and channel-block boundaries and end on partial chunks.
+Inputs whose rows are whole 16-byte vectors (L a multiple of 8 in 16 bits, of 4 in fp32) take
+the chunked forward (the tests of that kernel forbid the other), the rest (most lengths here
+are odd) the step forward.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ BATCH = 2
 def _small_blocks_and_fresh_seed(request, monkeypatch):
     from memlab.kernels.selective_scan import triton_scan
 
-    # States stored every 16 steps; forward programs of 2 channels (the chunked kernel in
-    # chunks of 8 steps), backward programs of 4 channels walking the 16-step blocks, so the
-    # backward's programs differ from those of the forward that stored the states.
+    # States stored every 16 steps; forward programs of 2 channels (the chunked kernel with one
+    # lane per channel: chunks of 8 steps in 16 bits, 4 in fp32), backward programs of 4
+    # channels walking the 16-step blocks, so the backward's programs differ from those of the
+    # forward that stored the states.
     monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
     monkeypatch.setattr(triton_scan, "_FWD_STEP_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_D", 2)
-    monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_T", 8)
+    monkeypatch.setattr(triton_scan, "_FWD_CHUNK_LANES", 1)
     monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     seed = zlib.crc32(request.node.nodeid.encode())
@@ -185,11 +187,14 @@ def chunked_forward_only(monkeypatch):
         (24, 4, 6, 3, (), True),
     ],
 )
-def test_chunked_forward_fp16(L, N, dim, groups, optional, softplus):
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float16, 5e-3), (torch.float32, 1e-4)], ids=["fp16", "fp32"]
+)
+def test_chunked_forward(L, N, dim, groups, optional, softplus, dtype, tol):
     x = make_inputs(L, N, dim=dim, groups_B=groups, groups_C=groups, softplus=softplus, optional=optional)
-    dtypes = {k: torch.float16 for k in ("u", "delta", "B", "C", "z")}
+    dtypes = {k: dtype for k in ("u", "delta", "B", "C", "z")}
     dtypes.update({k: torch.float32 for k in ("A", "D", "delta_bias")})
-    assert_close(run(triton_scan, x, softplus, dtypes), reference(x, softplus, dtypes), tol=5e-3)
+    assert_close(run(triton_scan, x, softplus, dtypes), reference(x, softplus, dtypes), tol=tol)
 
 
 @interpreted
