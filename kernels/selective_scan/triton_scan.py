@@ -69,7 +69,9 @@ _FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
 # every 32 steps, 8 channels on 1 warp: 2.89 / 11.5 ms; 16 on 1 3.59, 4 on 1 3.73, 16 on 2 4.22
 # (L 2048); every 64 steps, 8 on 1 3.54, 16 on 2 3.99; every 16 steps, 8 on 1 3.01 / 12.0, 16
 # on 2 3.53 / 14.1. Blocks of 32 steps keep the kernel to one wave of 12 warps per SM (168
-# registers) while leaving each state enough work.
+# registers) while leaving each state enough work. (Since then dz reads y from the forward and
+# the forward is pipelined: this config's forward+backward is 2.21 / 8.62 ms.) Pipelining this
+# kernel's loop over the states the same way made it slower (2.71 against 2.64 ms at L 2048).
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
 
 
