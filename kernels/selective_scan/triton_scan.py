@@ -13,8 +13,10 @@ carried state, and y_t += C_t·h_t inside the thread. Step: one time step per lo
 channel's N states lie on N lanes of a warp (several channels per thread), so y_t = C_t · h_t
 is a sum across lanes; the next step's inputs are loaded while the current one is computed.
 With gradients needed both also write the state before every STATE_EVERY-th step
-([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and channel) and, with z, y before
-the gate (which dz needs), and nothing else.
+([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and channel) and, when z needs a
+gradient, y before the gate for dz (one more [batch, dim, L] activation in u's dtype, as
+mamba-ssm keeps; reading it back is cheaper than accumulating y over the states again), and
+nothing else.
 
 Backward: walks those blocks of STATE_EVERY steps last to first, as [STATE_EVERY, BLOCK_D]
 tiles read along time like the chunked forward's, and visits the N states one at a time: the
@@ -22,10 +24,10 @@ block's states h_t = e_t ⊙ h_{t-1} + x_t (e_t = exp(dt_t A), x_t = dt_t u_t B_
 associative scan seeded with the stored state, the adjoint dh_t = e_{t+1} ⊙ dh_{t+1} + C_t dy_t
 from a reverse scan seeded with the gradient carried from the block after, then that state's
 terms of every gradient. Nothing is rebuilt or kept beyond one block. dB and dC sum over the
-channels sharing a group: every program adds its [STATE_EVERY] partial sums per state with relaxed
-fp32 atomics. dA, dD and d(delta_bias) sum over batch and time: every program sums its time
-steps in registers and adds the result once, also atomically (these five gradients share one
-zeroed fp32 buffer).
+channels sharing a group: every program adds its [STATE_EVERY] partial sums per state with
+relaxed fp32 atomics. dA, dD and d(delta_bias) sum over batch and time: every program sums its
+time steps in registers and adds the result once, also atomically. So the backward's sums vary
+in their last bits from run to run (their order does).
 
 Numerics: the only exponentials are exp2(dt·A·log2 e) of single steps (dt ≥ 0 and A ≤ 0
 give decays in [0, 1]); the backward needs e_t ⊙ h_{t-1}, which it takes as h_t − x_t rather
@@ -51,27 +53,28 @@ _STATE_EVERY = 32
 # 16- or 32-bit rows that can be read as 16-byte vectors (L·element size a multiple of 16) and
 # N <= 16 (it unrolls its loop over the states); the step one (one time step per iteration)
 # takes the rest. A chunk is _FWD_CHUNK_LANES lanes of one 16-byte vector of steps each (32
-# steps in bf16, 16 in fp32). The chunk loop is software-pipelined (_FWD_CHUNK_STAGES = 2: the
-# loads of the next chunk, among them the B and C rows read once per state, go through shared
-# memory by cp.async while the current chunk is computed); the kernel was waiting on those
-# loads. Measured on an H100 (batch 8, dim 1536, N 16, L 2048 / 8192), pipelined, bf16: 8
-# channels on 1 warp 0.32 / 1.19 ms; 16 on 2 warps 0.36 / 1.38; 32 on 4 0.36 / 1.37; chunks of
-# 16 steps 0.50 / 1.98; 3 stages 0.37 / 1.41 (16 on 2); not pipelined (16 on 2, the previous
-# default) 0.52 / 2.07. fp32, 8 channels on 1 warp: chunks of 16 steps 0.47 / 1.84, of 32 0.54
-# / 2.11; the step kernel 0.90 / 3.47. The step kernel (a channel's N states on N lanes of a
-# warp) is the slower one, but unlike the chunked one it does not slow down by 6x on unaligned
-# rows.
+# steps in 16 bits, 16 in fp32). The chunk loop is software-pipelined (_FWD_CHUNK_STAGES = 2:
+# the loads of the next chunk, among them the B and C rows read once per state, go through
+# shared memory by cp.async while the current chunk is computed); the kernel was waiting on
+# those loads. Measured on an H100 (batch 8, dim 1536, N 16, L 2048 / 8192), pipelined, bf16:
+# 8 channels on 1 warp 0.32 / 1.19 ms; 16 on 2 warps 0.36 / 1.38; 32 on 4 0.36 / 1.37; chunks
+# of 16 steps 0.50 / 1.98; 3 stages 0.37 / 1.41 (16 on 2); not pipelined (16 on 2) 0.52 /
+# 2.07. fp32, 8 channels on 1 warp: chunks of 16 steps 0.47 / 1.84, of 32 0.54 / 2.11; the
+# step kernel 0.90 / 3.47. The step kernel (a channel's N states on N lanes of a warp) is the
+# slower one, but unlike the chunked one it does not slow down by 6x on unaligned rows.
 _FWD_CHUNK_BLOCK_D, _FWD_CHUNK_WARPS, _FWD_CHUNK_LANES, _FWD_CHUNK_STAGES = 8, 1, 4, 2
+_VECTOR_BYTES = 16
 _FWD_CHUNK_MAX_N = 16
 _FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
-# Measured on an H100 (bf16, batch 8, dim 1536, N 16, forward+backward, L 2048 / 8192), states
-# every 32 steps, 8 channels on 1 warp: 2.89 / 11.5 ms; 16 on 1 3.59, 4 on 1 3.73, 16 on 2 4.22
-# (L 2048); every 64 steps, 8 on 1 3.54, 16 on 2 3.99; every 16 steps, 8 on 1 3.01 / 12.0, 16
-# on 2 3.53 / 14.1. Blocks of 32 steps keep the kernel to one wave of 12 warps per SM (168
-# registers) while leaving each state enough work. (Since then dz reads y from the forward and
-# the forward is pipelined: this config's forward+backward is 2.21 / 8.62 ms.) Pipelining this
-# kernel's loop over the states the same way made it slower (2.71 against 2.64 ms at L 2048).
+# Measured on an H100 (bf16, batch 8, dim 1536, N 16, forward+backward, L 2048 / 8192) with y
+# accumulated again in the backward and the forward not pipelined: states every 32 steps, 8
+# channels on 1 warp: 2.89 / 11.5 ms; 16 on 1 3.59, 4 on 1 3.73, 16 on 2 4.22 (L 2048); every
+# 64 steps, 8 on 1 3.54, 16 on 2 3.99; every 16 steps, 8 on 1 3.01 / 12.0, 16 on 2 3.53 / 14.1.
+# Blocks of 32 steps keep the kernel to one wave of 12 warps per SM (168 registers) while
+# leaving each state enough work. The chosen config now runs 2.21 / 8.62 ms. Pipelining the
+# loop over the states (tl.range num_stages=2) made it slower: 2.71 against 2.64 ms at L 2048,
+# with y read back but the forward not yet pipelined.
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
 
 
@@ -161,6 +164,7 @@ def _scan_fwd_chunked_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     STORE_STATES: tl.constexpr,
+    STORE_Y: tl.constexpr,
     STATE_EVERY: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -171,14 +175,17 @@ def _scan_fwd_chunked_kernel(
     STATE_EVERY) are visited first to last. u, delta, z and y move as [BLOCK_T, BLOCK_D] tiles
     read along time, which Triton lays out as one 16-byte vector load of consecutive steps of
     one channel per thread (8 in 16 bits, 4 in fp32; the caller sends only rows aligned that
-    far) and the chunk's remaining steps on neighbouring lanes; the next chunk's u and delta are
-    loaded before the current chunk is computed, and the chunk loop is software-pipelined over
-    STAGES stages (see _FWD_CHUNK_STAGES). B and C come in fp32 as [batch, groups, N, L_BC],
-    rows zero-padded to whole chunks so that they load without masks. The N states are visited one at a time
-    (unrolled): an associative scan over the chunk gives the state at every step (its steps in
-    a thread run sequentially, then across lanes), y adds its C-weighted term in the thread,
-    and the state at the chunk's last step (padded steps have decay 1 and no input) goes back
-    into the carried [BLOCK_N, BLOCK_D] state. The last state leaves as [batch, dim, N].
+    far) and the chunk's remaining steps on neighbouring lanes. The chunk loop is
+    software-pipelined over STAGES stages (see _FWD_CHUNK_STAGES), which loads the next chunk's
+    tiles and B and C rows while the current chunk is computed (2 % faster than also
+    prefetching u and delta into registers by hand, on an H100). B and C come in fp32 as
+    [batch, groups, N, L_BC], rows zero-padded to whole chunks so that they load without masks.
+    The N states are visited one at a time (unrolled): an associative scan over the chunk gives
+    the state at every step (its steps in a thread run sequentially, then across lanes), y adds
+    its C-weighted term in the thread, and the state at the chunk's last step (padded steps have
+    decay 1 and no input) goes back into the carried [BLOCK_N, BLOCK_D] state. With STORE_Y, y
+    before the z gate also goes to ypre_ptr (laid out as y). The last state leaves as
+    [batch, dim, N].
 
     L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L (4 to 16 here): it
     tells Triton how far rows are aligned, which bounds the vector loads and thus the steps per
@@ -193,22 +200,17 @@ def _scan_fwd_chunked_kernel(
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
     B_rows = B_ptr + (b * gB + g // B_div) * N * L_BC
     C_rows = C_ptr + (b * gC + g // C_div) * N * L_BC
-    offs = ((b * dim + d) * L)[None, :] + tt[:, None]  # the first chunk's tile
-    mask = (tt < L)[:, None] & d_mask[None, :]
-    u_nx = tl.load(u_ptr + offs, mask=mask, other=0.0)
-    dl_nx = tl.load(delta_ptr + offs, mask=mask, other=0.0)
+    row = ((b * dim + d) * L)[None, :]
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for t0 in tl.range(0, L, BLOCK_T, num_stages=STAGES):
         if STORE_STATES and t0 % STATE_EVERY == 0:
             s_offs = ((b * n_blocks + t0 // STATE_EVERY) * N + n[:, None]) * dim + d[None, :]
             tl.store(states_ptr + s_offs, h, mask=nd_mask)
-        u, dt = u_nx.to(tl.float32), dl_nx.to(tl.float32)
-        # z is needed only after the chunk's scans, which hide its latency.
+        offs = row + (t0 + tt)[:, None]
+        mask = (t0 + tt < L)[:, None] & d_mask[None, :]
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_Z else None
-        nx_offs = offs + BLOCK_T
-        nx_mask = (t0 + BLOCK_T + tt < L)[:, None] & d_mask[None, :]
-        u_nx = tl.load(u_ptr + nx_offs, mask=nx_mask, other=0.0)
-        dl_nx = tl.load(delta_ptr + nx_offs, mask=nx_mask, other=0.0)
 
         if HAS_BIAS:
             dt += bias[None, :]
@@ -231,14 +233,13 @@ def _scan_fwd_chunked_kernel(
             h_last = tl.sum(tl.where(tt[:, None] == BLOCK_T - 1, hs, 0.0), axis=0)
             h = tl.where(n[:, None] == k, h_last[None, :], h)
         if HAS_Z:
-            if STORE_STATES:
+            if STORE_Y:
                 tl.store(ypre_ptr + offs, y.to(ypre_ptr.dtype.element_ty), mask=mask)
             # z·sigmoid(z) = z / s with s = 1 + e^-z ≥ 1, and 1/s as rsqrt(s)²: no division
             # (s = inf gives 0).
             r = tl.math.rsqrt(1.0 + tl.exp2(-zt * LOG2E))
             y *= zt * r * r
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        offs, mask = nx_offs, nx_mask
 
     tl.store(last_ptr + (b * dim + d[None, :]) * N + n[:, None], h, mask=nd_mask)
 
@@ -271,6 +272,7 @@ def _scan_fwd_step_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     STORE_STATES: tl.constexpr,
+    STORE_Y: tl.constexpr,
     STATE_EVERY: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -282,8 +284,8 @@ def _scan_fwd_step_kernel(
     are read contiguously along N, which lays a channel's N states on N lanes of a warp (a
     thread holds one state of each of several channels): a step's exponentials are spread over
     the lanes, and y's sum over N costs log2(N) shuffles. B and C come as [BLOCK_D, BLOCK_N]
-    tiles of repeated rows so that they arrive in the state's layout. The last state leaves
-    as [batch, dim, N]."""
+    tiles of repeated rows so that they arrive in the state's layout. With STORE_Y, y before the
+    z gate also goes to ypre_ptr (laid out as y). The last state leaves as [batch, dim, N]."""
     g, b, d, d_mask = program_channels(dg, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     n_mask = n < N
@@ -296,6 +298,7 @@ def _scan_fwd_step_kernel(
     dl_ptrs = delta_ptr + (b * dim + d) * L
     z_ptrs = z_ptr + (b * dim + d) * L if HAS_Z else u_ptrs
     y_ptrs = y_ptr + (b * dim + d) * L
+    ypre_ptrs = ypre_ptr + (b * dim + d) * L
     # the repeated addresses of the B and C tiles are served by one cache line
     rep = tl.zeros((BLOCK_D, 1), dtype=tl.int64)
     B_ptrs = Bt_ptr + (b * gB + g // B_div) * L * N + n[None, :] + rep  # at step 0
@@ -329,8 +332,8 @@ def _scan_fwd_step_kernel(
         if HAS_D:
             y += Dv * u
         if HAS_Z:
-            if STORE_STATES:
-                tl.store(ypre_ptr + (b * dim + d) * L + t, y.to(ypre_ptr.dtype.element_ty), mask=d_mask)
+            if STORE_Y:
+                tl.store(ypre_ptrs + t, y.to(ypre_ptr.dtype.element_ty), mask=d_mask)
             y *= zt * tl.sigmoid(zt)
         tl.store(y_ptrs + t, y.to(y_ptr.dtype.element_ty), mask=d_mask)
 
@@ -375,6 +378,7 @@ def _scan_bwd_kernel(
     SOFTPLUS: tl.constexpr,
     HAS_DOUT: tl.constexpr,
     HAS_DLAST: tl.constexpr,
+    HAS_DZ: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -384,7 +388,8 @@ def _scan_bwd_kernel(
     read along time (as in the chunked forward), and inside a block the N states one at a
     time: the block's states from an associative scan seeded with the stored state, the
     adjoint from a reverse scan seeded with the gradient carried from the next block, then
-    every gradient term of that state. L = L_units·L_UNIT as in the chunked forward."""
+    every gradient term of that state. With HAS_DZ, dz comes from y before the gate, read from
+    ypre_ptr. L = L_units·L_UNIT as in the chunked forward."""
     L = L_units * L_UNIT
     g, b, d, d_mask = program_channels(dg, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -484,7 +489,7 @@ def _scan_bwd_kernel(
         ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
             dbias_acc += tl.sum(ddt, axis=0)
-        if HAS_Z:
+        if HAS_DZ:
             y = tl.load(ypre_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # before the gate
             dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_DOUT else 0.0
             zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -532,19 +537,24 @@ class _SelectiveScan(torch.autograd.Function):
         states = u.new_empty(batch, n_blocks, N, dim, dtype=torch.float32) if need_grad else last
         # y before the z gate, for dz (as mamba-ssm keeps it): reading it back is cheaper than
         # accumulating it again over the states in the backward.
-        y_pre = torch.empty_like(u) if need_grad and z is not None else y
+        keep_y = need_grad and z is not None and ctx.needs_input_grad[6]
+        y_pre = torch.empty_like(u) if keep_y else y
         flags = dict(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=delta_softplus, STORE_STATES=need_grad, STATE_EVERY=state_every,
+            SOFTPLUS=delta_softplus, STORE_STATES=need_grad, STORE_Y=keep_y, STATE_EVERY=state_every,
             BLOCK_N=triton.next_power_of_2(N),
         )  # fmt: skip
         L_unit = math.gcd(L, 16)
         rows = (u, delta) if z is None else (u, delta, z)
         size = u.element_size()
-        aligned = size in (2, 4) and all(t.element_size() == size for t in rows) and L_unit * size % 16 == 0
+        aligned = (
+            size in (2, 4)
+            and all(t.element_size() == size for t in rows)
+            and L_unit * size % _VECTOR_BYTES == 0
+        )
         if N <= _FWD_CHUNK_MAX_N and aligned:
             block_d = _block_d(dg, _FWD_CHUNK_BLOCK_D)
-            block_t = min(_FWD_CHUNK_LANES * 16 // size, state_every)
+            block_t = min(_FWD_CHUNK_LANES * _VECTOR_BYTES // size, state_every)
             # fp32 B and C: a bf16 value costs the kernel up to two instructions to widen, on
             # every (step, state) of every channel; rows are zero-padded to whole chunks (and
             # to 16 steps, for aligned vector loads) so that they load without masks.
@@ -566,8 +576,7 @@ class _SelectiveScan(torch.autograd.Function):
                 BLOCK_D=block_d, num_warps=_FWD_STEP_WARPS, **flags,
             )  # fmt: skip
         if need_grad:
-            saved_y = y_pre if z is not None else None
-            ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states, saved_y)
+            ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre if keep_y else None)
             ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, delta_softplus)
             ctx.set_materialize_grads(False)
         return y, last
@@ -583,11 +592,14 @@ class _SelectiveScan(torch.autograd.Function):
         grid = (triton.cdiv(dg, block_d), G, batch)
 
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else None
-        # Every gradient the kernel sums with atomics, in one zeroed fp32 buffer (one memset).
-        sizes = [Bg.numel(), Cg.numel(), dim * N, 0 if D is None else dim, 0 if delta_bias is None else dim]
-        grads = u.new_zeros(sum(sizes), dtype=torch.float32)
-        dB, dC, dA, dD, dbias = grads.split(sizes)
+        dz = torch.empty_like(z) if y_pre is not None else None
+        # The gradients the kernel sums with atomics, zeroed in two buffers (one memset each):
+        # dB and dC (which flow on through the graph), and the parameters' dA, dD and
+        # d(delta_bias), which become .grad views of a buffer no larger than themselves.
+        bc_sizes = [Bg.numel(), Cg.numel()]
+        dBC = u.new_zeros(sum(bc_sizes), dtype=torch.float32)
+        dB, dC = dBC.split(bc_sizes)
+        dA, dD, dbias = u.new_zeros(dim * (N + 2), dtype=torch.float32).split([dim * N, dim, dim])
         dy = dy.contiguous() if dy is not None else None
         dlast = dlast.contiguous() if dlast is not None else None
         L_unit = math.gcd(L, 16)
@@ -597,15 +609,17 @@ class _SelectiveScan(torch.autograd.Function):
             dim, L // L_unit, N, dg, gB, gC, G // gB, G // gC, n_blocks,
             L_UNIT=L_unit, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, HAS_DOUT=dy is not None, HAS_DLAST=dlast is not None,
-            BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=state_every, num_warps=_BWD_WARPS,
+            HAS_DZ=dz is not None, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=state_every,
+            num_warps=_BWD_WARPS,
         )  # fmt: skip
         dA = dA.view(A.shape).to(A.dtype)
         dD = dD.to(D.dtype) if D is not None else None
         dbias = dbias.to(delta_bias.dtype) if delta_bias is not None else None
-        if Bg.dtype == Cg.dtype:  # adjacent in the buffer: one cast for both
-            dB, dC = grads[: sizes[0] + sizes[1]].to(Bg.dtype).split(sizes[:2])
-        dB = dB.reshape(B_shape).to(Bg.dtype)
-        dC = dC.reshape(C_shape).to(Cg.dtype)
+        if Bg.dtype == Cg.dtype:  # one cast for both
+            dB, dC = dBC.to(Bg.dtype).split(bc_sizes)
+        else:
+            dB, dC = dB.to(Bg.dtype), dC.to(Cg.dtype)
+        dB, dC = dB.reshape(B_shape), dC.reshape(C_shape)
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
 
 

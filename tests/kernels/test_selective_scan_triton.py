@@ -147,8 +147,9 @@ def test_extreme_delta(delta_range, softplus):
 
 
 @interpreted
-def test_decays_that_underflow_give_finite_gradients():
-    x = make_inputs(20, 4, delta_range=(50.0, 50.0))
+@pytest.mark.parametrize("L", [20, 21], ids=["chunked", "step"])
+def test_decays_that_underflow_give_finite_gradients(L):
+    x = make_inputs(L, 4, delta_range=(50.0, 50.0))
     x["A"] = torch.full_like(x["A"], -16.0)
     check(x, softplus=True)
 
@@ -188,7 +189,9 @@ def chunked_forward_only(monkeypatch):
     ],
 )
 @pytest.mark.parametrize(
-    ("dtype", "tol"), [(torch.float16, 5e-3), (torch.float32, 1e-4)], ids=["fp16", "fp32"]
+    ("dtype", "tol"),
+    [(torch.float16, 5e-3), (torch.bfloat16, 2e-2), (torch.float32, 1e-4)],
+    ids=["fp16", "bf16", "fp32"],
 )
 def test_chunked_forward(L, N, dim, groups, optional, softplus, dtype, tol):
     x = make_inputs(L, N, dim=dim, groups_B=groups, groups_C=groups, softplus=softplus, optional=optional)
@@ -217,6 +220,28 @@ def test_one_output_used():
                 assert g is None or not g.any(), name
             else:
                 assert rel_err(g, r) < 1e-4, name
+
+
+@interpreted
+@pytest.mark.parametrize("L", [24, 19], ids=["chunked", "step"])
+def test_gate_without_grad(L):
+    # z needs no gradient: the forward keeps no y for dz, the backward computes none, and every
+    # other gradient is unchanged.
+    x = {k: v.float() for k, v in make_inputs(L, 4, groups_B=2).items()}
+    grads = []
+    for fn, dtype in ((triton_scan, torch.float32), (naive_selective_scan, torch.float64)):
+        leaves = {k: v.to(dtype).detach().requires_grad_(k != "z") for k, v in x.items()}
+        y = fn(**leaves, delta_softplus=True)
+        wanted = [v for k, v in leaves.items() if k != "z"]
+        grads.append(torch.autograd.grad((y * y.detach().sin()).sum(), wanted))
+    for g, r in zip(*grads, strict=True):
+        assert rel_err(g, r) < 1e-4
+
+
+@interpreted
+def test_more_states_than_the_chunked_forward_unrolls():
+    # N = 17 > 16 on aligned rows: the step forward takes it.
+    check(make_inputs(16, 17), softplus=True)
 
 
 @interpreted

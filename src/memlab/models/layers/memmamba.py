@@ -263,7 +263,8 @@ class MemMamba(nn.Module):
 
         # Notes of this pass's chunks; the first continues the state's unfinished chunk.
         # max, not amax: its backward scatters into the first maximum of each chunk (2 kernels)
-        # where amax's shares the gradient among ties (4 kernels over [B, C, W, D]).
+        # where amax's shares the gradient among ties (4 kernels over [B, C, W, D]); both are
+        # subgradients of the max-pool, and ties are common only in 16-bit models.
         chunk_max = group_by_chunk(x, layout, float("-inf")).max(dim=2).values  # [B, C, D]
         if state is not None:
             chunk_max = torch.cat(
@@ -405,7 +406,7 @@ class MemMamba(nn.Module):
         with torch.no_grad():
             per_token = ungroup(probs.detach(), layout)  # [B, T, H, slots + 1]
             i = self.layer_idx
-            rows = per_token[..., 0].numel()  # (token, head) pairs
+            rows = per_token.numel() // per_token.shape[-1]  # (token, head) pairs
             return {
                 f"memory/{name}_entropy/layer{i}": torch.special.entr(per_token).sum().float() / rows,
                 f"memory/{name}_null/layer{i}": per_token[..., -1].float().mean(),
