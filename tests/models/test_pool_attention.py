@@ -1,7 +1,7 @@
 """PoolAttention, which runs in summary space (W_k folded into the queries, W_v into the output),
 against the token-by-token attention with per-head keys and values (fp64, outputs, weights and
 gradients), with empty slots, a chunk whose pool is empty, groups of slots with key offsets and
-a scale on the output."""
+a scale on the output; and under bf16 autocast, loosely against fp64."""
 
 from __future__ import annotations
 
@@ -70,3 +70,32 @@ def test_slots_that_do_not_split_into_the_offset_groups_are_refused() -> None:
     x, summary = torch.randn(1, 2, 3, 8, dtype=F64), torch.randn(1, 2, 5, 4, dtype=F64)
     with pytest.raises(ValueError, match="5 slots do not split into 2 equal groups"):
         att(x, summary, torch.zeros(1, 2, 5, dtype=F64), torch.zeros(2, 8, dtype=F64))
+
+
+def test_bf16_autocast_runs_in_bf16_and_matches_fp64() -> None:
+    # Under autocast the products run in bf16, the softmax in fp32, and the gradients come back
+    # in the leaves' own dtypes.
+    torch.manual_seed(0)
+    B, C, W, D, S, H, Dh, groups = 2, 3, 8, 32, 16, 2, 16, 2
+    att = PoolAttention(D, S, H, Dh)
+    with torch.no_grad():
+        att.null_value.normal_()
+    x = torch.randn(B, C, W, D)
+    summary, log_priority = torch.randn(B, C, 4, S), torch.randn(B, C, 4).clamp_max(0)
+    key_offset, scale = torch.randn(groups, H * Dh), torch.randn(D)
+    inputs = [x, summary, log_priority, key_offset, scale]
+    dout = torch.randn(B, C, W, D)
+
+    def grads(module, tensors, autocast):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, probs = module(*leaves)
+        got = torch.autograd.grad((out.to(dout.dtype) * dout).sum(), leaves + list(module.parameters()))
+        return out, probs, got
+
+    out, probs, got = grads(att, inputs, autocast=True)
+    assert out.dtype == torch.bfloat16 and probs.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in got)
+    ref_out, _, want = grads(att.double(), [t.double() for t in inputs], autocast=False)
+    for a, b in zip([out, *got], [ref_out, *want], strict=True):
+        assert ((a.double() - b).norm() / b.norm()).item() < 3e-2
