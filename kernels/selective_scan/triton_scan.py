@@ -596,9 +596,7 @@ class _SelectiveScan(torch.autograd.Function):
         # The gradients the kernel sums with atomics, zeroed in two buffers (one memset each):
         # dB and dC (which flow on through the graph), and the parameters' dA, dD and
         # d(delta_bias), which become .grad views of a buffer no larger than themselves.
-        bc_sizes = [Bg.numel(), Cg.numel()]
-        dBC = u.new_zeros(sum(bc_sizes), dtype=torch.float32)
-        dB, dC = dBC.split(bc_sizes)
+        dB, dC = u.new_zeros(Bg.numel() + Cg.numel(), dtype=torch.float32).split([Bg.numel(), Cg.numel()])
         dA, dD, dbias = u.new_zeros(dim * (N + 2), dtype=torch.float32).split([dim * N, dim, dim])
         dy = dy.contiguous() if dy is not None else None
         dlast = dlast.contiguous() if dlast is not None else None
@@ -615,11 +613,7 @@ class _SelectiveScan(torch.autograd.Function):
         dA = dA.view(A.shape).to(A.dtype)
         dD = dD.to(D.dtype) if D is not None else None
         dbias = dbias.to(delta_bias.dtype) if delta_bias is not None else None
-        if Bg.dtype == Cg.dtype:  # one cast for both
-            dB, dC = dBC.to(Bg.dtype).split(bc_sizes)
-        else:
-            dB, dC = dB.to(Bg.dtype), dC.to(Cg.dtype)
-        dB, dC = dB.reshape(B_shape), dC.reshape(C_shape)
+        dB, dC = dB.to(Bg.dtype).reshape(B_shape), dC.to(Cg.dtype).reshape(C_shape)
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
 
 

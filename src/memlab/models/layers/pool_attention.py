@@ -85,9 +85,9 @@ class PoolAttention(nn.Module):
         G = 0 if key_offset is None else key_offset.shape[0]
         if G and S_k % G:
             raise ValueError(f"PoolAttention: {S_k} slots do not split into {G} equal groups")
-        E = S + 1 + G  # per head: the query in summary space, the null logit, the G offset logits
+        # Per head: the query in summary space, the null logit, the G offset logits, zeros.
         projected = F.linear(x, self._query_weight(key_offset)).unflatten(-1, (H, -1))
-        query, null, offset = projected[..., :S], projected[..., S], projected[..., S + 1 : E]
+        query, null, offset = projected[..., :S], projected[..., S], projected[..., S + 1 : S + 1 + G]
         # bmm on 3-d views: a 4-d matmul costs several more (CPU-bound) ops, forward and backward
         slots = summary.reshape(B * C, S_k, S)
         logits = torch.bmm(query.reshape(B * C, W * H, S), slots.transpose(1, 2)).view(B, C, W, H, S_k)
@@ -99,11 +99,8 @@ class PoolAttention(nn.Module):
         probs = torch.cat([logits, null.reshape(B, C, W, H, 1).to(work)], dim=-1).softmax(dim=-1)
         p = probs.to(summary.dtype)
         mixed = torch.bmm(p[..., :-1].reshape(B * C, W * H, S_k), slots).view(B, C, W, H, S)
-        pieces = [mixed, p[..., -1:].to(mixed.dtype)]
-        pad = _head_pad(S + 1)
-        if pad:
-            pieces.append(mixed.new_zeros(1, 1, 1, 1, 1).expand(B, C, W, H, pad))
-        return F.linear(torch.cat(pieces, dim=-1).flatten(-2), self._output_weight(output_scale)), probs
+        gathered = _cat_padded([mixed, p[..., -1:].to(mixed.dtype)]).flatten(-2)
+        return F.linear(gathered, self._output_weight(output_scale)), probs
 
     def _query_weight(self, key_offset: torch.Tensor | None) -> torch.Tensor:
         """[H·(S + 1 + G + pad), D], per head h the rows giving W_k,hᵀ q_h (the query in summary
@@ -113,24 +110,26 @@ class PoolAttention(nn.Module):
         keys = [self.k_proj.weight.view(H, Dh, -1), self.null_key[..., None]]
         if key_offset is not None:
             keys.append(key_offset.view(-1, H, Dh).permute(1, 2, 0).to(keys[0].dtype))
-        E = sum(k.shape[-1] for k in keys)
-        keys.append(keys[0].new_zeros(H, Dh, _head_pad(E)))
         w_q = self.q_proj.weight.view(H, Dh, -1)
-        return torch.bmm(torch.cat(keys, dim=2).transpose(1, 2), w_q).flatten(0, 1) / math.sqrt(Dh)
+        return torch.bmm(_cat_padded(keys).transpose(1, 2), w_q).flatten(0, 1) / math.sqrt(Dh)
 
     def _output_weight(self, scale: torch.Tensor | None) -> torch.Tensor:
         """[D, H·(S + 1 + pad)], per head h the columns o_proj ∘ W_v,h (applied to Σ_j p_j s_j),
         o_proj ∘ v_∅,h (applied to the null slot's weight), then zero columns; rows times
         ``scale``. One batched product over the heads."""
         H, Dh = self.num_heads, self.head_dim
-        values = [self.v_proj.weight.view(H, Dh, -1), self.null_value[..., None]]
-        values.append(values[0].new_zeros(H, Dh, _head_pad(sum(v.shape[-1] for v in values))))
+        values = _cat_padded([self.v_proj.weight.view(H, Dh, -1), self.null_value[..., None]])
         w_o = self.o_proj.weight.view(-1, H, Dh).transpose(0, 1)  # [H, D, d_h]
-        weight = torch.bmm(w_o, torch.cat(values, dim=2)).transpose(0, 1).flatten(1)
+        weight = torch.bmm(w_o, values).transpose(0, 1).flatten(1)
         return weight if scale is None else scale[:, None] * weight
 
 
-def _head_pad(width: int) -> int:
-    """Zeros that pad a head's block of ``width`` rows (or columns) to a multiple of
-    _GEMM_ROW_MULTIPLE."""
-    return -width % _GEMM_ROW_MULTIPLE
+def _cat_padded(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Blocks [..., w_i] (one dtype, same leading dims) concatenated along the last dim, then
+    zeros up to a multiple of _GEMM_ROW_MULTIPLE: a head's padded block of rows (weights) or of
+    features (activations)."""
+    pad = -sum(b.shape[-1] for b in blocks) % _GEMM_ROW_MULTIPLE
+    if pad:
+        lead = blocks[0].shape[:-1]
+        blocks = [*blocks, blocks[0].new_zeros((1,) * len(lead) + (pad,)).expand(*lead, pad)]
+    return torch.cat(blocks, dim=-1)
