@@ -4,14 +4,14 @@ Every program owns a block of channels of one batch element, with all N states o
 channel in fp32 registers, and walks the sequence; programs never exchange a state.
 
 Forward, two kernels (see _FWD_* for which takes what). Chunked: walks the sequence in chunks
-of BLOCK_T steps, time-parallel inside a chunk. The chunk's u, delta and z arrive as tiles read
-along time, a thread holding consecutive steps of one channel, so dt (bias, softplus), the gate
-and the D term are computed once per step and channel. The N states are then visited one at a
-time: exp2(dt·A) once per (step, channel, state), an associative scan over the chunk's steps
-(sequential in a thread, then across the few lanes that share a channel) seeded with the
-carried state, and y_t += C_t·h_t inside the thread. Step: one time step per loop iteration; a
-channel's N states lie on N lanes of a warp (several channels per thread), so y_t = C_t · h_t
-is a sum across lanes; the next step's inputs are loaded while the current one is computed.
+of BLOCK_T steps. The chunk's u, delta and z arrive as tiles read along time, so dt (bias,
+softplus), the gate and the D term are computed once per step and channel. A channel's N
+states are spread over a few lanes, each of which holds the chunk's steps in registers and runs
+its states through them one after another: exp2(dt·A) once per (step, channel, state), the
+recurrence h_t = e_t ⊙ h_{t-1} + x_t and y_t += C_t·h_t in the thread, then one sum of y over
+the channel's lanes per chunk. Step: one time step per loop iteration; a channel's N states
+lie on N lanes of a warp (several channels per thread), so y_t = C_t · h_t is a sum across
+lanes; the next step's inputs are loaded while the current one is computed.
 With gradients needed both also write the state before every STATE_EVERY-th step
 ([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and channel) and, when z needs a
 gradient, y before the gate for dz (one more [batch, dim, L] activation in u's dtype, as
@@ -49,20 +49,21 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # of that many steps are tiles of at least 16 (for short sequences too: the GPU compiler
 # rejects the backward's scans over a single step).
 _STATE_EVERY = 32
-# Forward, two kernels. The chunked one (time-parallel inside chunks of BLOCK_T steps) takes
-# 16- or 32-bit rows that can be read as 16-byte vectors (L·element size a multiple of 16) and
-# N <= 16 (it unrolls its loop over the states); the step one (one time step per iteration)
-# takes the rest. A chunk is _FWD_CHUNK_LANES lanes of one 16-byte vector of steps each (32
-# steps in 16 bits, 16 in fp32). The chunk loop is software-pipelined (_FWD_CHUNK_STAGES = 2:
-# the loads of the next chunk, among them the B and C rows read once per state, go through
-# shared memory by cp.async while the current chunk is computed); the kernel was waiting on
-# those loads. Measured on an H100 (batch 8, dim 1536, N 16, L 2048 / 8192), pipelined, bf16:
-# 8 channels on 1 warp 0.32 / 1.19 ms; 16 on 2 warps 0.36 / 1.38; 32 on 4 0.36 / 1.37; chunks
-# of 16 steps 0.50 / 1.98; 3 stages 0.37 / 1.41 (16 on 2); not pipelined (16 on 2) 0.52 /
-# 2.07. fp32, 8 channels on 1 warp: chunks of 16 steps 0.47 / 1.84, of 32 0.54 / 2.11; the
-# step kernel 0.90 / 3.47. The step kernel (a channel's N states on N lanes of a warp) is the
-# slower one, but unlike the chunked one it does not slow down by 6x on unaligned rows.
-_FWD_CHUNK_BLOCK_D, _FWD_CHUNK_WARPS, _FWD_CHUNK_LANES, _FWD_CHUNK_STAGES = 8, 1, 4, 2
+# Forward, two kernels. The chunked one (chunks of _FWD_CHUNK_T steps) takes 16- or 32-bit
+# rows that can be read as 16-byte vectors (L·element size a multiple of 16) and N <= 16 (it
+# unrolls its loop over the states); the step one (one time step per iteration) takes the rest.
+# In the chunked one a channel's states lie on _FWD_CHUNK_STATE_LANES lanes, each running its
+# states sequentially through the chunk's steps, which it holds in registers: per (step, state)
+# that is one exponential and four multiply-adds, where a time-parallel chunk (lanes holding
+# consecutive steps, an associative scan across them) took about 13 instructions. Measured on an
+# H100 (batch 8, dim 1536, N 16, L 2048 / 8192, 8 channels on 1 warp), bf16: states on 4 lanes,
+# chunks of 16 steps, 3 stages 0.253 / 0.953 ms, 2 stages 0.266 / 1.005, chunks of 32 0.329 /
+# 1.247 (255 registers), 16 channels on 2 warps 0.793 / 3.118; the time-parallel chunk 0.306 /
+# 1.151; fp32 0.250 / 0.955 against 0.468 / 1.825. The step kernel (a channel's N states on N
+# lanes of a warp) is slower still (fp32 0.90 / 3.47), but unlike the chunked one it does not
+# slow down by 6x on unaligned rows.
+_FWD_CHUNK_BLOCK_D, _FWD_CHUNK_WARPS, _FWD_CHUNK_T, _FWD_CHUNK_STAGES = 8, 1, 16, 3
+_FWD_CHUNK_STATE_LANES = 4
 _VECTOR_BYTES = 16
 _FWD_CHUNK_MAX_N = 16
 _FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
@@ -134,6 +135,20 @@ def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
     return tl.where(mask, dt, 0.0)
 
 
+@triton.jit
+def _computed_once(dt, dtu, OPAQUE: tl.constexpr):
+    """dt and dt·u unchanged; with OPAQUE, passed through an inline-asm move with side effects,
+    which Triton's layout pass may not copy. Without it the pass recomputes the softplus in the
+    layout of its consumers, once on each lane that shares the channel (4x the work) instead of
+    once per step and an exchange of the results. The interpreter (CPU tensors) runs no asm."""
+    if OPAQUE:
+        return tl.inline_asm_elementwise(
+            "mov.b32 $0, $2; mov.b32 $1, $3;", "=r,=r,r,r", [dt, dtu],
+            dtype=(tl.float32, tl.float32), is_pure=False, pack=1,
+        )  # fmt: skip
+    return dt, dtu
+
+
 @triton.jit(do_not_specialize=["n_blocks"])
 def _scan_fwd_chunked_kernel(
     u_ptr,
@@ -169,69 +184,78 @@ def _scan_fwd_chunked_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    LANES: tl.constexpr,
     STAGES: tl.constexpr,
+    OPAQUE: tl.constexpr,
 ):
     """Grid (cdiv(dg, BLOCK_D), G, batch); chunks of BLOCK_T steps (BLOCK_T divides
-    STATE_EVERY) are visited first to last. u, delta, z and y move as [BLOCK_T, BLOCK_D] tiles
-    read along time, which Triton lays out as one 16-byte vector load of consecutive steps of
-    one channel per thread (8 in 16 bits, 4 in fp32; the caller sends only rows aligned that
-    far) and the chunk's remaining steps on neighbouring lanes. The chunk loop is
-    software-pipelined over STAGES stages (see _FWD_CHUNK_STAGES), which loads the next chunk's
-    tiles and B and C rows while the current chunk is computed (2 % faster than also
-    prefetching u and delta into registers by hand, on an H100). B and C come in fp32 as
-    [batch, groups, N, L_BC], rows zero-padded to whole chunks so that they load without masks.
-    The N states are visited one at a time (unrolled): an associative scan over the chunk gives
-    the state at every step (its steps in a thread run sequentially, then across lanes), y adds
-    its C-weighted term in the thread, and the state at the chunk's last step (padded steps have
-    decay 1 and no input) goes back into the carried [BLOCK_N, BLOCK_D] state. With STORE_Y, y
-    before the z gate also goes to ypre_ptr (laid out as y). The last state leaves as
-    [batch, dim, N].
+    STATE_EVERY) are visited first to last, the loop software-pipelined over STAGES stages
+    (the next chunks' tiles and B and C rows arrive by cp.async while the current one is
+    computed). A channel's states are spread over LANES lanes, SLOTS = BLOCK_N / LANES states
+    per lane (state n = slot·LANES + lane), each lane holding the chunk's BLOCK_T steps in
+    registers. u, delta and z move as [BLOCK_T, BLOCK_D] tiles read along time; dt (bias,
+    softplus), dt·u, the D term and the gate are computed once per step and channel, dt and dt·u
+    then shared with the lanes of the channel (see _computed_once). Per slot, every lane runs
+    its state through the chunk sequentially (seeded with the carried state; padded steps have
+    decay 1 and no input) and adds C_t·h_t to its partial y; the partial ys are summed over the
+    lanes once per chunk. B and C come in fp32 as [batch, groups, N, L_BC], rows zero-padded to
+    whole chunks so that they load without masks. With STORE_Y, y before the z gate also goes to
+    ypre_ptr (laid out as y). The last state leaves as [batch, dim, N].
 
     L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L (4 to 16 here): it
-    tells Triton how far rows are aligned, which bounds the vector loads and thus the steps per
-    thread."""
+    tells Triton how far rows are aligned, which bounds the vector loads."""
+    SLOTS: tl.constexpr = BLOCK_N // LANES
     L = L_units * L_UNIT
     g, b, d, d_mask = program_channels(dg, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
     tt = tl.arange(0, BLOCK_T)
-    nd_mask = (n < N)[:, None] & d_mask[None, :]
+    slot = tl.arange(0, SLOTS)
+    lane = tl.arange(0, LANES)
+    n3 = slot[:, None, None] * LANES + lane[None, :, None]  # [SLOTS, LANES, 1]
+    nd_mask = (n3 < N) & d_mask[None, None, :]
 
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else None
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
     B_rows = B_ptr + (b * gB + g // B_div) * N * L_BC
     C_rows = C_ptr + (b * gC + g // C_div) * N * L_BC
     row = ((b * dim + d) * L)[None, :]
-    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    h = tl.zeros((SLOTS, LANES, BLOCK_D), dtype=tl.float32)
     for t0 in tl.range(0, L, BLOCK_T, num_stages=STAGES):
         if STORE_STATES and t0 % STATE_EVERY == 0:
-            s_offs = ((b * n_blocks + t0 // STATE_EVERY) * N + n[:, None]) * dim + d[None, :]
+            s_offs = ((b * n_blocks + t0 // STATE_EVERY) * N + n3) * dim + d[None, None, :]
             tl.store(states_ptr + s_offs, h, mask=nd_mask)
         offs = row + (t0 + tt)[:, None]
         mask = (t0 + tt < L)[:, None] & d_mask[None, :]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_Z else None
-
         if HAS_BIAS:
             dt += bias[None, :]
         if SOFTPLUS:
             dt = _softplus_poly(dt)
         dt = tl.where(mask, dt, 0.0)  # padded steps: decay 1 (and u = 0, so no input)
-        dtu = dt * u
-        y = Dv[None, :] * u if HAS_D else tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-        for k in tl.static_range(N):
-            A_k = tl.load(A_ptr + d * N + k, mask=d_mask, other=0.0).to(tl.float32) * LOG2E
-            B_k = tl.load(B_rows + k * L_BC + t0 + tt)
-            C_k = tl.load(C_rows + k * L_BC + t0 + tt)
-            decay = tl.exp2(dt * A_k[None, :])
-            x = dtu * B_k[:, None]
-            # The carried state enters through the chunk's first input.
-            h_k = tl.sum(tl.where(n[:, None] == k, h, 0.0), axis=0)
-            x = tl.where(tt[:, None] == 0, decay * h_k[None, :] + x, x)
+        dt, dtu = _computed_once(dt, dt * u, OPAQUE)
+        y_lanes = tl.zeros((BLOCK_T, LANES, BLOCK_D), dtype=tl.float32)
+        for k in tl.static_range(SLOTS):
+            n = k * LANES + lane
+            n_mask = n < N
+            A_k = tl.load(
+                A_ptr + d[None, :] * N + n[:, None], mask=n_mask[:, None] & d_mask[None, :], other=0.0
+            )
+            B_k = tl.load(B_rows + n[None, :] * L_BC + t0 + tt[:, None], mask=n_mask[None, :], other=0.0)
+            C_k = tl.load(C_rows + n[None, :] * L_BC + t0 + tt[:, None], mask=n_mask[None, :], other=0.0)
+            decay = tl.exp2(dt[:, None, :] * (A_k.to(tl.float32) * LOG2E)[None, :, :])
+            x = dtu[:, None, :] * B_k[:, :, None]
+            # The carried state enters through the chunk's first input; time is in registers,
+            # so these selects (and the one of the last step) cost nothing.
+            h_k = tl.sum(tl.where(slot[:, None, None] == k, h, 0.0), axis=0)
+            x = tl.where(tt[:, None, None] == 0, decay * h_k[None, :, :] + x, x)
             _, hs = tl.associative_scan((decay, x), 0, _linear_combine)
-            y += hs * C_k[:, None]
-            h_last = tl.sum(tl.where(tt[:, None] == BLOCK_T - 1, hs, 0.0), axis=0)
-            h = tl.where(n[:, None] == k, h_last[None, :], h)
+            y_lanes += hs * C_k[:, :, None]
+            h_last = tl.sum(tl.where(tt[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
+            h = tl.where(slot[:, None, None] == k, h_last[None, :, :], h)
+        y = tl.sum(y_lanes, axis=1)
+        if HAS_D:
+            y += Dv[None, :] * u
         if HAS_Z:
             if STORE_Y:
                 tl.store(ypre_ptr + offs, y.to(ypre_ptr.dtype.element_ty), mask=mask)
@@ -241,7 +265,7 @@ def _scan_fwd_chunked_kernel(
             y *= zt * r * r
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
-    tl.store(last_ptr + (b * dim + d[None, :]) * N + n[:, None], h, mask=nd_mask)
+    tl.store(last_ptr + (b * dim + d[None, None, :]) * N + n3, h, mask=nd_mask)
 
 
 @triton.jit(do_not_specialize=["L", "n_blocks"])
@@ -554,7 +578,7 @@ class _SelectiveScan(torch.autograd.Function):
         )
         if N <= _FWD_CHUNK_MAX_N and aligned:
             block_d = _block_d(dg, _FWD_CHUNK_BLOCK_D)
-            block_t = min(_FWD_CHUNK_LANES * _VECTOR_BYTES // size, state_every)
+            block_t = min(_FWD_CHUNK_T, state_every)
             # fp32 B and C: a bf16 value costs the kernel up to two instructions to widen, on
             # every (step, state) of every channel; rows are zero-padded to whole chunks (and
             # to 16 steps, for aligned vector loads) so that they load without masks.
@@ -563,8 +587,9 @@ class _SelectiveScan(torch.autograd.Function):
             _scan_fwd_chunked_kernel[(triton.cdiv(dg, block_d), G, batch)](
                 u, delta, A, B32, C32, D, z, delta_bias, y, last, states, y_pre,
                 dim, L // L_unit, L_BC, dg, gB, gC, G // gB, G // gC, n_blocks,
-                L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t, STAGES=_FWD_CHUNK_STAGES,
-                num_warps=_FWD_CHUNK_WARPS, **flags,
+                L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t,
+                LANES=min(_FWD_CHUNK_STATE_LANES, flags["BLOCK_N"]), STAGES=_FWD_CHUNK_STAGES,
+                OPAQUE=u.is_cuda, num_warps=_FWD_CHUNK_WARPS, **flags,
             )  # fmt: skip
         else:
             block_d = _block_d(dg, _FWD_STEP_BLOCK_D)

@@ -5,7 +5,7 @@ The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
 ``test_triton_kernels_under_interpreter`` (see tests/interpreter.py).
 
 Shapes are tiny and the kernels' block sizes are forced small (states stored every 16
-steps, forward chunks of 8 steps in 16 bits and 4 in fp32, 2 or 4 channels per program), so
+steps, forward chunks of 8 steps, 2 or 4 channels per program), so
 the tests cross chunk, stored-state and channel-block boundaries and end on partial chunks.
 Inputs whose rows are whole 16-byte vectors (L a multiple of 8 in 16 bits, of 4 in fp32) take
 the chunked forward (the tests of that kernel forbid the other), the rest (most lengths here
@@ -34,14 +34,13 @@ BATCH = 2
 def _small_blocks_and_fresh_seed(request, monkeypatch):
     from memlab.kernels.selective_scan import triton_scan
 
-    # States stored every 16 steps; forward programs of 2 channels (the chunked kernel with one
-    # lane per channel: chunks of 8 steps in 16 bits, 4 in fp32), backward programs of 4
-    # channels walking the 16-step blocks, so the backward's programs differ from those of the
-    # forward that stored the states.
+    # States stored every 16 steps; forward programs of 2 channels (the chunked kernel in
+    # chunks of 8 steps), backward programs of 4 channels walking the 16-step blocks, so the
+    # backward's programs differ from those of the forward that stored the states.
     monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
     monkeypatch.setattr(triton_scan, "_FWD_STEP_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_D", 2)
-    monkeypatch.setattr(triton_scan, "_FWD_CHUNK_LANES", 1)
+    monkeypatch.setattr(triton_scan, "_FWD_CHUNK_T", 8)
     monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     seed = zlib.crc32(request.node.nodeid.encode())
@@ -184,8 +183,9 @@ def chunked_forward_only(monkeypatch):
     [
         (8, 1, 8, None, OPTIONAL, True),
         (40, 4, 8, 2, OPTIONAL, True),  # two stored blocks, ends on a partial chunk of the 3rd
-        (48, 3, 5, None, ("z",), False),  # N not a power of two; a partial channel block
-        (24, 4, 6, 3, (), True),
+        (48, 6, 5, None, ("z",), False),  # 2 states per lane, the last lane's 2nd unused;
+        # a partial channel block
+        (24, 8, 6, 3, (), True),
     ],
 )
 @pytest.mark.parametrize(
