@@ -127,9 +127,11 @@ def cases():
                 groups = (None, 2, 4)[i]
                 label = f"{NAMES[dtype]} L={L} N={N} groups={groups or 1}"
                 yield label, dtype, lambda L=L, N=N, dtype=dtype, g=groups: check_scan(L, N, dtype, g)
-        # 100 steps: fp32 rows (whole 16-byte vectors) take the chunked forward, which ends
-        # part-way through its 16-step chunks; 16-bit rows of that length take the step one.
+        # 100 steps end part-way through the forward's 16-step chunks; N = 5 and 128: states
+        # on lanes with some unused, and 32 states per lane.
         yield f"{NAMES[dtype]} L=100 N=16 groups=2", dtype, lambda dtype=dtype: check_scan(100, 16, dtype, 2)
+        yield f"{NAMES[dtype]} L=100 N=5 groups=1", dtype, lambda dtype=dtype: check_scan(100, 5, dtype)
+        yield f"{NAMES[dtype]} L=65 N=128 groups=2", dtype, lambda dtype=dtype: check_scan(65, 128, dtype, 2)
         for L in (65, 2000):
             variants = {
                 "bare (no D/z/bias, no softplus)": dict(optional=False, softplus=False),

@@ -3,23 +3,19 @@
 Every program owns a block of channels of one batch element, with all N states of each
 channel in fp32 registers, and walks the sequence; programs never exchange a state.
 
-Forward, two kernels (see _FWD_* for which takes what). Chunked: walks the sequence in chunks
-of BLOCK_T steps. The chunk's u, delta and z arrive as tiles read along time, so dt (bias,
-softplus), the gate and the D term are computed once per step and channel. A channel's N
-states are spread over a few lanes, each of which holds the chunk's steps in registers and runs
-its states through them one after another: exp2(dt·A) once per (step, channel, state), the
-recurrence h_t = e_t ⊙ h_{t-1} + x_t and y_t += C_t·h_t in the thread, then one sum of y over
-the channel's lanes per chunk. Step: one time step per loop iteration; a channel's N states
-lie on N lanes of a warp (several channels per thread), so y_t = C_t · h_t is a sum across
-lanes; the next step's inputs are loaded while the current one is computed.
-With gradients needed both also write the state before every STATE_EVERY-th step
-([batch, n_blocks, N, dim], N/STATE_EVERY floats per step and channel) and, when z needs a
-gradient, y before the gate for dz (one more [batch, dim, L] activation in u's dtype, as
-mamba-ssm keeps; reading it back is cheaper than accumulating y over the states again), and
-nothing else.
+Forward: walks the sequence in chunks of BLOCK_T steps. The chunk's u, delta and z arrive as
+tiles read along time, so dt (bias, softplus), the gate and the D term are computed once per step
+and channel. A channel's N states are spread over a few lanes, each of which holds the chunk's
+steps in registers and runs its states through them one after another: exp2(dt·A) once per
+(step, channel, state), the recurrence h_t = e_t ⊙ h_{t-1} + x_t and y_t += C_t·h_t in the
+thread, then one sum of y over the channel's lanes per chunk. With gradients needed it also
+writes the state before every STATE_EVERY-th step ([batch, n_blocks, N, dim], N/STATE_EVERY
+floats per step and channel) and, when z needs a gradient, y before the gate for dz (one more
+[batch, dim, L] activation in u's dtype, as mamba-ssm keeps; reading it back is cheaper than
+accumulating y over the states again), and nothing else.
 
 Backward: walks those blocks of STATE_EVERY steps last to first, as [STATE_EVERY, BLOCK_D]
-tiles read along time like the chunked forward's, and visits the N states one at a time: the
+tiles read along time like the forward's, and visits the N states one at a time: the
 block's states h_t = e_t ⊙ h_{t-1} + x_t (e_t = exp(dt_t A), x_t = dt_t u_t B_t) from an
 associative scan seeded with the stored state, the adjoint dh_t = e_{t+1} ⊙ dh_{t+1} + C_t dy_t
 from a reverse scan seeded with the gradient carried from the block after, then that state's
@@ -49,24 +45,26 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # of that many steps are tiles of at least 16 (for short sequences too: the GPU compiler
 # rejects the backward's scans over a single step).
 _STATE_EVERY = 32
-# Forward, two kernels. The chunked one (chunks of _FWD_CHUNK_T steps) takes 16- or 32-bit
-# rows that can be read as 16-byte vectors (L·element size a multiple of 16) and N <= 16 (it
-# unrolls its loop over the states); the step one (one time step per iteration) takes the rest.
-# In the chunked one a channel's states lie on _FWD_CHUNK_STATE_LANES lanes, each running its
-# states sequentially through the chunk's steps, which it holds in registers: per (step, state)
-# that is one exponential and four multiply-adds, where a time-parallel chunk (lanes holding
+# Forward: chunks of _FWD_CHUNK_T steps, a channel's states on _FWD_CHUNK_STATE_LANES lanes,
+# each lane running its states sequentially through the chunk's steps held in registers: per
+# (step, state) one exponential and four multiply-adds, where a time-parallel chunk (lanes holding
 # consecutive steps, an associative scan across them) took about 13 instructions. Measured on an
-# H100 (batch 8, dim 1536, N 16, L 2048 / 8192, 8 channels on 1 warp), bf16: states on 4 lanes,
-# chunks of 16 steps, 3 stages 0.253 / 0.953 ms, 2 stages 0.266 / 1.005, chunks of 32 0.329 /
-# 1.247 (255 registers), 16 channels on 2 warps 0.793 / 3.118; the time-parallel chunk 0.306 /
-# 1.151; fp32 0.250 / 0.955 against 0.468 / 1.825. The step kernel (a channel's N states on N
-# lanes of a warp) is slower still (fp32 0.90 / 3.47), but unlike the chunked one it does not
-# slow down by 6x on unaligned rows.
+# H100 (batch 8, dim 1536, N 16, L 2048 / 8192, 8 channels on 1 warp, one process), bf16: this
+# config 0.263 / 0.981 ms (fp32 0.247 / 0.964); the time-parallel chunk 0.306 / 1.151 (fp32
+# 0.468 / 1.825). A sweep, run with dt shared across a channel's lanes (see below), which this
+# config ran 2 % faster: 2 stages 5 % slower; chunks of 32 steps 29 % slower (255 registers);
+# 16 channels on 2 warps 3x slower; states on 2 lanes (16 channels, chunks of 32) 6 % faster in
+# bf16 but 1 % slower in fp32. The kernel is latency-bound (Nsight Compute: 2.8 warps per
+# scheduler, the most this problem fills at 12 per SM, issuing on 56 % of cycles), which is why
+# recomputing the softplus on each of a channel's lanes, as Triton's layout pass does (14.8
+# instead of 11.1 instructions per step and state in an sm_90 build, against an inline-asm
+# barrier that kept it computed once), costs only those 2 %. The kernel replaced a
+# step-at-a-time one (a channel's N states on N lanes of a warp) that took unaligned rows and
+# N > 16, forward, bf16: L 2047 (unaligned), N 16: 0.298 against 0.698 ms; L 2048, N 32: 0.392
+# against 1.070; N 64: 0.701 against 1.718 (forward+backward 14.1 against 13.5, fp32 11.6
+# against 11.1: the only case measured slower).
 _FWD_CHUNK_BLOCK_D, _FWD_CHUNK_WARPS, _FWD_CHUNK_T, _FWD_CHUNK_STAGES = 8, 1, 16, 3
 _FWD_CHUNK_STATE_LANES = 4
-_VECTOR_BYTES = 16
-_FWD_CHUNK_MAX_N = 16
-_FWD_STEP_BLOCK_D, _FWD_STEP_WARPS = 8, 1
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
 # Measured on an H100 (bf16, batch 8, dim 1536, N 16, forward+backward, L 2048 / 8192) with y
 # accumulated again in the backward and the forward not pipelined: states every 32 steps, 8
@@ -107,8 +105,8 @@ def _softplus(x):
 
 @triton.jit
 def _softplus_poly(x):
-    """``_softplus`` without log or division, for the chunked forward and the backward, which
-    are bound by instruction issue (libdevice's log and a division made ``_softplus`` about 45
+    """``_softplus`` without log or division, for the scan's forward and backward, which run it
+    once per step and channel (libdevice's log and a division made ``_softplus`` about 45
     instructions, this is about 15): log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the
     degree-8 Chebyshev interpolant of (log1p(w)/w − 1)/w on [0, 1] (log1p within 3 ulp)."""
     w = tl.exp2(-tl.abs(x) * LOG2E)
@@ -135,22 +133,8 @@ def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
     return tl.where(mask, dt, 0.0)
 
 
-@triton.jit
-def _computed_once(dt, dtu, OPAQUE: tl.constexpr):
-    """dt and dt·u unchanged; with OPAQUE, passed through an inline-asm move with side effects,
-    which Triton's layout pass may not copy. Without it the pass recomputes the softplus in the
-    layout of its consumers, once on each lane that shares the channel (4x the work) instead of
-    once per step and an exchange of the results. The interpreter (CPU tensors) runs no asm."""
-    if OPAQUE:
-        return tl.inline_asm_elementwise(
-            "mov.b32 $0, $2; mov.b32 $1, $3;", "=r,=r,r,r", [dt, dtu],
-            dtype=(tl.float32, tl.float32), is_pure=False, pack=1,
-        )  # fmt: skip
-    return dt, dtu
-
-
 @triton.jit(do_not_specialize=["n_blocks"])
-def _scan_fwd_chunked_kernel(
+def _scan_fwd_kernel(
     u_ptr,
     delta_ptr,
     A_ptr,
@@ -186,24 +170,23 @@ def _scan_fwd_chunked_kernel(
     BLOCK_T: tl.constexpr,
     LANES: tl.constexpr,
     STAGES: tl.constexpr,
-    OPAQUE: tl.constexpr,
 ):
     """Grid (cdiv(dg, BLOCK_D), G, batch); chunks of BLOCK_T steps (BLOCK_T divides
-    STATE_EVERY) are visited first to last, the loop software-pipelined over STAGES stages
-    (the next chunks' tiles and B and C rows arrive by cp.async while the current one is
-    computed). A channel's states are spread over LANES lanes, SLOTS = BLOCK_N / LANES states
-    per lane (state n = slot·LANES + lane), each lane holding the chunk's BLOCK_T steps in
-    registers. u, delta and z move as [BLOCK_T, BLOCK_D] tiles read along time; dt (bias,
-    softplus), dt·u, the D term and the gate are computed once per step and channel, dt and dt·u
-    then shared with the lanes of the channel (see _computed_once). Per slot, every lane runs
-    its state through the chunk sequentially (seeded with the carried state; padded steps have
-    decay 1 and no input) and adds C_t·h_t to its partial y; the partial ys are summed over the
-    lanes once per chunk. B and C come in fp32 as [batch, groups, N, L_BC], rows zero-padded to
-    whole chunks so that they load without masks. With STORE_Y, y before the z gate also goes to
-    ypre_ptr (laid out as y). The last state leaves as [batch, dim, N].
+    STATE_EVERY) are visited first to last, the loop software-pipelined over STAGES stages (the
+    next chunks' tiles and B and C rows arrive by cp.async while the current one is computed).
+    A channel's states are spread over LANES lanes, SLOTS = BLOCK_N / LANES states per lane
+    (state n = slot·LANES + lane; BLOCK_D·LANES = 32 fills a warp), each lane holding the
+    chunk's BLOCK_T steps in registers. u, delta and z move as [BLOCK_T, BLOCK_D] tiles read
+    along time; dt (bias, softplus), dt·u, the D term and the gate are computed once per step and
+    channel. Per slot, every lane runs its state through the chunk (seeded with the carried
+    state; padded steps have decay 1 and no input) and adds C_t·h_t to its partial y; the
+    partial ys are summed over the lanes once per chunk. B and C come in fp32 as
+    [batch, groups, N, L_BC], rows zero-padded to whole chunks so that they load without masks.
+    With STORE_Y, y before the z gate also goes to ypre_ptr (laid out as y). The last state
+    leaves as [batch, dim, N].
 
-    L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L (4 to 16 here): it
-    tells Triton how far rows are aligned, which bounds the vector loads."""
+    L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L: it tells Triton how
+    far rows are aligned, which bounds the vector loads."""
     SLOTS: tl.constexpr = BLOCK_N // LANES
     L = L_units * L_UNIT
     g, b, d, d_mask = program_channels(dg, BLOCK_D)
@@ -233,7 +216,7 @@ def _scan_fwd_chunked_kernel(
         if SOFTPLUS:
             dt = _softplus_poly(dt)
         dt = tl.where(mask, dt, 0.0)  # padded steps: decay 1 (and u = 0, so no input)
-        dt, dtu = _computed_once(dt, dt * u, OPAQUE)
+        dtu = dt * u
         y_lanes = tl.zeros((BLOCK_T, LANES, BLOCK_D), dtype=tl.float32)
         for k in tl.static_range(SLOTS):
             n = k * LANES + lane
@@ -249,6 +232,7 @@ def _scan_fwd_chunked_kernel(
             # so these selects (and the one of the last step) cost nothing.
             h_k = tl.sum(tl.where(slot[:, None, None] == k, h, 0.0), axis=0)
             x = tl.where(tt[:, None, None] == 0, decay * h_k[None, :, :] + x, x)
+            # Along an axis that one thread holds, the scan is the plain recurrence, in order.
             _, hs = tl.associative_scan((decay, x), 0, _linear_combine)
             y_lanes += hs * C_k[:, :, None]
             h_last = tl.sum(tl.where(tt[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
@@ -266,102 +250,6 @@ def _scan_fwd_chunked_kernel(
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     tl.store(last_ptr + (b * dim + d[None, None, :]) * N + n3, h, mask=nd_mask)
-
-
-@triton.jit(do_not_specialize=["L", "n_blocks"])
-def _scan_fwd_step_kernel(
-    u_ptr,
-    delta_ptr,
-    A_ptr,
-    Bt_ptr,
-    Ct_ptr,
-    D_ptr,
-    z_ptr,
-    bias_ptr,
-    y_ptr,
-    last_ptr,
-    states_ptr,
-    ypre_ptr,
-    dim,
-    L,
-    N,
-    dg,
-    gB,
-    gC,
-    B_div,
-    C_div,
-    n_blocks,
-    HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    STORE_STATES: tl.constexpr,
-    STORE_Y: tl.constexpr,
-    STATE_EVERY: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """Grid (cdiv(dg, BLOCK_D), G, batch), one time step per iteration: the state
-    [BLOCK_D, BLOCK_N] stays in registers, each step reads one value per channel and the
-    step's B and C rows (Bt, Ct: [batch, groups, L, N], time-major), and the next step's
-    inputs are loaded before the current step is computed. A [dim, N] and the B and C rows
-    are read contiguously along N, which lays a channel's N states on N lanes of a warp (a
-    thread holds one state of each of several channels): a step's exponentials are spread over
-    the lanes, and y's sum over N costs log2(N) shuffles. B and C come as [BLOCK_D, BLOCK_N]
-    tiles of repeated rows so that they arrive in the state's layout. With STORE_Y, y before the
-    z gate also goes to ypre_ptr (laid out as y). The last state leaves as [batch, dim, N]."""
-    g, b, d, d_mask = program_channels(dg, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    n_mask = n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * LOG2E
-    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else None
-    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
-    u_ptrs = u_ptr + (b * dim + d) * L  # [BLOCK_D] at step 0
-    dl_ptrs = delta_ptr + (b * dim + d) * L
-    z_ptrs = z_ptr + (b * dim + d) * L if HAS_Z else u_ptrs
-    y_ptrs = y_ptr + (b * dim + d) * L
-    ypre_ptrs = ypre_ptr + (b * dim + d) * L
-    # the repeated addresses of the B and C tiles are served by one cache line
-    rep = tl.zeros((BLOCK_D, 1), dtype=tl.int64)
-    B_ptrs = Bt_ptr + (b * gB + g // B_div) * L * N + n[None, :] + rep  # at step 0
-    C_ptrs = Ct_ptr + (b * gC + g // C_div) * L * N + n[None, :] + rep
-
-    u_nx = tl.load(u_ptrs, mask=d_mask, other=0.0)
-    dl_nx = tl.load(dl_ptrs, mask=d_mask, other=0.0)
-    z_nx = tl.load(z_ptrs, mask=d_mask, other=0.0)
-    B_nx = tl.load(B_ptrs, mask=dn_mask, other=0.0)
-    C_nx = tl.load(C_ptrs, mask=dn_mask, other=0.0)
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for t in range(0, L):
-        if STORE_STATES and t % STATE_EVERY == 0:
-            s_offs = ((b * n_blocks + t // STATE_EVERY) * N + n[None, :]) * dim + d[:, None]
-            tl.store(states_ptr + s_offs, h, mask=dn_mask)
-        u, dl, zt, Bv, Cv = u_nx.to(tl.float32), dl_nx, z_nx.to(tl.float32), B_nx, C_nx
-        nx = tl.minimum(t + 1, L - 1)
-        u_nx = tl.load(u_ptrs + nx, mask=d_mask, other=0.0)
-        dl_nx = tl.load(dl_ptrs + nx, mask=d_mask, other=0.0)
-        z_nx = tl.load(z_ptrs + nx, mask=d_mask, other=0.0)
-        B_nx = tl.load(B_ptrs + nx * N, mask=dn_mask, other=0.0)
-        C_nx = tl.load(C_ptrs + nx * N, mask=dn_mask, other=0.0)
-
-        dt = dl.to(tl.float32)
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        h = tl.exp2(dt[:, None] * A) * h + (dt * u)[:, None] * Bv.to(tl.float32)
-        y = tl.sum(h * Cv.to(tl.float32), axis=1)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            if STORE_Y:
-                tl.store(ypre_ptrs + t, y.to(ypre_ptr.dtype.element_ty), mask=d_mask)
-            y *= zt * tl.sigmoid(zt)
-        tl.store(y_ptrs + t, y.to(y_ptr.dtype.element_ty), mask=d_mask)
-
-    tl.store(last_ptr + (b * dim + d[:, None]) * N + n[None, :], h, mask=dn_mask)
 
 
 @triton.jit(do_not_specialize=["n_blocks"])
@@ -409,11 +297,11 @@ def _scan_bwd_kernel(
 ):
     """Same grid as the forward. The blocks of BLOCK_T (= STATE_EVERY) steps between stored
     states are visited last to first, their u, delta, z and dy as [BLOCK_T, BLOCK_D] tiles
-    read along time (as in the chunked forward), and inside a block the N states one at a
+    read along time (as in the forward), and inside a block the N states one at a
     time: the block's states from an associative scan seeded with the stored state, the
     adjoint from a reverse scan seeded with the gradient carried from the next block, then
     every gradient term of that state. With HAS_DZ, dz comes from y before the gate, read from
-    ypre_ptr. L = L_units·L_UNIT as in the chunked forward."""
+    ypre_ptr. L = L_units·L_UNIT as in the forward."""
     L = L_units * L_UNIT
     g, b, d, d_mask = program_channels(dg, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -569,37 +457,20 @@ class _SelectiveScan(torch.autograd.Function):
             BLOCK_N=triton.next_power_of_2(N),
         )  # fmt: skip
         L_unit = math.gcd(L, 16)
-        rows = (u, delta) if z is None else (u, delta, z)
-        size = u.element_size()
-        aligned = (
-            size in (2, 4)
-            and all(t.element_size() == size for t in rows)
-            and L_unit * size % _VECTOR_BYTES == 0
-        )
-        if N <= _FWD_CHUNK_MAX_N and aligned:
-            block_d = _block_d(dg, _FWD_CHUNK_BLOCK_D)
-            block_t = min(_FWD_CHUNK_T, state_every)
-            # fp32 B and C: a bf16 value costs the kernel up to two instructions to widen, on
-            # every (step, state) of every channel; rows are zero-padded to whole chunks (and
-            # to 16 steps, for aligned vector loads) so that they load without masks.
-            L_BC = triton.cdiv(L, max(block_t, 16)) * max(block_t, 16)
-            B32, C32 = (F.pad(BC.float(), (0, L_BC - L)) if L_BC > L else BC.float() for BC in (Bg, Cg))
-            _scan_fwd_chunked_kernel[(triton.cdiv(dg, block_d), G, batch)](
-                u, delta, A, B32, C32, D, z, delta_bias, y, last, states, y_pre,
-                dim, L // L_unit, L_BC, dg, gB, gC, G // gB, G // gC, n_blocks,
-                L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t,
-                LANES=min(_FWD_CHUNK_STATE_LANES, flags["BLOCK_N"]), STAGES=_FWD_CHUNK_STAGES,
-                OPAQUE=u.is_cuda, num_warps=_FWD_CHUNK_WARPS, **flags,
-            )  # fmt: skip
-        else:
-            block_d = _block_d(dg, _FWD_STEP_BLOCK_D)
-            # Time-major B and C: see the kernel's docstring.
-            Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()
-            _scan_fwd_step_kernel[(triton.cdiv(dg, block_d), G, batch)](
-                u, delta, A, Bt, Ct, D, z, delta_bias, y, last, states, y_pre,
-                dim, L, N, dg, gB, gC, G // gB, G // gC, n_blocks,
-                BLOCK_D=block_d, num_warps=_FWD_STEP_WARPS, **flags,
-            )  # fmt: skip
+        block_d = _block_d(dg, _FWD_CHUNK_BLOCK_D)
+        block_t = min(_FWD_CHUNK_T, state_every)
+        # fp32 B and C: a bf16 value costs the kernel up to two instructions to widen, on every
+        # (step, state) of every channel; rows are zero-padded to whole chunks (and to 16 steps,
+        # for aligned vector loads) so that they load without masks.
+        L_BC = triton.cdiv(L, max(block_t, 16)) * max(block_t, 16)
+        B32, C32 = (F.pad(BC.float(), (0, L_BC - L)) if L_BC > L else BC.float() for BC in (Bg, Cg))
+        _scan_fwd_kernel[(triton.cdiv(dg, block_d), G, batch)](
+            u, delta, A, B32, C32, D, z, delta_bias, y, last, states, y_pre,
+            dim, L // L_unit, L_BC, dg, gB, gC, G // gB, G // gC, n_blocks,
+            L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t,
+            LANES=min(_FWD_CHUNK_STATE_LANES, flags["BLOCK_N"]), STAGES=_FWD_CHUNK_STAGES,
+            num_warps=_FWD_CHUNK_WARPS, **flags,
+        )  # fmt: skip
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre if keep_y else None)
             ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, delta_softplus)

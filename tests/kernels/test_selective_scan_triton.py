@@ -5,11 +5,10 @@ The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
 ``test_triton_kernels_under_interpreter`` (see tests/interpreter.py).
 
 Shapes are tiny and the kernels' block sizes are forced small (states stored every 16
-steps, forward chunks of 8 steps, 2 or 4 channels per program), so
-the tests cross chunk, stored-state and channel-block boundaries and end on partial chunks.
-Inputs whose rows are whole 16-byte vectors (L a multiple of 8 in 16 bits, of 4 in fp32) take
-the chunked forward (the tests of that kernel forbid the other), the rest (most lengths here
-are odd) the step forward.
+steps, forward chunks of 8 steps, 2 or 4 channels per program), so the tests cross chunk,
+stored-state and channel-block boundaries and end on partial chunks. N from 1 to 17 puts one to
+eight states on each of up to 4 lanes per channel, some of them unused when N is not a power of
+two.
 """
 
 from __future__ import annotations
@@ -34,11 +33,10 @@ BATCH = 2
 def _small_blocks_and_fresh_seed(request, monkeypatch):
     from memlab.kernels.selective_scan import triton_scan
 
-    # States stored every 16 steps; forward programs of 2 channels (the chunked kernel in
-    # chunks of 8 steps), backward programs of 4 channels walking the 16-step blocks, so the
-    # backward's programs differ from those of the forward that stored the states.
+    # States stored every 16 steps; forward programs of 2 channels in chunks of 8 steps,
+    # backward programs of 4 channels walking the 16-step blocks, so the backward's programs
+    # differ from those of the forward that stored the states.
     monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
-    monkeypatch.setattr(triton_scan, "_FWD_STEP_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_T", 8)
     monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
@@ -111,7 +109,7 @@ def test_matches_reference(L, N):
 
 
 @interpreted
-@pytest.mark.parametrize("N", [3, 5])
+@pytest.mark.parametrize("N", [2, 3, 5])
 def test_state_counts_not_a_power_of_two(N):
     check(make_inputs(37, N, groups_B=2), softplus=True)
 
@@ -146,7 +144,7 @@ def test_extreme_delta(delta_range, softplus):
 
 
 @interpreted
-@pytest.mark.parametrize("L", [20, 21], ids=["chunked", "step"])
+@pytest.mark.parametrize("L", [20, 21])
 def test_decays_that_underflow_give_finite_gradients(L):
     x = make_inputs(L, 4, delta_range=(50.0, 50.0))
     x["A"] = torch.full_like(x["A"], -16.0)
@@ -164,28 +162,16 @@ def test_bf16_inputs():
     assert_close(got, reference(x, True, dtypes), tol=2e-2)
 
 
-@pytest.fixture
-def chunked_forward_only(monkeypatch):
-    """Fail if the step forward runs: the test is about the chunked one."""
-    from memlab.kernels.selective_scan import triton_scan
-
-    class Forbidden:
-        def __getitem__(self, grid):
-            raise AssertionError("the step forward ran where the chunked one should")
-
-    monkeypatch.setattr(triton_scan, "_scan_fwd_step_kernel", Forbidden())
-
-
 @interpreted
-@pytest.mark.usefixtures("chunked_forward_only")
 @pytest.mark.parametrize(
     ("L", "N", "dim", "groups", "optional", "softplus"),
     [
         (8, 1, 8, None, OPTIONAL, True),
         (40, 4, 8, 2, OPTIONAL, True),  # two stored blocks, ends on a partial chunk of the 3rd
-        (48, 6, 5, None, ("z",), False),  # 2 states per lane, the last lane's 2nd unused;
+        (48, 6, 5, None, ("z",), False),  # 2 states on each of 4 lanes, 2 of them unused;
         # a partial channel block
         (24, 8, 6, 3, (), True),
+        (44, 12, 4, 2, OPTIONAL, True),  # 3 states per lane; ends part-way through a chunk
     ],
 )
 @pytest.mark.parametrize(
@@ -193,7 +179,7 @@ def chunked_forward_only(monkeypatch):
     [(torch.float16, 5e-3), (torch.bfloat16, 2e-2), (torch.float32, 1e-4)],
     ids=["fp16", "bf16", "fp32"],
 )
-def test_chunked_forward(L, N, dim, groups, optional, softplus, dtype, tol):
+def test_each_dtype(L, N, dim, groups, optional, softplus, dtype, tol):
     x = make_inputs(L, N, dim=dim, groups_B=groups, groups_C=groups, softplus=softplus, optional=optional)
     dtypes = {k: dtype for k in ("u", "delta", "B", "C", "z")}
     dtypes.update({k: torch.float32 for k in ("A", "D", "delta_bias")})
@@ -223,7 +209,7 @@ def test_one_output_used():
 
 
 @interpreted
-@pytest.mark.parametrize("L", [24, 19], ids=["chunked", "step"])
+@pytest.mark.parametrize("L", [24, 19])
 def test_gate_without_grad(L):
     # z needs no gradient: the forward keeps no y for dz, the backward computes none, and every
     # other gradient is unchanged.
@@ -239,19 +225,23 @@ def test_gate_without_grad(L):
 
 
 @interpreted
-def test_more_states_than_the_chunked_forward_unrolls():
-    # N = 17 > 16 on aligned rows: the step forward takes it.
+def test_many_states():
+    # N = 17: 8 states on each of 4 lanes, 15 of them unused.
     check(make_inputs(16, 17), softplus=True)
 
 
 @interpreted
-def test_forward_without_grad_and_non_contiguous():
-    x = {k: v.float() for k, v in make_inputs(13, 4).items()}
+@pytest.mark.parametrize(("L", "N"), [(13, 4), (40, 16)])  # N = 16: 4 states on each of 4 lanes
+def test_forward_without_grad_and_non_contiguous(L, N):
+    # Nothing stored for a backward: the inference path.
+    x = {k: v.float() for k, v in make_inputs(L, N).items()}
     views = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v) for k, v in x.items()}
     with torch.no_grad():
-        y = triton_scan(**views, delta_softplus=True)
-    y_ref = naive_selective_scan(**{k: v.double() for k, v in x.items()}, delta_softplus=True)
-    assert rel_err(y, y_ref) < 1e-5
+        y, state = triton_scan(**views, delta_softplus=True, return_last_state=True)
+    y_ref, state_ref = naive_selective_scan(
+        **{k: v.double() for k, v in x.items()}, delta_softplus=True, return_last_state=True
+    )
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(state, state_ref) < 1e-5
 
 
 @interpreted

@@ -1,10 +1,13 @@
-"""The selective scan forward's exponentials alone: a second floor, beside the bandwidth one.
+"""The selective scan forward's exponentials alone: a second reference time, beside the
+bandwidth floor.
 
 The forward evaluates exp2(dt·A) once per (batch, channel, step, state): batch·dim·L·N
 exponentials, N per value of u it reads. On a GPU these run on the special-function units,
 whose rate is a small fraction of the fused multiply-adds'. This kernel computes exactly those
-exponentials (dt read once, one sum per (channel, step) written) and nothing of the scan, so
-its time bounds from below that of any forward which evaluates them in fp32.
+exponentials (dt read once, one sum per (channel, step) written) and nothing of the scan: an
+estimate of the least time a forward that evaluates them on those units can take (one that
+computed some as polynomials on the multiply-add units, as ``_softplus_poly`` does for log1p,
+could go below it).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def exp2_sums(delta: torch.Tensor, A: torch.Tensor, out: torch.Tensor | None = N
     """out[b, d, t] = Σ_n exp2(delta[b, d, t]·A[d, n]) in delta's dtype, summed in fp32.
     delta: [batch, dim, L], contiguous, dim a multiple of 8; A: [dim, N] fp32."""
     batch, dim, L = delta.shape
+    if dim % _BLOCK_D:
+        raise ValueError(f"exp2_sums: dim must be a multiple of {_BLOCK_D}, got {dim}")
     out = torch.empty_like(delta) if out is None else out
     grid = (triton.cdiv(L, _BLOCK_T), dim // _BLOCK_D, batch)
     _exp2_sum_kernel[grid](
