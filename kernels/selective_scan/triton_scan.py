@@ -54,15 +54,15 @@ _STATE_EVERY = 32
 # 0.468 / 1.825). A sweep, run with dt shared across a channel's lanes (see below), which this
 # config ran 2 % faster: 2 stages 5 % slower; chunks of 32 steps 29 % slower (255 registers);
 # 16 channels on 2 warps 3x slower; states on 2 lanes (16 channels, chunks of 32) 6 % faster in
-# bf16 but 1 % slower in fp32. The kernel is latency-bound (Nsight Compute: 2.8 warps per
-# scheduler, the most this problem fills at 12 per SM, issuing on 56 % of cycles), which is why
-# recomputing the softplus on each of a channel's lanes, as Triton's layout pass does (14.8
-# instead of 11.1 instructions per step and state in an sm_90 build, against an inline-asm
-# barrier that kept it computed once), costs only those 2 %. The kernel replaced a
-# step-at-a-time one (a channel's N states on N lanes of a warp) that took unaligned rows and
-# N > 16, forward, bf16: L 2047 (unaligned), N 16: 0.298 against 0.698 ms; L 2048, N 32: 0.392
-# against 1.070; N 64: 0.701 against 1.718 (forward+backward 14.1 against 13.5, fp32 11.6
-# against 11.1: the only case measured slower).
+# bf16 but 1 % slower in fp32. Triton's layout pass recomputes the softplus on each of a
+# channel's lanes (14.8 instead of 11.1 instructions per step and state in an sm_90 build,
+# against an inline-asm barrier that kept it computed once), yet that costs only those 2 %: the
+# problem fills 2.7 warps per scheduler, and Nsight Compute shows them issuing on 56 % of cycles
+# with the barrier and 72 % without, the extra instructions taking mostly idle slots. The
+# kernel replaced a step-at-a-time one (a channel's N states on N lanes of a warp) that took
+# unaligned rows and N > 16, forward, bf16: L 2047 (unaligned), N 16: 0.298 against 0.698 ms;
+# L 2048, N 32: 0.392 against 1.070; N 64: 0.701 against 1.718 (forward+backward 14.1 against
+# 13.5, fp32 11.6 against 11.1: the only case measured slower).
 _FWD_CHUNK_BLOCK_D, _FWD_CHUNK_WARPS, _FWD_CHUNK_T, _FWD_CHUNK_STAGES = 8, 1, 16, 3
 _FWD_CHUNK_STATE_LANES = 4
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
