@@ -2,7 +2,7 @@
 
     python scripts/bench.py [--suite NAME ...] [--json PATH]
 
-Suites live in memlab.bench (SUITES); each times its ops against their PyTorch twins.
+Suites live in memlab.bench.suites (SUITES); each times its ops against their PyTorch twins.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from memlab.bench import SUITES
+from memlab.bench.cli import require_cuda
+from memlab.bench.suites import SUITES
 
 
 def main() -> int:
@@ -21,9 +22,7 @@ def main() -> int:
     parser.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=sorted(SUITES))
     parser.add_argument("--json", help="write every suite's rows to this file")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("error: no CUDA device; the benchmarks time GPU kernels", file=sys.stderr)
-        return 2
+    require_cuda()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     results = {}
     for name in args.suite:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -57,7 +58,12 @@ def make_inputs(
     return x
 
 
-def run_scan(fn, x: dict[str, torch.Tensor], softplus: bool, dtype: torch.dtype | None):
+def run_scan(
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    x: dict[str, torch.Tensor],
+    softplus: bool,
+    dtype: torch.dtype | None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """y, last state and the gradient of every input; params (A, D, delta_bias) in fp32."""
     leaves = {}
     for k, v in x.items():
@@ -72,7 +78,7 @@ def run_scan(fn, x: dict[str, torch.Tensor], softplus: bool, dtype: torch.dtype 
     return leaves, y, state, dict(zip(leaves, grads, strict=True))
 
 
-def triton_scan(**kwargs):
+def triton_scan(**kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
     return selective_scan(**kwargs, backend="triton")
 
 
@@ -84,7 +90,7 @@ def check_scan(
     optional: bool = True,
     softplus: bool = True,
     delta_range: tuple[float, float] | None = None,
-):
+) -> tuple[dict[str, float], bool]:
     """Errors of y, the last state and every gradient; and whether all of them are finite."""
     x = make_inputs(L, N, groups, optional, softplus, delta_range)
     leaves, y, state, grads = run_scan(triton_scan, x, softplus, dtype)
@@ -96,7 +102,9 @@ def check_scan(
     return errs, finite
 
 
-def check_decode(N: int, dtype: torch.dtype, prefix: int = 63, steps: int = 10):
+def check_decode(
+    N: int, dtype: torch.dtype, prefix: int = 63, steps: int = 10
+) -> tuple[dict[str, float], bool]:
     """Scan a prefix with the Triton scan, decode the rest with the Triton step."""
     x = make_inputs(prefix + steps, N, 2, True, True, None)
     seen = {k: v.to(torch.float32 if k in ("A", "D", "delta_bias") else dtype) for k, v in x.items()}
@@ -119,7 +127,7 @@ def check_decode(N: int, dtype: torch.dtype, prefix: int = 63, steps: int = 10):
     return errs, bool(torch.isfinite(y).all() and torch.isfinite(state).all())
 
 
-def cases():
+def cases() -> Iterator[tuple[str, torch.dtype, Callable[[], tuple[dict[str, float], bool]]]]:
     """(label, callable) for every check."""
     for dtype in (torch.float32, torch.bfloat16):
         for L in (1, 63, 64, 65, 2000):

@@ -3,9 +3,14 @@ paths (only the timer and the memory counter differ), so a broken suite fails he
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
 import torch
 
-from memlab.bench import SUITES, decode, layers
+from memlab.bench import decode, layers
+from memlab.bench.cli import positive_int, require_cuda
+from memlab.bench.suites import SUITES
 
 TINY_MEMMAMBA = dict(chunk_size=8, pool_size=3, summary_dim=8, num_heads=2, head_dim=8)
 
@@ -93,3 +98,15 @@ def test_decode_verdicts() -> None:
     table = decode.format_table(rows)
     assert "| transformer | 65536 | OOM |" in table
     assert "goal mamba tok/s at 65536 above the Transformer's: Transformer OOM, met" in table
+
+
+def test_command_line_checks(monkeypatch, capsys) -> None:
+    assert positive_int("3") == 3
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        require_cuda()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: no CUDA device; the benchmarks time GPU kernels\n"

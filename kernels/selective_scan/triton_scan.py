@@ -4,11 +4,12 @@ Every program owns a block of channels of one batch element, with all N states o
 channel in fp32 registers, and walks the sequence; programs never exchange a state.
 
 Forward: walks the sequence in chunks of BLOCK_T steps. The chunk's u, delta and z arrive as
-tiles read along time, so dt (bias, softplus), the gate and the D term are computed once per step
-and channel. A channel's N states are spread over a few lanes, each of which holds the chunk's
-steps in registers and runs its states through them one after another: exp2(dt·A) once per
-(step, channel, state), the recurrence h_t = e_t ⊙ h_{t-1} + x_t and y_t += C_t·h_t in the
-thread, then one sum of y over the channel's lanes per chunk. With gradients needed it also
+tiles read along time; the gate and the D term are computed once per step and channel, dt once
+per step on each lane of the channel (see _FWD_STATE_LANES). A channel's N states are spread
+over a few lanes, each of which holds the chunk's steps in registers and runs its states
+through them one after another: exp2(dt·A) once per (step, channel, state), the recurrence
+h_t = e_t ⊙ h_{t-1} + x_t and y_t += C_t·h_t in the thread, then one sum of y over the
+channel's lanes per chunk. With gradients needed it also
 writes the state before every STATE_EVERY-th step ([batch, n_blocks, N, dim], N/STATE_EVERY
 floats per step and channel) and, when z needs a gradient, y before the gate for dz (one more
 [batch, dim, L] activation in u's dtype, as mamba-ssm keeps; reading it back is cheaper than
@@ -45,26 +46,25 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # of that many steps are tiles of at least 16 (for short sequences too: the GPU compiler
 # rejects the backward's scans over a single step).
 _STATE_EVERY = 32
-# Forward: chunks of _FWD_CHUNK_T steps, a channel's states on _FWD_CHUNK_STATE_LANES lanes,
-# each lane running its states sequentially through the chunk's steps held in registers: per
-# (step, state) one exponential and four multiply-adds, where a time-parallel chunk (lanes holding
-# consecutive steps, an associative scan across them) took about 13 instructions. Measured on an
-# H100 (batch 8, dim 1536, N 16, L 2048 / 8192, 8 channels on 1 warp, one process), bf16: this
-# config 0.263 / 0.981 ms (fp32 0.247 / 0.964); the time-parallel chunk 0.306 / 1.151 (fp32
-# 0.468 / 1.825). A sweep, run with dt shared across a channel's lanes (see below), which this
-# config ran 2 % faster: 2 stages 5 % slower; chunks of 32 steps 29 % slower (255 registers);
-# 16 channels on 2 warps 3x slower; states on 2 lanes (16 channels, chunks of 32) 6 % faster in
-# bf16 but 1 % slower in fp32. Triton's layout pass recomputes the softplus on each of a
-# channel's lanes (14.8 instead of 11.1 instructions per step and state in an sm_90 build,
-# against an inline-asm barrier that kept it computed once), yet that costs only those 2 %: the
-# problem fills 2.7 warps per scheduler, and Nsight Compute shows them issuing on 56 % of cycles
-# with the barrier and 72 % without, the extra instructions taking mostly idle slots. The
-# kernel replaced a step-at-a-time one (a channel's N states on N lanes of a warp) that took
-# unaligned rows and N > 16, forward, bf16: L 2047 (unaligned), N 16: 0.298 against 0.698 ms;
-# L 2048, N 32: 0.392 against 1.070; N 64: 0.701 against 1.718 (forward+backward 14.1 against
-# 13.5, fp32 11.6 against 11.1: the only case measured slower).
-_FWD_CHUNK_BLOCK_D, _FWD_CHUNK_WARPS, _FWD_CHUNK_T, _FWD_CHUNK_STAGES = 8, 1, 16, 3
-_FWD_CHUNK_STATE_LANES = 4
+# Forward: chunks of _FWD_CHUNK_T steps, a channel's states on _FWD_STATE_LANES lanes, each lane
+# running its states sequentially through the chunk's steps held in registers: per (step, state)
+# one exponential and four multiply-adds, where a time-parallel chunk (lanes holding consecutive
+# steps, an associative scan across them) took about 13 instructions. Triton's layout pass
+# recomputes the softplus on each of a channel's lanes: 14.8 instead of 11.1 instructions per
+# (step, state) in an sm_90 build, against an inline-asm barrier that kept it computed once, yet
+# only 2 % slower, because the problem fills just 2.7 warps per scheduler and Nsight Compute shows
+# them issuing on 56 % of cycles with the barrier, 72 % without. Measured on an H100 (batch 8,
+# dim 1536, N 16, L 2048 / 8192, 8 channels on 1 warp, one process), bf16: this config 0.263 /
+# 0.981 ms (fp32 0.247 / 0.964); the time-parallel chunk 0.306 / 1.151 (fp32 0.468 / 1.825).
+# Against this config, with the barrier: 2 stages 5 % slower; chunks of 32 steps 29 % slower
+# (255 registers); 16 channels on 2 warps 3x slower; states on 2 lanes (16 channels, chunks of
+# 32) 6 % faster in bf16, 1 % slower in fp32. Without it: states on 2 lanes 46 % slower in bf16;
+# chunks of 32 steps 1 % faster in bf16, 13 % slower in fp32. The kernel replaced a
+# step-at-a-time one (a channel's N states on N lanes of a warp) that took unaligned rows and
+# N > 16, forward, bf16: L 2047 (unaligned), N 16: 0.298 against 0.698 ms; L 2048, N 32: 0.392
+# against 1.070; N 64: 0.701 against 1.718 (forward+backward 14.1 against 13.5, fp32 11.6 against
+# 11.1: the only case measured slower).
+_FWD_BLOCK_D, _FWD_WARPS, _FWD_CHUNK_T, _FWD_STAGES, _FWD_STATE_LANES = 8, 1, 16, 3, 4
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
 # Measured on an H100 (bf16, batch 8, dim 1536, N 16, forward+backward, L 2048 / 8192) with y
 # accumulated again in the backward and the forward not pipelined: states every 32 steps, 8
@@ -93,22 +93,11 @@ def program_channels(dg, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _softplus(x):
-    """log(1 + e^x) without overflow, and accurate for very negative x (where 1 + e^x rounds
-    to 1 and a plain log would return 0): log1p(w) = log(1 + w)·w / ((1 + w) − 1)."""
-    w = tl.exp(-tl.abs(x))
-    v = 1.0 + w
-    exact = v == 1.0
-    log1p_w = tl.where(exact, w, tl.log(v) * w / tl.where(exact, 1.0, v - 1.0))
-    return tl.maximum(x, 0.0) + log1p_w
-
-
-@triton.jit
 def _softplus_poly(x):
-    """``_softplus`` without log or division, for the scan's forward and backward, which run it
-    once per step and channel (libdevice's log and a division made ``_softplus`` about 45
-    instructions, this is about 15): log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the
-    degree-8 Chebyshev interpolant of (log1p(w)/w − 1)/w on [0, 1] (log1p within 3 ulp)."""
+    """softplus(x) = max(x, 0) + log1p(e^-|x|) without log or division, for the scan kernels
+    (libdevice's log and a division take about 45 instructions, this about 15), accurate for
+    very negative x: log1p(w) = w + w²·q(w) for w = e^-|x| in (0, 1], q the degree-8 Chebyshev
+    interpolant of (log1p(w)/w − 1)/w on [0, 1] (log1p within 3 ulp)."""
     w = tl.exp2(-tl.abs(x) * LOG2E)
     q = -0.004466211423277855 * w + 0.025224054232239723
     q = q * w - 0.06675772368907928
@@ -175,15 +164,15 @@ def _scan_fwd_kernel(
     STATE_EVERY) are visited first to last, the loop software-pipelined over STAGES stages (the
     next chunks' tiles and B and C rows arrive by cp.async while the current one is computed).
     A channel's states are spread over LANES lanes, SLOTS = BLOCK_N / LANES states per lane
-    (state n = slot·LANES + lane; BLOCK_D·LANES = 32 fills a warp), each lane holding the
-    chunk's BLOCK_T steps in registers. u, delta and z move as [BLOCK_T, BLOCK_D] tiles read
-    along time; dt (bias, softplus), dt·u, the D term and the gate are computed once per step and
-    channel. Per slot, every lane runs its state through the chunk (seeded with the carried
-    state; padded steps have decay 1 and no input) and adds C_t·h_t to its partial y; the
-    partial ys are summed over the lanes once per chunk. B and C come in fp32 as
-    [batch, groups, N, L_BC], rows zero-padded to whole chunks so that they load without masks.
-    With STORE_Y, y before the z gate also goes to ypre_ptr (laid out as y). The last state
-    leaves as [batch, dim, N].
+    (state n = slot·LANES + lane; 4 lanes of 8 channels fill a warp at the default config), each
+    lane holding the chunk's BLOCK_T steps in registers. u, delta and z move as
+    [BLOCK_T, BLOCK_D] tiles read along time; the D term and the gate are computed once per step
+    and channel, dt and dt·u on the lanes that use them. Per slot, every lane runs its state
+    through the chunk (seeded with the carried state; padded steps have decay 1 and no input)
+    and adds C_t·h_t to its partial y; the partial ys are summed over the lanes once per chunk.
+    B and C come in fp32 as [batch, groups, N, L_BC], rows zero-padded to whole chunks so that
+    they load without masks. With STORE_Y, y before the z gate also goes to ypre_ptr (laid out
+    as y). The last state leaves as [batch, dim, N].
 
     L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L: it tells Triton how
     far rows are aligned, which bounds the vector loads."""
@@ -209,13 +198,8 @@ def _scan_fwd_kernel(
         offs = row + (t0 + tt)[:, None]
         mask = (t0 + tt < L)[:, None] & d_mask[None, :]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_Z else None
-        if HAS_BIAS:
-            dt += bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus_poly(dt)
-        dt = tl.where(mask, dt, 0.0)  # padded steps: decay 1 (and u = 0, so no input)
+        dt = _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS, SOFTPLUS)  # padded steps: no input
         dtu = dt * u
         y_lanes = tl.zeros((BLOCK_T, LANES, BLOCK_D), dtype=tl.float32)
         for k in tl.static_range(SLOTS):
@@ -457,7 +441,7 @@ class _SelectiveScan(torch.autograd.Function):
             BLOCK_N=triton.next_power_of_2(N),
         )  # fmt: skip
         L_unit = math.gcd(L, 16)
-        block_d = _block_d(dg, _FWD_CHUNK_BLOCK_D)
+        block_d = _block_d(dg, _FWD_BLOCK_D)
         block_t = min(_FWD_CHUNK_T, state_every)
         # fp32 B and C: a bf16 value costs the kernel up to two instructions to widen, on every
         # (step, state) of every channel; rows are zero-padded to whole chunks (and to 16 steps,
@@ -468,8 +452,8 @@ class _SelectiveScan(torch.autograd.Function):
             u, delta, A, B32, C32, D, z, delta_bias, y, last, states, y_pre,
             dim, L // L_unit, L_BC, dg, gB, gC, G // gB, G // gC, n_blocks,
             L_UNIT=L_unit, N=N, BLOCK_D=block_d, BLOCK_T=block_t,
-            LANES=min(_FWD_CHUNK_STATE_LANES, flags["BLOCK_N"]), STAGES=_FWD_CHUNK_STAGES,
-            num_warps=_FWD_CHUNK_WARPS, **flags,
+            LANES=min(_FWD_STATE_LANES, flags["BLOCK_N"]), STAGES=_FWD_STAGES,
+            num_warps=_FWD_WARPS, **flags,
         )  # fmt: skip
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre if keep_y else None)

@@ -37,7 +37,7 @@ def _small_blocks_and_fresh_seed(request, monkeypatch):
     # backward programs of 4 channels walking the 16-step blocks, so the backward's programs
     # differ from those of the forward that stored the states.
     monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
-    monkeypatch.setattr(triton_scan, "_FWD_CHUNK_BLOCK_D", 2)
+    monkeypatch.setattr(triton_scan, "_FWD_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_T", 8)
     monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)

@@ -1,20 +1,3 @@
-"""GPU benchmark suites, run by ``scripts/bench.py`` (``make bench``).
-
-A suite is a function ``run() -> (rows, table)`` that times its ops on the current CUDA
-device: ``rows`` are JSON-serialisable dicts (written by ``--json``), ``table`` is the text
-to print. Add one by importing its module here and naming it in SUITES.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Callable
-
-from memlab.bench import decode, gated_delta_rule, layers, mom, selective_scan
-
-SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
-    "decode": decode.run,
-    "gated_delta_rule": gated_delta_rule.run,
-    "layers": layers.run,
-    "mom": mom.run,
-    "selective_scan": selective_scan.run,
-}
+"""GPU benchmark suites, run by ``scripts/bench.py`` (``make bench``); listed in
+``memlab.bench.suites``. The package imports none of them, so that ``python -m
+memlab.bench.<suite>`` runs a suite's own command line on a fresh import of its module."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from memlab.bench.cli import positive_int, require_cuda
 from memlab.bench.table import cell, report
 from memlab.models import LanguageModel
 from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
@@ -240,16 +241,17 @@ def _verdicts(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS))
-    parser.add_argument("--d-model", type=int, default=D_MODEL)
-    parser.add_argument("--n-layers", type=int, default=N_LAYERS)
-    parser.add_argument("--vocab-size", type=int, default=VOCAB)
-    parser.add_argument("--head-dim", type=int, default=HEAD_DIM, help="MoM and Transformer heads")
-    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
-    parser.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)
-    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--contexts", nargs="+", type=positive_int, default=list(CONTEXTS))
+    parser.add_argument("--d-model", type=positive_int, default=D_MODEL)
+    parser.add_argument("--n-layers", type=positive_int, default=N_LAYERS)
+    parser.add_argument("--vocab-size", type=positive_int, default=VOCAB)
+    parser.add_argument("--head-dim", type=positive_int, default=HEAD_DIM, help="MoM and Transformer heads")
+    parser.add_argument("--new-tokens", type=positive_int, default=NEW_TOKENS)
+    parser.add_argument("--prefill-chunk", type=positive_int, default=PREFILL_CHUNK)
+    parser.add_argument("--batch", type=positive_int, default=BATCH)
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    require_cuda()
     rows = measure(
         tuple(args.models),
         tuple(args.contexts),

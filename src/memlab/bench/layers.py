@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memlab.bench.cli import positive_int, require_cuda
 from memlab.bench.table import cell, report
 from memlab.bench.timing import peak_memory_mib, time_ms
 from memlab.models.layers import Mamba, MemMamba
@@ -172,11 +173,14 @@ def format_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--d-model", type=int, default=D_MODEL)
-    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
-    parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens per call (batch = tokens // L)")
+    parser.add_argument("--d-model", type=positive_int, default=D_MODEL)
+    parser.add_argument("--lengths", nargs="+", type=positive_int, default=list(LENGTHS))
+    parser.add_argument(
+        "--tokens", type=positive_int, default=TOKENS, help="tokens per call (batch = tokens // L)"
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    require_cuda()
     rows = measure(args.d_model, tuple(args.lengths), args.tokens)
     report(rows, format_table(rows), args.json)
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from memlab.bench.cli import positive_int, require_cuda
 from memlab.bench.table import cell, report
 from memlab.bench.timing import time_ms
 from memlab.kernels.selective_scan.torch_scan import selective_scan_torch
@@ -206,9 +207,10 @@ def format_table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
+    parser.add_argument("--lengths", nargs="+", type=positive_int, default=list(LENGTHS))
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    require_cuda()
     rows = measure(tuple(args.dtypes), tuple(args.lengths))
     report(rows, format_table(rows), args.json)
 

@@ -1,0 +1,20 @@
+"""The benchmark suites ``scripts/bench.py`` runs.
+
+A suite is a function ``run() -> (rows, table)`` that times its ops on the current CUDA
+device: ``rows`` are JSON-serialisable dicts (written by ``--json``), ``table`` is the text
+to print. Add one by importing its module here and naming it in SUITES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from memlab.bench import decode, gated_delta_rule, layers, mom, selective_scan
+
+SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
+    "decode": decode.run,
+    "gated_delta_rule": gated_delta_rule.run,
+    "layers": layers.run,
+    "mom": mom.run,
+    "selective_scan": selective_scan.run,
+}
