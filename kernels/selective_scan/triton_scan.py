@@ -457,14 +457,14 @@ class _SelectiveScan(torch.autograd.Function):
         )  # fmt: skip
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre if keep_y else None)
-            ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, delta_softplus)
+            ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, L_unit, delta_softplus)
             ctx.set_materialize_grads(False)
         return y, last
 
     @staticmethod
     def backward(ctx, dy, dlast):
         u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre = ctx.saved_tensors
-        B_shape, C_shape, G, dg, state_every, n_blocks, delta_softplus = ctx.meta
+        B_shape, C_shape, G, dg, state_every, n_blocks, L_unit, delta_softplus = ctx.meta
         batch, dim, L = u.shape
         N = A.shape[1]
         gB, gC = Bg.shape[1], Cg.shape[1]
@@ -480,7 +480,6 @@ class _SelectiveScan(torch.autograd.Function):
         dA, dD, dbias = u.new_zeros(dim * (N + 2), dtype=torch.float32).split([dim * N, dim, dim])
         dy = dy.contiguous() if dy is not None else None
         dlast = dlast.contiguous() if dlast is not None else None
-        L_unit = math.gcd(L, 16)
         _scan_bwd_kernel[grid](
             u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre, dy, dlast,
             du, ddelta, dz, dB, dC, dA, dD, dbias,

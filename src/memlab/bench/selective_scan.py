@@ -6,9 +6,9 @@ forward (inference: no gradients, nothing stored for a backward) and forward+bac
 Each forward row also gets a floor: the bytes the scan cannot avoid moving (u, delta, B, C, z
 read once, y written once) over the device-to-device copy bandwidth measured in the same
 process; and the time of the forward's exponentials alone (``exp_floor``), with the percentage
-of the floor a forward would reach if it took no longer than they do. Run by ``scripts/bench.py --suite
-selective_scan``, or alone (any dtypes and lengths) with ``python -m memlab.bench.selective_scan``
-(``--json PATH`` saves the rows).
+of the floor a forward would reach if it took no longer than they do. Run by ``scripts/bench.py
+--suite selective_scan``, or alone (any dtypes and lengths) with ``python -m
+memlab.bench.selective_scan`` (``--json PATH`` saves the rows).
 
 mamba-ssm ships its kernel as source: ``pip install mamba-ssm --no-build-isolation`` compiles
 it against the installed torch (needs nvcc); its forward also stores the per-chunk states its
