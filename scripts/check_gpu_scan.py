@@ -36,8 +36,10 @@ def make_inputs(
     optional: bool,
     softplus: bool,
     delta_range: tuple[float, float] | None,
+    channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """fp64 CUDA inputs, Mamba-like (negative A, negative delta_bias under softplus)."""
+    """fp64 CUDA inputs, Mamba-like (negative A, negative delta_bias under softplus); with
+    ``channels_last``, u, delta and z stored as [batch, L, dim], as a Mamba layer holds them."""
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device="cuda", dtype=torch.float64)
@@ -55,6 +57,8 @@ def make_inputs(
         x["delta_bias"] = randn(DIM) - 3.0 if softplus else 0.1 * torch.rand_like(randn(DIM))
         if delta_range is not None and not softplus:
             x["delta_bias"].zero_()  # delta alone sets dt: keep it in the requested range
+    if channels_last:
+        x |= {k: x[k].mT.contiguous().mT for k in ("u", "delta", "z") if k in x}
     return x
 
 
@@ -90,9 +94,10 @@ def check_scan(
     optional: bool = True,
     softplus: bool = True,
     delta_range: tuple[float, float] | None = None,
+    channels_last: bool = False,
 ) -> tuple[dict[str, float], bool]:
     """Errors of y, the last state and every gradient; and whether all of them are finite."""
-    x = make_inputs(L, N, groups, optional, softplus, delta_range)
+    x = make_inputs(L, N, groups, optional, softplus, delta_range, channels_last)
     leaves, y, state, grads = run_scan(triton_scan, x, softplus, dtype)
     seen = {k: v.detach().double() for k, v in leaves.items()}
     _, y_ref, state_ref, grads_ref = run_scan(naive_selective_scan, seen, softplus, None)
@@ -140,6 +145,9 @@ def cases() -> Iterator[tuple[str, torch.dtype, Callable[[], tuple[dict[str, flo
         yield f"{NAMES[dtype]} L=100 N=16 groups=2", dtype, lambda dtype=dtype: check_scan(100, 16, dtype, 2)
         yield f"{NAMES[dtype]} L=100 N=5 groups=1", dtype, lambda dtype=dtype: check_scan(100, 5, dtype)
         yield f"{NAMES[dtype]} L=65 N=128 groups=2", dtype, lambda dtype=dtype: check_scan(65, 128, dtype, 2)
+        for L in (65, 2000):
+            label = f"{NAMES[dtype]} L={L} N=16 channels-last [batch, L, dim]"
+            yield label, dtype, lambda L=L, dtype=dtype: check_scan(L, 16, dtype, channels_last=True)
         for L in (65, 2000):
             variants = {
                 "bare (no D/z/bias, no softplus)": dict(optional=False, softplus=False),

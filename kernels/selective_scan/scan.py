@@ -118,7 +118,10 @@ def selective_scan(
     Shapes: u, delta, z: [batch, dim, L]; A: [dim, N] (real; negative for a stable
     recurrence); B, C: [batch, N, L] or [batch, groups, N, L] where groups divides dim and
     channel d uses group d // (dim / groups); D, delta_bias: [dim]. Inputs may be float16,
-    bfloat16, float32 or float64, all on one device.
+    bfloat16, float32 or float64, all on one device. The Triton kernels read u, delta and z
+    without a copy when they are stored as [batch, dim, L] or as [batch, L, dim] (transposed
+    views of a layer's [batch, L, channels] activations; y and their gradients then come in
+    that layout too); other strides are copied first.
 
     Returns y [batch, dim, L] in u's dtype; with ``return_last_state`` also the final state
     [batch, dim, N], float32 (float64 when an input is float64), which

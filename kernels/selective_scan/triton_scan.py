@@ -1,7 +1,10 @@
 """Triton selective scan (Mamba-1): forward and backward kernels and their autograd Function.
 
 Every program owns a block of channels of one batch element, with all N states of each
-channel in fp32 registers, and walks the sequence; programs never exchange a state.
+channel in fp32 registers, and walks the sequence; programs never exchange a state. u, delta,
+z, y and their gradients are [batch, dim, L] tensors stored either as such (time contiguous) or
+as [batch, L, dim] (CHANNELS_LAST: a Mamba layer's activations, which it keeps in that layout);
+the tiles below are the same in both, only their addresses differ.
 
 Forward: walks the sequence in chunks of BLOCK_T steps. The chunk's u, delta and z arrive as
 tiles read along time; the gate and the D term are computed once per step and channel, dt once
@@ -71,7 +74,13 @@ _FWD_BLOCK_D, _FWD_WARPS, _FWD_CHUNK_T, _FWD_STAGES, _FWD_STATE_LANES = 8, 1, 16
 # channels on 1 warp: 2.89 / 11.5 ms; 16 on 1 3.59, 4 on 1 3.73, 16 on 2 4.22 (L 2048); every
 # 64 steps, 8 on 1 3.54, 16 on 2 3.99; every 16 steps, 8 on 1 3.01 / 12.0, 16 on 2 3.53 / 14.1.
 # Blocks of 32 steps keep the kernel to one wave of 12 warps per SM (168 registers) while
-# leaving each state enough work. The chosen config now runs 2.21 / 8.62 ms. Pipelining the
+# leaving each state enough work. The chosen config now runs 2.21 / 8.62 ms. With CHANNELS_LAST
+# inputs Triton lays the tiles out along the channels that are contiguous in memory, a time
+# step per lane: the scans over time then cross 32 lanes (4x the shuffles, 243 registers), and
+# forward+backward takes 3.18 / 13.05 ms (forward 0.29 / 1.10 against 0.26 / 0.98). Other
+# tilings were no better: states every 16 steps 3.07 / 12.85; 4 channels per program 4.53,
+# 16 on 1 warp (every 16 steps) 3.62, 16 on 2 warps 13.1 (L 2048). A Mamba layer still gains:
+# the transposing copies it saves took longer (11.2 -> 8.6 ms forward+backward at L 2048). Pipelining the
 # loop over the states (tl.range num_stages=2) made it slower: 2.71 against 2.64 ms at L 2048,
 # with y read back but the forward not yet pipelined.
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
@@ -90,6 +99,17 @@ def program_channels(dg, BLOCK_D: tl.constexpr):
     g = tl.program_id(1)
     i = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     return g, tl.program_id(2).to(tl.int64), (g * dg + i).to(tl.int64), i < dg
+
+
+@triton.jit
+def _tile(b, d, t, dim, L, CHANNELS_LAST: tl.constexpr):
+    """Offsets [len(t), len(d)] of the steps t and channels d of batch element b in a
+    [batch, dim, L] tensor stored as such (time contiguous) or, with CHANNELS_LAST, as
+    [batch, L, dim] (channels contiguous: a Mamba layer's activations, read without a
+    transposing copy)."""
+    if CHANNELS_LAST:
+        return (b * L + t)[:, None] * dim + d[None, :]
+    return (b * dim + d)[None, :] * L + t[:, None]
 
 
 @triton.jit
@@ -154,6 +174,7 @@ def _scan_fwd_kernel(
     STORE_STATES: tl.constexpr,
     STORE_Y: tl.constexpr,
     STATE_EVERY: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -189,13 +210,12 @@ def _scan_fwd_kernel(
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
     B_rows = B_ptr + (b * gB + g // B_div) * N * L_BC
     C_rows = C_ptr + (b * gC + g // C_div) * N * L_BC
-    row = ((b * dim + d) * L)[None, :]
     h = tl.zeros((SLOTS, LANES, BLOCK_D), dtype=tl.float32)
     for t0 in tl.range(0, L, BLOCK_T, num_stages=STAGES):
         if STORE_STATES and t0 % STATE_EVERY == 0:
             s_offs = ((b * n_blocks + t0 // STATE_EVERY) * N + n3) * dim + d[None, None, :]
             tl.store(states_ptr + s_offs, h, mask=nd_mask)
-        offs = row + (t0 + tt)[:, None]
+        offs = _tile(b, d, t0 + tt, dim, L, CHANNELS_LAST)
         mask = (t0 + tt < L)[:, None] & d_mask[None, :]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         zt = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32) if HAS_Z else None
@@ -275,6 +295,7 @@ def _scan_bwd_kernel(
     HAS_DOUT: tl.constexpr,
     HAS_DLAST: tl.constexpr,
     HAS_DZ: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -294,7 +315,6 @@ def _scan_bwd_kernel(
 
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else None
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else None
-    row = (b * dim + d) * L
     B_off = (b * gB + g // B_div) * N * L  # row k of this program's B (and dB) at B_off + k·L
     C_off = (b * gC + g // C_div) * N * L
     state_offs = (b * dim + d)[None, :] * N + n[:, None]  # [BLOCK_N, BLOCK_D] into [batch, dim, N]
@@ -315,7 +335,7 @@ def _scan_bwd_kernel(
         t = blk * BLOCK_T + tt
         t_mask = t < L
         mask = t_mask[:, None] & d_mask[None, :]
-        offs = row[None, :] + t[:, None]
+        offs = _tile(b, d, t, dim, L, CHANNELS_LAST)
         # Only what the loop over the states needs stays in registers through it (u, the
         # softplus input and the gate's derivative are read again after it, from cache): with
         # them kept, the kernel spills.
@@ -323,7 +343,8 @@ def _scan_bwd_kernel(
         dtu = dt * tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         # dt of the following step: its decay carries dh_{t+1} back to step t.
         next_mask = (t + 1 < L)[:, None] & d_mask[None, :]
-        dt_next = _load_dt(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS, SOFTPLUS)
+        offs_next = _tile(b, d, t + 1, dim, L, CHANNELS_LAST)
+        dt_next = _load_dt(delta_ptr, offs_next, next_mask, bias, HAS_BIAS, SOFTPLUS)
         if HAS_DOUT:
             dy = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         else:
@@ -409,6 +430,26 @@ def _block_d(dg: int, block_d: int) -> int:
     return min(block_d, triton.next_power_of_2(dg))
 
 
+def _channels_last(u: torch.Tensor) -> bool:
+    """Whether u [batch, dim, L] is stored as [batch, L, dim] (and not also as itself, which a
+    tensor with dim or L of 1 can be)."""
+    return u.mT.is_contiguous() and not u.is_contiguous()
+
+
+def _in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t [batch, dim, L] stored time-contiguous, or with ``channels_last`` as [batch, L, dim]:
+    t itself if it is, else a copy."""
+    if channels_last:
+        return t if t.mT.is_contiguous() else t.mT.contiguous().mT
+    return t.contiguous()
+
+
+def _empty(u: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An uninitialised tensor of u's shape [batch, dim, L] and dtype, stored in the layout
+    ``channels_last`` names."""
+    return u.new_empty(u.shape[0], u.shape[2], u.shape[1]).mT if channels_last else u.new_empty(u.shape)
+
+
 def _grouped(BC: torch.Tensor) -> torch.Tensor:
     """[batch, N, L] or [batch, groups, N, L] -> contiguous [batch, groups, N, L]."""
     return (BC.unsqueeze(1) if BC.dim() == 3 else BC).contiguous()
@@ -423,22 +464,25 @@ class _SelectiveScan(torch.autograd.Function):
         gB, gC = Bg.shape[1], Cg.shape[1]
         G = math.lcm(gB, gC)  # the finest grouping; each program sits inside one group
         dg = dim // G
-        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
-        z = z.contiguous() if z is not None else None
+        # u, delta and z (and y and the gradients) share one layout: u's, if it is one of the
+        # two the kernels read.
+        cl = _channels_last(u)
+        u, delta, A = _in_layout(u, cl), _in_layout(delta, cl), A.contiguous()
+        z = _in_layout(z, cl) if z is not None else None
 
         state_every = min(_STATE_EVERY, max(16, triton.next_power_of_2(L)))
         n_blocks = triton.cdiv(L, state_every)
-        y = torch.empty_like(u)
+        y = _empty(u, cl)
         last = u.new_empty(batch, dim, N, dtype=torch.float32)
         states = u.new_empty(batch, n_blocks, N, dim, dtype=torch.float32) if need_grad else last
         # y before the z gate, for dz (as mamba-ssm keeps it): reading it back is cheaper than
         # accumulating it again over the states in the backward.
         keep_y = need_grad and z is not None and ctx.needs_input_grad[6]
-        y_pre = torch.empty_like(u) if keep_y else y
+        y_pre = _empty(u, cl) if keep_y else y
         flags = dict(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, STORE_STATES=need_grad, STORE_Y=keep_y, STATE_EVERY=state_every,
-            BLOCK_N=triton.next_power_of_2(N),
+            CHANNELS_LAST=cl, BLOCK_N=triton.next_power_of_2(N),
         )  # fmt: skip
         L_unit = math.gcd(L, 16)
         block_d = _block_d(dg, _FWD_BLOCK_D)
@@ -457,28 +501,28 @@ class _SelectiveScan(torch.autograd.Function):
         )  # fmt: skip
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre if keep_y else None)
-            ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, L_unit, delta_softplus)
+            ctx.meta = (B.shape, C.shape, G, dg, state_every, n_blocks, L_unit, delta_softplus, cl)
             ctx.set_materialize_grads(False)
         return y, last
 
     @staticmethod
     def backward(ctx, dy, dlast):
         u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre = ctx.saved_tensors
-        B_shape, C_shape, G, dg, state_every, n_blocks, L_unit, delta_softplus = ctx.meta
+        B_shape, C_shape, G, dg, state_every, n_blocks, L_unit, delta_softplus, cl = ctx.meta
         batch, dim, L = u.shape
         N = A.shape[1]
         gB, gC = Bg.shape[1], Cg.shape[1]
         block_d = _block_d(dg, _BWD_BLOCK_D)
         grid = (triton.cdiv(dg, block_d), G, batch)
 
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if y_pre is not None else None
+        du, ddelta = _empty(u, cl), _empty(delta, cl)
+        dz = _empty(z, cl) if y_pre is not None else None
         # The gradients the kernel sums with atomics, zeroed in two buffers (one memset each):
         # dB and dC (which flow on through the graph), and the parameters' dA, dD and
         # d(delta_bias), which become .grad views of a buffer no larger than themselves.
         dB, dC = u.new_zeros(Bg.numel() + Cg.numel(), dtype=torch.float32).split([Bg.numel(), Cg.numel()])
         dA, dD, dbias = u.new_zeros(dim * (N + 2), dtype=torch.float32).split([dim * N, dim, dim])
-        dy = dy.contiguous() if dy is not None else None
+        dy = _in_layout(dy, cl) if dy is not None else None
         dlast = dlast.contiguous() if dlast is not None else None
         _scan_bwd_kernel[grid](
             u, delta, A, Bg, Cg, D, z, delta_bias, states, y_pre, dy, dlast,
@@ -486,7 +530,8 @@ class _SelectiveScan(torch.autograd.Function):
             dim, L // L_unit, N, dg, gB, gC, G // gB, G // gC, n_blocks,
             L_UNIT=L_unit, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=delta_softplus, HAS_DOUT=dy is not None, HAS_DLAST=dlast is not None,
-            HAS_DZ=dz is not None, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N), BLOCK_T=state_every,
+            HAS_DZ=dz is not None, CHANNELS_LAST=cl, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(N),
+            BLOCK_T=state_every,
             num_warps=_BWD_WARPS,
         )  # fmt: skip
         dA = dA.view(A.shape).to(A.dtype)

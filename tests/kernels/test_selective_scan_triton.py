@@ -291,3 +291,30 @@ def test_state_update_refuses_inputs_that_require_grad():
     with torch.no_grad():
         selective_state_update(*args, backend="triton")
     assert state.any()
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """t [batch, dim, L] stored as [batch, L, dim]."""
+    return t.mT.contiguous().mT
+
+
+@interpreted
+@pytest.mark.parametrize("L", [7, 40])
+def test_channels_last_inputs(L):
+    # A Mamba layer's activations come as [batch, L, dim]: read as they are (y and the
+    # gradients in that layout too), and z as a half of a wider tensor (copied to the layout).
+    x = make_inputs(L, 4, dim=6)
+    wide = torch.cat([x["u"], x["z"]], dim=1)  # [batch, 2·dim, L]
+    x |= {"u": _channels_last(x["u"]), "delta": _channels_last(x["delta"])}
+    x["z"] = _channels_last(wide)[:, 6:]
+    y, _, grads = check(x, softplus=True)
+    assert y.mT.is_contiguous() and grads["u"].mT.is_contiguous() and grads["delta"].mT.is_contiguous()
+
+
+@interpreted
+def test_mixed_layouts():
+    # u time-contiguous, delta stored channels-last: delta is copied to u's layout.
+    x = make_inputs(21, 4)
+    x["delta"] = _channels_last(x["delta"])
+    y, _, grads = check(x, softplus=True)
+    assert y.is_contiguous() and grads["delta"].is_contiguous()

@@ -96,7 +96,10 @@ def measure(
     Mamba at the same L."""
     dev = torch.device(device)
     kwargs = memmamba_kwargs or {}
-    timer = time_ms if dev.type == "cuda" else _wall_ms
+    # Many calls (about 100 at L 2048): a layer whose host launches take nearly as long as its
+    # GPU work is timed at the host's pace whenever the host stalls, and a median of the
+    # handful of calls that fit in time_ms's default window moved by up to 40 % between runs.
+    timer = (lambda call: time_ms(call, warmup_ms=200, rep_ms=1500)) if dev.type == "cuda" else _wall_ms
     rows = []
     for L in lengths:
         batch = max(1, tokens // L)

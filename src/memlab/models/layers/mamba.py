@@ -10,6 +10,12 @@ Per token, with E = expand · d_model inner channels and an N-dim state per chan
 
 Parameter names (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj) and shapes follow the
 published Mamba checkpoints, so their weights map onto this layer by name.
+
+Activations stay [B, T, channels] throughout: the causal conv (``causal_conv1d``, with the
+SiLU fused) reads its half of in_proj's output in place, and the selective scan takes u, delta
+and z as transposed views, which its Triton kernels read as they are. Transposing them to
+[B, E, T] instead cost about a dozen layer-sized strided copies per training step (3.5 of
+11.2 ms forward+backward on an H100 at d_model 768, 32K tokens; now 8.6 ms).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import nn
 
 from memlab.errors import ConfigError
 from memlab.kernels.backend import BACKENDS
+from memlab.kernels.causal_conv1d import causal_conv1d
 from memlab.kernels.gated_delta_rule.checks import sequence_bounds
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
 from memlab.models.layers.config_types import require_types
@@ -138,16 +145,19 @@ class Mamba(nn.Module):
             # of the layer. A varlen scan taking cu_seqlens on the device would remove it.
             bounds = [(s, e) for s, e in sequence_bounds("Mamba", cu_seqlens, T) if e > s]
 
-        x_in, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # [B, E, T] each
-        if bounds is not None:
-            u = torch.cat([self._conv(x_in[:, :, s:e], None)[0] for s, e in bounds], dim=2)
+        # Activations stay [B, T, channels] from in_proj to out_proj: the scan reads its
+        # [B, E, T] inputs as transposed views of them, so no layer-sized transposing copy.
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, E] each
+        if state is None:
+            u = causal_conv1d(
+                x_in, self.conv1d.weight[:, 0], self.conv1d.bias, cu_seqlens, "silu", self.backend
+            )
         else:
-            u, conv_tail = self._conv(x_in, None if state is None else state.conv_tail)
-        dt_low, B_ssm, C_ssm = self.x_proj(u.transpose(1, 2)).split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1
-        )
-        delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # [B, E, T]; bias added in the scan
-        B_ssm, C_ssm = B_ssm.transpose(1, 2), C_ssm.transpose(1, 2)  # [B, N, T]
+            u, conv_tail = self._conv(x_in, state.conv_tail)
+        dt_low, B_ssm, C_ssm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt_low, self.dt_proj.weight)  # bias added in the scan
+        # [B, E, T] and [B, N, T] views
+        u, delta, z, B_ssm, C_ssm = (t.transpose(1, 2) for t in (u, delta, z, B_ssm, C_ssm))
         # A = −exp(A_log) in at least fp32 even in a bf16 model: the decays exp(dt·A) are
         # sensitive to it over long contexts.
         A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
@@ -193,13 +203,12 @@ class Mamba(nn.Module):
             state.ssm, state.conv_tail = last + h_carry, conv_tail
         return MixerOutput(self.out_proj(y.transpose(1, 2)))
 
-    def _conv(self, x: torch.Tensor, tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """silu(causal depthwise conv + bias) of x [B, E, T] preceded by ``tail`` [B, E, W−1]
-        (None: zeros, a fresh start). Returns y [B, E, T] and the new tail [B, E, W−1], both in
-        x's dtype."""
+    def _conv(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """silu(causal depthwise conv + bias) of x [B, T, E] preceded by a cache's ``tail``
+        [B, E, W−1]. Returns y [B, T, E] and the new tail [B, E, W−1], both in x's dtype."""
         W = self.d_conv
-        extended = F.pad(x, (W - 1, 0)) if tail is None else torch.cat([tail, x], dim=2)
-        if x.shape[2] == 1:
+        extended = torch.cat([tail, x.transpose(1, 2)], dim=2)
+        if x.shape[1] == 1:
             # One token (a decoding step): a weighted sum over the window. On CPU, F.conv1d's
             # fixed cost per call is far above the sum's (milliseconds for fp32, more for fp64).
             pre = (extended * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)
@@ -208,7 +217,7 @@ class Mamba(nn.Module):
         else:
             pre = F.conv1d(extended, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
         # The tail is copied: a view would keep the whole prefill buffer alive in the cache.
-        return F.silu(pre), extended[:, :, extended.shape[2] - (W - 1) :].clone()
+        return F.silu(pre).transpose(1, 2), extended[:, :, extended.shape[2] - (W - 1) :].clone()
 
     def _carry(
         self, h0: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, C: torch.Tensor, z: torch.Tensor

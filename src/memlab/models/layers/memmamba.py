@@ -314,10 +314,12 @@ class MemMamba(nn.Module):
         view = PoolView(pool_summary[:, :C], pool_priority[:, :C])
 
         stats: dict[str, torch.Tensor] = {}
-        mixed = x
         attends = self.token_attn is not None or self.layer_attn is not None
-        # The gate and the attentions' queries are all projections of x.
+        # The gate and the attentions' queries are all projections of x, and so is the
+        # backbone's input ū = x + ...: it is formed in the dtype they run in (bf16 under
+        # autocast), which its in_proj would cast it to anyway.
         reads = autocast_input(x) if attends else x
+        mixed = reads
         grouped = group_by_chunk(reads, layout, 0.0) if attends else None  # [B, C, W, D]
         if self.token_attn is not None:
             # γ ⊙ c with γ folded into the attention's output projection (one [D, ·] weight
@@ -326,16 +328,17 @@ class MemMamba(nn.Module):
             c_tok = ungroup(c_tok, layout)
             if self.gate is not None:
                 gate = torch.sigmoid(self.gate(reads))
-                c_tok = gate * c_tok
+                mixed = torch.addcmul(mixed, gate, c_tok)
                 if state is None:
-                    stats[f"memory/gate/layer{self.layer_idx}"] = gate.detach().float().mean()
-            mixed = (mixed + c_tok).to(x.dtype)  # one kernel when x is the wider type
+                    stats[f"memory/gate/layer{self.layer_idx}"] = gate.detach().mean(dtype=torch.float32)
+            else:
+                mixed = mixed + c_tok
             if state is None:
                 stats.update(self._attention_stats("attn", probs, layout))
         if self.layer_attn is not None:
             summary, log_priority, key_offset = self._layer_pools(layer_memory)
             c_lay, probs = self.layer_attn(grouped, summary, log_priority, key_offset, self.gamma_lay)
-            mixed = (mixed + ungroup(c_lay, layout)).to(x.dtype)
+            mixed = mixed + ungroup(c_lay, layout)
             if state is None:
                 stats.update(self._attention_stats("layer_attn", probs, layout))
         out = self.backbone(mixed, state=None if state is None else state.backbone, cu_seqlens=cu_seqlens)
