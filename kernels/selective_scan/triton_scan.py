@@ -74,15 +74,16 @@ _FWD_BLOCK_D, _FWD_WARPS, _FWD_CHUNK_T, _FWD_STAGES, _FWD_STATE_LANES = 8, 1, 16
 # channels on 1 warp: 2.89 / 11.5 ms; 16 on 1 3.59, 4 on 1 3.73, 16 on 2 4.22 (L 2048); every
 # 64 steps, 8 on 1 3.54, 16 on 2 3.99; every 16 steps, 8 on 1 3.01 / 12.0, 16 on 2 3.53 / 14.1.
 # Blocks of 32 steps keep the kernel to one wave of 12 warps per SM (168 registers) while
-# leaving each state enough work. The chosen config now runs 2.21 / 8.62 ms. With CHANNELS_LAST
-# inputs Triton lays the tiles out along the channels that are contiguous in memory, a time
-# step per lane: the scans over time then cross 32 lanes (4x the shuffles, 243 registers), and
-# forward+backward takes 3.18 / 13.05 ms (forward 0.29 / 1.10 against 0.26 / 0.98). Other
-# tilings were no better: states every 16 steps 3.07 / 12.85; 4 channels per program 4.53,
-# 16 on 1 warp (every 16 steps) 3.62, 16 on 2 warps 13.1 (L 2048). A Mamba layer still gains:
-# the transposing copies it saves took longer (11.2 -> 8.6 ms forward+backward at L 2048). Pipelining the
+# leaving each state enough work. The chosen config now runs 2.21 / 8.62 ms. Pipelining the
 # loop over the states (tl.range num_stages=2) made it slower: 2.71 against 2.64 ms at L 2048,
 # with y read back but the forward not yet pipelined.
+# With CHANNELS_LAST inputs Triton lays the tiles out along the channels that are contiguous in
+# memory, a time step per lane: the scans over time then cross 32 lanes (4x the shuffles, 243
+# registers), and forward+backward takes 3.18 / 13.05 ms (forward 0.29 / 1.10 against 0.26 /
+# 0.98). Other tilings were no better: states every 16 steps 3.07 / 12.85; 4 channels per
+# program 4.53, 16 on 1 warp (every 16 steps) 3.62, 16 on 2 warps 13.1 (L 2048). A Mamba layer
+# still gains: the transposing copies it saves took longer (11.2 -> 8.6 ms forward+backward at
+# L 2048).
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
 
 

@@ -318,3 +318,12 @@ def test_mixed_layouts():
     x["delta"] = _channels_last(x["delta"])
     y, _, grads = check(x, softplus=True)
     assert y.is_contiguous() and grads["delta"].is_contiguous()
+
+
+def test_a_tensor_both_layouts_describe_counts_as_time_contiguous():
+    # With dim or L of 1 a tensor is stored both ways: it takes the time-contiguous kernels.
+    from memlab.kernels.selective_scan.triton_scan import _channels_last
+
+    for shape in [(2, 5, 1), (2, 1, 5), (1, 1, 1)]:
+        assert not _channels_last(torch.empty(shape))
+    assert _channels_last(torch.empty(2, 7, 5).mT) and not _channels_last(torch.empty(2, 5, 7))

@@ -1,9 +1,11 @@
 """Mamba-1 layer against a token-by-token reference written from the Mamba-1 equations (outputs
 and gradients, fp64), its initialisation, decoding from a state (prefill in pieces, steps,
-prefill again), packed documents and config errors."""
+prefill again), packed documents, config errors, and (under Triton's interpreter) its Triton
+path against its PyTorch one."""
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from memlab.errors import ConfigError
 from memlab.kernels.compare import rel_err
 from memlab.models.layers import Mamba
+from tests.interpreter import interpreted, run_under_interpreter
 
 F64 = torch.float64
 D, N = 16, 4
@@ -175,3 +178,28 @@ def test_packed_input_refuses_a_state_or_several_rows() -> None:
 def test_config_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Mamba(D, **kwargs)
+
+
+def test_triton_path_under_interpreter() -> None:
+    run_under_interpreter(__file__)
+
+
+@interpreted
+@pytest.mark.parametrize("packed", [False, True])
+def test_triton_path_equals_torch_path(packed: bool) -> None:
+    # The Triton path hands the scan transposed views of the [B, T, channels] activations (read
+    # in place as channels-last, z copied) and packed documents to the conv in one call.
+    layer = make_layer().float()  # fp32: what the Triton kernels compute in
+    twin = copy.deepcopy(layer)
+    layer.backend, twin.backend = "triton", "torch"
+    x = torch.randn(1 if packed else 2, 21, D)
+    cu_seqlens = torch.tensor([0, 1, 1, 9, 21]) if packed else None  # an empty and a 1-token document
+    weight = torch.randn(x.shape[0], 21, D)
+    results = []
+    for module in (layer, twin):
+        leaf = x.clone().requires_grad_()
+        hidden = module(leaf, cu_seqlens=cu_seqlens).hidden
+        grads = torch.autograd.grad((hidden * weight).sum(), [leaf, *module.parameters()])
+        results.append([hidden, *grads])
+    for got, want in zip(*results, strict=True):
+        assert rel_err(got, want) < 1e-5

@@ -100,3 +100,25 @@ def test_bf16_autocast_runs_in_bf16_and_matches_fp64() -> None:
     ref_out, _, want = grads(att.double(), [t.double() for t in inputs], autocast=False)
     for a, b in zip([out, *got], [ref_out, *want], strict=True):
         assert ((a.double() - b).norm() / b.norm()).item() < 3e-2
+
+
+def test_fp64_runs_in_fp64_under_autocast_and_with_fp32_priorities() -> None:
+    # As nn.Linear would: autocast leaves fp64 alone; the softmax takes x's precision when the
+    # priorities carry less.
+    att = PoolAttention(8, 4, 2, 4).double()
+    x, summary = torch.randn(1, 2, 3, 8, dtype=F64), torch.randn(1, 2, 2, 4, dtype=F64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, probs = att(x, summary, torch.zeros(1, 2, 2))
+    assert out.dtype == F64 and probs.dtype == F64
+
+
+def test_second_derivatives_are_refused() -> None:
+    # The backward is written out and not itself differentiable: a second derivative must fail
+    # loudly, not come out wrong.
+    att = PoolAttention(8, 4, 2, 4).double()
+    x = torch.randn(1, 2, 3, 8, dtype=F64, requires_grad=True)
+    out, _ = att(x, torch.randn(1, 2, 2, 4, dtype=F64), torch.zeros(1, 2, 2, dtype=F64))
+    (dx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    # (without @once_differentiable it returned a value, missing the terms through the weights)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|not have been used in the graph"):
+        torch.autograd.grad(dx.sum(), x)

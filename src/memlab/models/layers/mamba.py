@@ -13,7 +13,8 @@ published Mamba checkpoints, so their weights map onto this layer by name.
 
 Activations stay [B, T, channels] throughout: the causal conv (``causal_conv1d``, with the
 SiLU fused) reads its half of in_proj's output in place, and the selective scan takes u, delta
-and z as transposed views, which its Triton kernels read as they are. Transposing them to
+and z as transposed views, which its Triton kernels read as they are (z, the other half of
+in_proj's rows, after one plain copy). Transposing them to
 [B, E, T] instead cost about a dozen layer-sized strided copies per training step (3.5 of
 11.2 ms forward+backward on an H100 at d_model 768, 32K tokens; now 8.6 ms).
 """
@@ -97,8 +98,8 @@ class Mamba(nn.Module):
         E, N, R = self.d_inner, d_state, self.dt_rank
 
         self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
-        # Only the parameters are used (forward pads by hand so that a cache tail can stand in
-        # for the zero padding); nn.Conv1d keeps the checkpoint layout and its default init.
+        # Only the parameters are used (by causal_conv1d, and with a cache tail in front by
+        # _conv); nn.Conv1d keeps the checkpoint layout and its default init.
         self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=conv_bias)
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
@@ -146,7 +147,8 @@ class Mamba(nn.Module):
             bounds = [(s, e) for s, e in sequence_bounds("Mamba", cu_seqlens, T) if e > s]
 
         # Activations stay [B, T, channels] from in_proj to out_proj: the scan reads its
-        # [B, E, T] inputs as transposed views of them, so no layer-sized transposing copy.
+        # [B, E, T] inputs as transposed views of them (z, every other E-wide row of in_proj's
+        # output, is copied once to that layout), so no layer-sized transposing copy.
         x_in, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, E] each
         if state is None:
             u = causal_conv1d(
@@ -178,7 +180,8 @@ class Mamba(nn.Module):
             )
 
         if bounds is not None:
-            y = torch.cat([scan(slice(s, e)) for s, e in bounds], dim=2)
+            # joined along time in [B, T, E], the layout out_proj reads
+            y = torch.cat([scan(slice(s, e)).transpose(1, 2) for s, e in bounds], dim=1).transpose(1, 2)
         elif state is None:
             y = scan(slice(None))
         elif T == 1:

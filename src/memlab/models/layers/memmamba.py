@@ -407,7 +407,7 @@ class MemMamba(nn.Module):
         """Mean entropy (nats) of a retrieval attention and mean weight of its null slot, over
         real tokens and heads."""
         with torch.no_grad():
-            per_token = ungroup(probs.detach(), layout)  # [B, T, H, slots + 1]
+            per_token = ungroup(probs, layout)  # [B, T, H, slots + 1]
             i = self.layer_idx
             rows = per_token.numel() // per_token.shape[-1]  # (token, head) pairs
             return {

@@ -28,8 +28,8 @@ products give the null's and offsets' gradients: no concatenation of [rows, slot
 The whole attention, the weights' folding included, is one autograd Function with its backward
 written out. Run as PyTorch's autograd records it, it took about 175 small ops per call, and
 the cross-layer MemMamba layer (two attentions) took the host longer to launch than the GPU to
-run (H100, d_model 768, 32K tokens: 15.9 ms of launches against 16.4 ms of GPU work); the
-Function cut the launch time to 12.7 ms at the same GPU time.
+run (H100, d_model 768, 32K tokens: 15.9 ms of launches against 16.4 ms of GPU work); with the
+Function and the extended slots, 11.8 ms of launches (the Mamba layer's own: 3.9 ms).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+from memlab.models.layers.autocast_input import autocast_dtype
 
 # cuBLAS runs a 16-bit GEMM on its fast kernels only when its rows are a multiple of 8 elements
 # (16 bytes) long; S + 1 and S + 1 + G in general are not (65 and 68 at S = 64, G = 3), and the
@@ -89,20 +92,18 @@ class PoolAttention(nn.Module):
         multiplying the output (MemMamba's fusion gain, folded into the output projection), or
         None.
 
-        Products run in x's dtype, or in the autocast dtype under autocast (as nn.Linear
-        would), the softmax in at least fp32. Returns out [B, C, W, D] in that dtype and the
-        attention weights [B, C, W, H, S_k + 1] in fp32 (or fp64), the null slot last (not
-        differentiable: they are for statistics).
+        Products run in the dtype nn.Linear would run them in (x's, or the autocast dtype
+        under autocast), the softmax in at least fp32 and at least that dtype. Returns out
+        [B, C, W, D] in the products' dtype and the attention weights [B, C, W, H, S_k + 1] in
+        the softmax's, the null slot last (not differentiable: they are for statistics).
         """
         S_k = summary.shape[2]
         G = 0 if key_offset is None else key_offset.shape[0]
         if G and S_k % G:
             raise ValueError(f"PoolAttention: {S_k} slots do not split into {G} equal groups")
-        device = x.device.type
-        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         return _PoolAttend.apply(
             x, summary, log_priority, key_offset, output_scale, self.q_proj.weight, self.k_proj.weight,
-            self.null_key, self.v_proj.weight, self.o_proj.weight, self.null_value, compute,
+            self.null_key, self.v_proj.weight, self.o_proj.weight, self.null_value, autocast_dtype(x),
         )  # fmt: skip
 
 
@@ -113,13 +114,16 @@ class _PoolAttend(torch.autograd.Function):
     def forward(
         ctx, x, summary, log_priority, key_offset, scale, w_q, w_k, null_key, w_v, w_o, null_value, compute
     ):
+        """PoolAttention.forward's inputs and parameters (w_q [H·d_h, D], w_k and w_v
+        [H·d_h, S], null_key and null_value [H, d_h], w_o [D, H·d_h]), products in ``compute``:
+        out [B, C, W, D] in ``compute``, weights [B, C, W, H, S_k + 1] in the softmax's dtype."""
         with torch.autocast(x.device.type, enabled=False):
             B, C, W, D = x.shape
             S_k, S = summary.shape[2], summary.shape[3]
             H = null_key.shape[0]
             G = 0 if key_offset is None else key_offset.shape[0]
             E = S + 1 + G + _head_pad(S + 1 + G)
-            work = torch.promote_types(log_priority.dtype, torch.float32)
+            work = torch.promote_types(torch.promote_types(log_priority.dtype, compute), torch.float32)
             q_fold, keys = _fold_query(w_q, w_k, null_key, key_offset, E)  # [H·E, D], [H, d_h, E]
             o_fold, values = _fold_output(w_o, w_v, null_value, E)  # [D, H·E], [H, d_h, E]
             o_weight = o_fold if scale is None else scale[:, None] * o_fold
@@ -130,7 +134,8 @@ class _PoolAttend(torch.autograd.Function):
             # group offsets, zeros; against the extended slots, one product gives every logit.
             projected = (x2 @ q_w.t()).view(B * C, W * H, E)
             bias = F.pad(log_priority.reshape(B * C, 1, S_k).to(work), (0, 1))  # the null's is 0
-            probs = (torch.bmm(projected, slots.transpose(1, 2)).to(work) + bias).softmax(dim=-1)
+            # (the bias is in `work`, so the sum comes out in it: one kernel, not a cast and an add)
+            probs = (torch.bmm(projected, slots.transpose(1, 2)) + bias).softmax(dim=-1)
             p = probs.to(compute)
             # Per row: Σ_j p_j s_j, p_∅, the groups' sums of p (met by zero output columns), zeros.
             gathered = torch.bmm(p, slots).view(B * C * W, H * E)
@@ -145,7 +150,14 @@ class _PoolAttend(torch.autograd.Function):
         return out, weights
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, d_out, _):
+        # Its products in the forward's dtypes, whatever autocast the backward is called under.
+        with torch.autocast(d_out.device.type, enabled=False):
+            return _PoolAttend._backward(ctx, d_out)
+
+    @staticmethod
+    def _backward(ctx, d_out):
         x2, slots, projected, probs, gathered, q_w, o_w, o_fold, keys, values, w_q, w_o, scale = (
             ctx.saved_tensors
         )
@@ -210,7 +222,8 @@ def _fold_query(w_q, w_k, null_key, key_offset, E):
 
 
 def _fold_query_backward(d_fold, w_q, keys, S, G):
-    """Gradients of _fold_query's w_q, w_k, null_key and key_offset from that of its result."""
+    """Gradients of _fold_query's w_q [H·d_h, D], w_k [H·d_h, S], null_key [H, d_h] and
+    key_offset [G, H·d_h] (None without groups) from d_fold [H·E, D], in the weights' dtype."""
     H, Dh, E = keys.shape
     d_fold = d_fold.view(H, E, -1)
     d_w_q = torch.bmm(keys, d_fold).view(H * Dh, -1)
@@ -230,7 +243,8 @@ def _fold_output(w_o, w_v, null_value, E):
 
 
 def _fold_output_backward(d_fold, w_o, values, S):
-    """Gradients of _fold_output's w_o, w_v and null_value from that of its result."""
+    """Gradients of _fold_output's w_o [D, H·d_h], w_v [H·d_h, S] and null_value [H, d_h] from
+    d_fold [D, H·E], in the weights' dtype."""
     H, Dh, E = values.shape
     d_fold = d_fold.view(-1, H, E).transpose(0, 1)  # [H, D, E]
     d_w_o = torch.bmm(d_fold, values.transpose(1, 2)).transpose(0, 1).reshape(-1, H * Dh)
