@@ -14,9 +14,9 @@ published Mamba checkpoints, so their weights map onto this layer by name.
 Activations stay [B, T, channels] throughout: the causal conv (``causal_conv1d``, with the
 SiLU fused) reads its half of in_proj's output in place, and the selective scan takes u, delta
 and z as transposed views, which its Triton kernels read as they are (z, the other half of
-in_proj's rows, after one plain copy). Transposing them to
-[B, E, T] instead cost about a dozen layer-sized strided copies per training step (3.5 of
-11.2 ms forward+backward on an H100 at d_model 768, 32K tokens; now 8.6 ms).
+in_proj's rows, after one plain copy). Transposing them to [B, E, T] instead cost about a dozen
+layer-sized strided copies per training step (3.5 of 11.2 ms forward+backward on an H100 at
+d_model 768, 32K tokens; now 8.6 ms).
 """
 
 from __future__ import annotations
