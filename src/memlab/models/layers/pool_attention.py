@@ -133,8 +133,9 @@ class _PoolAttend(torch.autograd.Function):
             # Per (chunk, token·head) row: the query in summary space, the null logit, the G
             # group offsets, zeros; against the extended slots, one product gives every logit.
             projected = (x2 @ q_w.t()).view(B * C, W * H, E)
-            bias = F.pad(log_priority.reshape(B * C, 1, S_k).to(work), (0, 1))  # the null's is 0
-            # (the bias is in `work`, so the sum comes out in it: one kernel, not a cast and an add)
+            # The null's bias is 0. The bias is in `work`, so adding it to the bf16 logits casts
+            # them in the same kernel.
+            bias = F.pad(log_priority.reshape(B * C, 1, S_k).to(work), (0, 1))
             probs = (torch.bmm(projected, slots.transpose(1, 2)) + bias).softmax(dim=-1)
             p = probs.to(compute)
             # Per row: Σ_j p_j s_j, p_∅, the groups' sums of p (met by zero output columns), zeros.
@@ -154,44 +155,42 @@ class _PoolAttend(torch.autograd.Function):
     def backward(ctx, d_out, _):
         # Its products in the forward's dtypes, whatever autocast the backward is called under.
         with torch.autocast(d_out.device.type, enabled=False):
-            return _PoolAttend._backward(ctx, d_out)
-
-    @staticmethod
-    def _backward(ctx, d_out):
-        x2, slots, projected, probs, gathered, q_w, o_w, o_fold, keys, values, w_q, w_o, scale = (
-            ctx.saved_tensors
-        )
-        B, C, W, D, S_k, S, H, G = ctx.shape
-        E = slots.shape[2]
-        compute, work = x2.dtype, probs.dtype
-        d_out = d_out.reshape(B * C * W, D).to(compute)
-        # Output projection and the attention's mixture.
-        d_gathered = (d_out @ o_w).view(B * C, W * H, E)
-        d_o_weight = (d_out.t() @ gathered).to(o_fold.dtype)
-        p = probs.to(compute)
-        dp = torch.bmm(d_gathered, slots.transpose(1, 2)).to(work)
-        # Softmax (p ⊙ (dp − Σ p ⊙ dp) in one kernel, where the expression takes four), then
-        # the logits' terms.
-        d_logits = torch._softmax_backward_data(dp, probs, -1, work)
-        d_log_priority = d_logits[..., :S_k].sum(1).view(B, C, S_k)
-        d_logits = d_logits.to(compute)
-        d_projected = torch.bmm(d_logits, slots).view(B * C * W, H * E)
-        d_slots = torch.baddbmm(torch.bmm(p.transpose(1, 2), d_gathered), d_logits.transpose(1, 2), projected)
-        d_x = (d_projected @ q_w).view(B, C, W, D)
-        d_q_fold = (d_projected.t() @ x2).to(w_q.dtype)
-        # Through the folds to the parameters.
-        d_w_q, d_w_k, d_null_key, d_key_offset = _fold_query_backward(d_q_fold, w_q, keys, S, G)
-        d_scale = None
-        if scale is not None:
-            d_scale = (d_o_weight * o_fold).sum(1)
-            d_o_weight = d_o_weight * scale[:, None]
-        d_w_o, d_w_v, d_null_value = _fold_output_backward(d_o_weight, w_o, values, S)
-        x_dtype, summary_dtype, priority_dtype = ctx.dtypes
-        d_summary = d_slots[:, :S_k, :S].reshape(B, C, S_k, S).to(summary_dtype)
-        return (
-            d_x.to(x_dtype), d_summary, d_log_priority.to(priority_dtype),
-            d_key_offset, d_scale, d_w_q, d_w_k, d_null_key, d_w_v, d_w_o, d_null_value, None,
-        )  # fmt: skip
+            x2, slots, projected, probs, gathered, q_w, o_w, o_fold, keys, values, w_q, w_o, scale = (
+                ctx.saved_tensors
+            )
+            B, C, W, D, S_k, S, H, G = ctx.shape
+            E = slots.shape[2]
+            compute, work = x2.dtype, probs.dtype
+            d_out = d_out.reshape(B * C * W, D).to(compute)
+            # Output projection and the attention's mixture.
+            d_gathered = (d_out @ o_w).view(B * C, W * H, E)
+            d_o_weight = (d_out.t() @ gathered).to(o_fold.dtype)
+            p = probs.to(compute)  # cast again: saving it would add half of probs' memory
+            dp = torch.bmm(d_gathered, slots.transpose(1, 2)).to(work)
+            # Softmax (p ⊙ (dp − Σ p ⊙ dp) in one kernel, where the expression takes four), then
+            # the logits' terms.
+            d_logits = torch._softmax_backward_data(dp, probs, -1, work)
+            d_log_priority = d_logits[..., :S_k].sum(1).view(B, C, S_k)
+            d_logits = d_logits.to(compute)
+            d_projected = torch.bmm(d_logits, slots).view(B * C * W, H * E)
+            d_slots = torch.baddbmm(
+                torch.bmm(p.transpose(1, 2), d_gathered), d_logits.transpose(1, 2), projected
+            )
+            d_x = (d_projected @ q_w).view(B, C, W, D)
+            d_q_fold = (d_projected.t() @ x2).to(w_q.dtype)
+            # Through the folds to the parameters.
+            d_w_q, d_w_k, d_null_key, d_key_offset = _fold_query_backward(d_q_fold, w_q, keys, S, G)
+            d_scale = None
+            if scale is not None:
+                d_scale = (d_o_weight * o_fold).sum(1)
+                d_o_weight = d_o_weight * scale[:, None]
+            d_w_o, d_w_v, d_null_value = _fold_output_backward(d_o_weight, w_o, values, S)
+            x_dtype, summary_dtype, priority_dtype = ctx.dtypes
+            d_summary = d_slots[:, :S_k, :S].reshape(B, C, S_k, S).to(summary_dtype)
+            return (
+                d_x.to(x_dtype), d_summary, d_log_priority.to(priority_dtype),
+                d_key_offset, d_scale, d_w_q, d_w_k, d_null_key, d_w_v, d_w_o, d_null_value, None,
+            )  # fmt: skip
 
 
 def _extended_slots(slots: torch.Tensor, G: int, E: int) -> torch.Tensor:
