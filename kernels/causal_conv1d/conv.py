@@ -6,6 +6,7 @@ import torch
 
 from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
 from memlab.kernels.causal_conv1d.torch_conv import causal_conv1d_torch
+from memlab.kernels.limits import MAX_CONV_WIDTH, check_size
 
 OP = "causal_conv1d"
 ACTIVATIONS = (None, "silu")
@@ -24,6 +25,7 @@ def _check_inputs(x: object, weight: object, bias: object, cu_seqlens: object, a
     C = x.shape[2]
     if weight.dim() != 2 or weight.shape[0] != C or weight.shape[1] < 1:
         raise KernelInputError(f"{OP}: weight must have shape [C={C}, W >= 1], got {list(weight.shape)}")
+    check_size(OP, "W", weight.shape[1], MAX_CONV_WIDTH, "weight's width")
     if bias is not None and tuple(bias.shape) != (C,):
         raise KernelInputError(f"{OP}: bias must have shape [C={C}], got {list(bias.shape)}")
     if activation not in ACTIVATIONS:
@@ -51,7 +53,7 @@ def causal_conv1d(
 
     Args:
         x: [B, T, C], any strides, float16 / bfloat16 / float32 / float64.
-        weight: [C, W] (tap W−1 multiplies the current token); bias: [C] or None.
+        weight: [C, W], W <= 16 (tap W−1 multiplies the current token); bias: [C] or None.
         cu_seqlens: int [N+1] offsets of sequences packed along T (B == 1); no tap reads
             across a boundary. Its values are trusted (checking them would cost a host sync).
         activation: "silu" or None.

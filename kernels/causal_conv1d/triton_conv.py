@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
 from memlab.kernels.causal_conv1d.segments import segment_starts
 
 _BLOCK_T, _BLOCK_C, _WARPS = 32, 128, 4
@@ -203,7 +204,7 @@ class _CausalConv1d(torch.autograd.Function):
     def forward(ctx, x, weight, bias, start, silu):
         B, T, C = x.shape
         W = weight.shape[1]
-        y = torch.empty(B, T, C, dtype=x.dtype, device=x.device)
+        y = buffers.empty(B, T, C, dtype=x.dtype, device=x.device)
         _conv_fwd_kernel[_grid(B, T, C)](
             x, weight, bias, start, y, T, C, *x.stride(),
             W=W, HAS_BIAS=bias is not None, HAS_START=start is not None, SILU=silu,
@@ -221,16 +222,16 @@ class _CausalConv1d(torch.autograd.Function):
         grid = _grid(B, T, C)
         pre_grid = (triton.cdiv(T, _BWD_ROWS), triton.cdiv(C, _BWD_BLOCK_C), B)
         parts = B * pre_grid[0]
-        dpre = torch.empty(B, T, C, dtype=torch.float32, device=x.device) if ctx.silu else dy
-        dw_part = torch.empty(parts, W, C, dtype=torch.float32, device=x.device)
-        db_part = None if bias is None else torch.empty(parts, C, dtype=torch.float32, device=x.device)
+        dpre = buffers.empty(B, T, C, dtype=torch.float32, device=x.device) if ctx.silu else dy
+        dw_part = buffers.empty(parts, W, C, dtype=torch.float32, device=x.device)
+        db_part = None if bias is None else buffers.empty(parts, C, dtype=torch.float32, device=x.device)
         _conv_bwd_pre_kernel[pre_grid](
             x, weight, bias, start, dy, dpre, dw_part, db_part, T, C, *x.stride(), *dy.stride(),
             W=W, W_POW2=triton.next_power_of_2(W), HAS_BIAS=bias is not None,
             HAS_START=start is not None, SILU=ctx.silu, ROWS=_BWD_ROWS,
             BLOCK_T=_BWD_BLOCK_T, BLOCK_C=_BWD_BLOCK_C, num_warps=_BWD_WARPS,
         )  # fmt: skip
-        dx = torch.empty(B, T, C, dtype=x.dtype, device=x.device)
+        dx = buffers.empty(B, T, C, dtype=x.dtype, device=x.device)
         _conv_bwd_dx_kernel[grid](
             dpre, weight, start, dx, T, C, *dpre.stride(),
             W=W, HAS_START=start is not None, BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C, num_warps=_WARPS,

@@ -6,6 +6,7 @@ import torch
 
 from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
 from memlab.kernels.combine_routed.torch_combine import combine_routed_torch
+from memlab.kernels.limits import MAX_COMBINE_SLOTS, check_size
 
 OP = "combine_routed"
 
@@ -17,7 +18,7 @@ def combine_routed(
 
     Args:
         values: [N, F] float, the packed rows (each routed visit's output).
-        index: int [R, S], the rows of ``values`` each output row combines. The entries must be
+        index: int [R, S] (S <= 64), the rows of ``values`` each output row combines. The entries must be
             distinct (each packed row belongs to one visit), which lets the backward write
             each row's gradient without atomics; rows no entry names get a zero gradient.
             Not checked: that would cost a host sync.
@@ -37,6 +38,7 @@ def combine_routed(
             raise KernelInputError(f"{OP}: {name} must be a 2-D floating-point torch.Tensor, got {t!r:.60}")
     if not isinstance(index, torch.Tensor) or index.is_floating_point() or index.shape != weights.shape:
         raise KernelInputError(f"{OP}: index must be an integer tensor of the weights' shape [R, S]")
+    check_size(OP, "S", index.shape[1], MAX_COMBINE_SLOTS, "slots per output row")
     if index.device != values.device or weights.device != values.device:
         raise KernelInputError(f"{OP}: values, index and weights must be on one device")
     if resolve_fp32_backend(backend, values, OP, (values, weights)) == "triton":

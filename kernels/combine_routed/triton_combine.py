@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
+
 _BLOCK_R, _BLOCK_F, _WARPS = 4, 512, 4
 
 
@@ -72,7 +74,7 @@ class _CombineRouted(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, index, weights):
         F, (R, S) = values.shape[1], index.shape
-        out = torch.empty(R, F, dtype=values.dtype, device=values.device)
+        out = buffers.empty(R, F, dtype=values.dtype, device=values.device)
         _combine_fwd_kernel[(triton.cdiv(R, _BLOCK_R),)](
             values, index, weights, out, R, F, S=S, BLOCK_R=_BLOCK_R, BLOCK_F=_BLOCK_F, num_warps=_WARPS
         )
@@ -84,7 +86,7 @@ class _CombineRouted(torch.autograd.Function):
         values, index, weights = ctx.saved_tensors
         F, (R, S) = values.shape[1], index.shape
         dvalues = torch.zeros_like(values)
-        dweights = torch.empty_like(weights)
+        dweights = buffers.empty_like(weights)
         _combine_bwd_kernel[(triton.cdiv(R, _BLOCK_R),)](
             values, index, weights, dout.contiguous(), dvalues, dweights, R, F,
             S=S, S_POW2=triton.next_power_of_2(S), BLOCK_R=_BLOCK_R, BLOCK_F=_BLOCK_F, num_warps=_WARPS,

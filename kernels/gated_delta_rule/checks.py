@@ -15,8 +15,8 @@ from typing import NoReturn
 import torch
 
 from memlab.kernels.backend import KernelInputError
+from memlab.kernels.limits import MAX_HEAD_DIM, check_size
 
-MAX_HEAD_DIM = 256
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -64,9 +64,8 @@ def check_inputs(
     for name, x in (("g", g), ("beta", beta)):
         if x.shape != q.shape[:3]:
             _fail(op, f"{name} must be [B, T, H] = [{B}, {T}, {H}] to match q, got shape {tuple(x.shape)}")
-    for names, dim, size in (("q and k", "K", K), ("v", "V", V)):
-        if not 0 < size <= MAX_HEAD_DIM:
-            _fail(op, f"{dim}={size} (head dim of {names}) is out of range; supported: 1 to {MAX_HEAD_DIM}")
+    check_size(op, "K", K, MAX_HEAD_DIM, "head dim of q and k")
+    check_size(op, "V", V, MAX_HEAD_DIM, "head dim of v")
 
     for name in ("q", "k", "v", "g", "beta", "initial_state"):
         if name in named and named[name].dtype not in _FLOAT_DTYPES:

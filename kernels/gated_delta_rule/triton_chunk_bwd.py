@@ -14,7 +14,8 @@ the state pass is rerun, from the G, Ai, w and u the forward kept, to recompute 
 
 As in the forward, no tl.dot takes tl.trans of a dot result: every transposed operand is
 loaded transposed from memory, or computed as a product of its own, or (dL ⊙ ...)ᵀ goes
-through the chunk's Ai rows as scratch.
+through a scratch buffer. No kernel writes a tensor the forward saved, so that a second
+backward through the same graph (``retain_graph=True``) gives the same gradients.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
 from memlab.kernels.gated_delta_rule import triton_chunk_fwd as fwd
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import (
     block_k,
@@ -342,6 +344,7 @@ def _wy_backward_kernel(
     dv,
     dbeta,
     dg,
+    scratch,
     cu_seqlens,
     chunk_table,
     T,
@@ -408,11 +411,12 @@ def _wy_backward_kernel(
     b_m = b_dLe * b_beta[:, None]
     b_mk = b_m * b_kk
     b_dG += tl.sum(b_mk, 1) - tl.sum(b_mk, 0)
-    # b_mᵀ through this chunk's Ai rows, which nothing reads after this kernel.
+    # b_mᵀ through a scratch buffer laid out as Ai (Ai itself is a saved tensor: a second
+    # backward through the same graph reads it again).
+    base_s = scratch + (bos * H + i_h) * BT
+    store_tile(base_s, b_m, r0, 0, seq_len, BT, H * BT, 1, BT, BT)
     tl.debug_barrier()
-    store_tile(base_a, b_m, r0, 0, seq_len, BT, H * BT, 1, BT, BT)
-    tl.debug_barrier()
-    b_mt = load_tile(base_a, 0, r0, BT, seq_len, 1, H * BT, BT, BT)
+    b_mt = load_tile(base_s, 0, r0, BT, seq_len, 1, H * BT, BT, BT)
 
     for i_k in range(tl.cdiv(K, BK)):
         c0 = i_k * BK
@@ -438,7 +442,7 @@ def intra_dv(
     """dv'_local [Tp, H, V] in do's dtype."""
     _, H, K = q.shape
     V = do.shape[-1]
-    dv = torch.empty_like(do)
+    dv = buffers.empty_like(do)
     cu_seqlens, _, chunk_table, T = index.launch_args()
     BV = tile(V, fwd.MAX_BLOCK_V)
     _intra_dv_kernel[(index.num_chunks, H, triton.cdiv(V, BV))](
@@ -466,9 +470,9 @@ def state_grad_pass(
     """dh [num_chunks, H, K, V] (gradient of each chunk's end state), dv' [Tp, H, V], dh0 fp32."""
     _, H, K = q.shape
     V = do.shape[-1]
-    dh = torch.empty(index.num_chunks, H, K, V, dtype=h_dtype, device=q.device)
-    dv_new = torch.empty_like(dv_local)
-    dh0 = torch.empty(index.num_seqs, H, K, V, dtype=torch.float32, device=q.device) if want_dh0 else None
+    dh = buffers.empty(index.num_chunks, H, K, V, dtype=h_dtype, device=q.device)
+    dv_new = buffers.empty_like(dv_local)
+    dh0 = buffers.empty(index.num_seqs, H, K, V, dtype=torch.float32, device=q.device) if want_dh0 else None
     cu_seqlens, chunk_offsets, _, T = index.launch_args()
     BV = tile(V, fwd.MAX_BLOCK_V_SERIAL)
     _state_grad_pass_kernel[(triton.cdiv(V, BV), index.num_seqs * H)](
@@ -496,10 +500,10 @@ def dqkw(
     """dq [Tp, H, K] (q's dtype), partial dk [Tp, H, K] fp32, dw [Tp, H, K], partial dG [Tp, H] fp32."""
     Tp, H, K = q.shape
     V = do.shape[-1]
-    dq = torch.empty_like(q)
-    dk = torch.empty(Tp, H, K, dtype=torch.float32, device=q.device)
-    dw = torch.empty_like(q)
-    dG = torch.empty(Tp, H, dtype=torch.float32, device=q.device)
+    dq = buffers.empty_like(q)
+    dk = buffers.empty(Tp, H, K, dtype=torch.float32, device=q.device)
+    dw = buffers.empty_like(q)
+    dG = buffers.empty(Tp, H, dtype=torch.float32, device=q.device)
     cu_seqlens, _, chunk_table, T = index.launch_args()
     _dqkw_kernel[(index.num_chunks, H)](
         q, k, v_new, do, dv_new, h, dh, gcum, dq, dk, dw, dG, scale, cu_seqlens, chunk_table, T,
@@ -522,16 +526,18 @@ def wy_backward(
     dG_part: torch.Tensor,
     index: ChunkIndex,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dk [Tp, H, K] and dv [Tp, H, V] in k's dtype, dβ and dg [Tp, H] fp32. Overwrites Ai."""
+    """dk [Tp, H, K] and dv [Tp, H, V] in k's dtype, dβ and dg [Tp, H] fp32."""
     Tp, H, K = k.shape
     V = v.shape[-1]
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    dbeta = torch.empty(Tp, H, dtype=torch.float32, device=k.device)
-    dg = torch.empty(Tp, H, dtype=torch.float32, device=k.device)
+    dk = buffers.empty_like(k)
+    dv = buffers.empty_like(v)
+    dbeta = buffers.empty(Tp, H, dtype=torch.float32, device=k.device)
+    dg = buffers.empty(Tp, H, dtype=torch.float32, device=k.device)
+    scratch = buffers.empty_like(Ai)
     cu_seqlens, _, chunk_table, T = index.launch_args()
     _wy_backward_kernel[(index.num_chunks, H)](
-        k, v, beta, gcum, Ai, dw, du, dk_part, dG_part, dk, dv, dbeta, dg, cu_seqlens, chunk_table, T,
+        k, v, beta, gcum, Ai, dw, du, dk_part, dG_part, dk, dv, dbeta, dg, scratch,
+        cu_seqlens, chunk_table, T,
         H=H, K=K, V=V, BT=CHUNK_SIZE, BK=block_k(K), BV=tile(V, fwd.MAX_BLOCK_V),
         IS_VARLEN=index.is_varlen, PREC=dot_precision(k.dtype), num_warps=4,
         num_stages=pipeline_stages(k.dtype),

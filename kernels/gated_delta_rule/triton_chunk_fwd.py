@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
 from memlab.kernels.gated_delta_rule.triton_chunk_index import (
     CHUNK_SIZE,
     ChunkIndex,
@@ -359,10 +360,10 @@ def prepare(
     """Chunk-local cumsum G [Tp, H] fp32, Ai [Tp, H, 64] fp32, w [Tp, H, K], u [Tp, H, V] (k's dtype)."""
     Tp, H, K = k.shape
     V = v.shape[-1]
-    gcum = torch.empty(Tp, H, dtype=torch.float32, device=k.device)
-    Ai = torch.empty(Tp, H, CHUNK_SIZE, dtype=torch.float32, device=k.device)
-    w = torch.empty_like(k)
-    u = torch.empty_like(v)
+    gcum = buffers.empty(Tp, H, dtype=torch.float32, device=k.device)
+    Ai = buffers.empty(Tp, H, CHUNK_SIZE, dtype=torch.float32, device=k.device)
+    w = buffers.empty_like(k)
+    u = buffers.empty_like(v)
     cu_seqlens, _, chunk_table, T = index.launch_args()
     _prepare_kernel[(index.num_chunks, H)](
         k, v, g, beta, gcum, Ai, w, u, cu_seqlens, chunk_table, T,
@@ -387,11 +388,11 @@ def state_pass(
     _, H, K = k.shape
     V = u.shape[-1]
     h_dtype = torch.float32 if k.dtype == torch.float32 else k.dtype
-    h = torch.empty(index.num_chunks, H, K, V, dtype=h_dtype, device=k.device)
-    v_new = torch.empty_like(u)
+    h = buffers.empty(index.num_chunks, H, K, V, dtype=h_dtype, device=k.device)
+    v_new = buffers.empty_like(u)
     ht = None
     if output_final_state:
-        ht = torch.empty(index.num_seqs, H, K, V, dtype=torch.float32, device=k.device)
+        ht = buffers.empty(index.num_seqs, H, K, V, dtype=torch.float32, device=k.device)
     cu_seqlens, chunk_offsets, _, T = index.launch_args()
     narrow = is_narrow(K, V)
     BV = tile(V, MAX_BLOCK_V_STATE_PASS if narrow else MAX_BLOCK_V_SERIAL)
@@ -417,7 +418,7 @@ def output(
     """o [Tp, H, V] in q's dtype."""
     _, H, K = q.shape
     V = v_new.shape[-1]
-    o = torch.empty_like(v_new)
+    o = buffers.empty_like(v_new)
     cu_seqlens, _, chunk_table, T = index.launch_args()
     narrow = is_narrow(K, V)
     BV = tile(V, MAX_BLOCK_V_OUTPUT if narrow else MAX_BLOCK_V)

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
 from memlab.kernels.backend import KernelInputError
 from memlab.kernels.gated_delta_rule.triton_chunk import TRITON_DTYPES
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import tile
@@ -111,8 +112,10 @@ def fused_recurrent_gated_delta_rule_triton(
     num_seqs = B if cu_seqlens is None else cu_seqlens.numel() - 1
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
-    o = torch.empty_like(v)
-    ht = torch.empty(num_seqs, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
+    o = buffers.empty_like(v)
+    ht = (
+        buffers.empty(num_seqs, H, K, V, dtype=torch.float32, device=q.device) if output_final_state else None
+    )
     BV = tile(V, 32)
     _fused_recurrent_kernel[(triton.cdiv(V, BV), num_seqs * H)](
         q, k, v, g, beta, o, h0, ht, scale, cu_seqlens, T,

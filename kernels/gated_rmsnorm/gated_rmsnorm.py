@@ -6,6 +6,7 @@ import torch
 
 from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
 from memlab.kernels.gated_rmsnorm.torch_gated_rmsnorm import gated_rmsnorm_torch
+from memlab.kernels.limits import MAX_NORM_DIM, check_size
 
 OP = "gated_rmsnorm"
 
@@ -16,7 +17,7 @@ def gated_rmsnorm(
     """y = o / sqrt(mean(o²) + eps) · weight · silu(gate), normalising over the last dim.
 
     Args:
-        o, gate: [..., D], one shape, float16 / bfloat16 / float32 / float64.
+        o, gate: [..., D], one shape, D <= 8192, float16 / bfloat16 / float32 / float64.
         weight: [D].
         eps: added to the mean square.
         backend: "auto" | "triton" | "torch"; default from $MEMLAB_KERNEL_BACKEND, else
@@ -36,6 +37,7 @@ def gated_rmsnorm(
         raise KernelInputError(
             f"{OP}: o and gate must have one shape [..., D], got {list(o.shape)} and {list(gate.shape)}"
         )
+    check_size(OP, "D", o.shape[-1], MAX_NORM_DIM, "o's last dim")
     if tuple(weight.shape) != (o.shape[-1],):
         raise KernelInputError(f"{OP}: weight must have shape [D={o.shape[-1]}], got {list(weight.shape)}")
     if gate.device != o.device or weight.device != o.device:

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
+
 # Elements of the [rows, D] tile one program handles at a time; rows per backward program.
 _TILE, _BWD_ROWS = 4096, 256
 
@@ -85,8 +87,8 @@ class _GatedRMSNorm(torch.autograd.Function):
         rows, gates = o.reshape(-1, D), gate.reshape(-1, D)
         R = rows.shape[0]
         block_r, block_d = _blocks(D)
-        y = torch.empty_like(rows)
-        rstd = torch.empty(R, dtype=torch.float32, device=o.device)
+        y = buffers.empty_like(rows)
+        rstd = buffers.empty(R, dtype=torch.float32, device=o.device)
         _gated_rmsnorm_fwd_kernel[(triton.cdiv(R, block_r),)](
             rows, gates, weight, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d
         )
@@ -100,9 +102,9 @@ class _GatedRMSNorm(torch.autograd.Function):
         R, D = rows.shape
         block_r, block_d = _blocks(D)
         dy = dy.reshape(R, D).contiguous()
-        do, dgate = torch.empty_like(rows), torch.empty_like(gates)
+        do, dgate = buffers.empty_like(rows), buffers.empty_like(gates)
         programs = triton.cdiv(R, _BWD_ROWS)
-        dw_part = torch.empty(programs, D, dtype=torch.float32, device=rows.device)
+        dw_part = buffers.empty(programs, D, dtype=torch.float32, device=rows.device)
         _gated_rmsnorm_bwd_kernel[(programs,)](
             rows, gates, weight, rstd, dy, do, dgate, dw_part, R, D,
             ROWS=_BWD_ROWS, BLOCK_R=min(block_r, triton.next_power_of_2(_BWD_ROWS)), BLOCK_D=block_d,

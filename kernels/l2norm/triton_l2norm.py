@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
+
 # Elements of the [rows, D] tile one program handles.
 _TILE = 4096
 
@@ -49,8 +51,8 @@ class _L2Norm(torch.autograd.Function):
         rows = x.reshape(-1, x.shape[-1])
         R, D = rows.shape
         block_r, block_d = _blocks(D)
-        y = torch.empty_like(rows)
-        rstd = torch.empty(R, dtype=torch.float32, device=x.device)
+        y = buffers.empty_like(rows)
+        rstd = buffers.empty(R, dtype=torch.float32, device=x.device)
         _l2norm_fwd_kernel[(triton.cdiv(R, block_r),)](
             rows, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d
         )
@@ -64,7 +66,7 @@ class _L2Norm(torch.autograd.Function):
         R, D = rows.shape
         block_r, block_d = _blocks(D)
         dy = dy.reshape(R, D).contiguous()
-        dx = torch.empty_like(rows)
+        dx = buffers.empty_like(rows)
         _l2norm_bwd_kernel[(triton.cdiv(R, block_r),)](
             rows, dy, rstd, dx, R, D, BLOCK_R=block_r, BLOCK_D=block_d
         )

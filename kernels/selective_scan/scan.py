@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.limits import MAX_STATE_SIZE, check_size
 from memlab.kernels.selective_scan.torch_scan import selective_scan_torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -85,8 +86,7 @@ def _check_scan_inputs(
     check_tensor(op, "delta", delta, seq, u, "u")
     check_tensor(op, "A", A, (("dim", dim), ("N", None)), u, "u")
     N = A.shape[1]
-    if N < 1:
-        raise KernelInputError(f"{op}: A has state size N=0; N must be at least 1")
+    check_size(op, "N", N, MAX_STATE_SIZE, "A's state size")
     check_grouped(op, "B", B, batch, dim, N, (("L", L),), u, "u")
     check_grouped(op, "C", C, batch, dim, N, (("L", L),), u, "u")
     for name, t in (("D", D), ("delta_bias", delta_bias)):

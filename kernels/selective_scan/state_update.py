@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.limits import MAX_STATE_SIZE, check_size
 from memlab.kernels.selective_scan.scan import check_grouped, check_tensor
 
 
@@ -25,8 +26,7 @@ def _check_inputs(
     if state.dtype not in (torch.float32, torch.float64):
         raise KernelInputError(f"{op}: state must be float32 (or float64), got {state.dtype}")
     batch, dim, N = state.shape
-    if N < 1:
-        raise KernelInputError(f"{op}: state has state size N=0; N must be at least 1")
+    check_size(op, "N", N, MAX_STATE_SIZE, "the state's size")
     step = (("batch", batch), ("dim", dim))
     check_tensor(op, "x", x, step, state, "state")
     check_tensor(op, "dt", dt, step, state, "state")

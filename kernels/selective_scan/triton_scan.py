@@ -43,6 +43,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
+
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 # The forward stores the state before every _STATE_EVERY-th step for the backward, whose blocks
@@ -448,7 +450,11 @@ def _in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def _empty(u: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """An uninitialised tensor of u's shape [batch, dim, L] and dtype, stored in the layout
     ``channels_last`` names."""
-    return u.new_empty(u.shape[0], u.shape[2], u.shape[1]).mT if channels_last else u.new_empty(u.shape)
+    return (
+        buffers.empty(u.shape[0], u.shape[2], u.shape[1], dtype=u.dtype, device=u.device).mT
+        if channels_last
+        else buffers.empty(*u.shape, dtype=u.dtype, device=u.device)
+    )
 
 
 def _grouped(BC: torch.Tensor) -> torch.Tensor:
@@ -474,8 +480,12 @@ class _SelectiveScan(torch.autograd.Function):
         state_every = min(_STATE_EVERY, max(16, triton.next_power_of_2(L)))
         n_blocks = triton.cdiv(L, state_every)
         y = _empty(u, cl)
-        last = u.new_empty(batch, dim, N, dtype=torch.float32)
-        states = u.new_empty(batch, n_blocks, N, dim, dtype=torch.float32) if need_grad else last
+        last = buffers.empty(batch, dim, N, dtype=torch.float32, device=u.device)
+        states = (
+            buffers.empty(batch, n_blocks, N, dim, dtype=torch.float32, device=u.device)
+            if need_grad
+            else last
+        )
         # y before the z gate, for dz (as mamba-ssm keeps it): reading it back is cheaper than
         # accumulating it again over the states in the backward.
         keep_y = need_grad and z is not None and ctx.needs_input_grad[6]

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from memlab.kernels import buffers
 from memlab.kernels.backend import KernelInputError
 from memlab.kernels.selective_scan.triton_scan import program_channels
 
@@ -127,7 +128,7 @@ def selective_state_update_triton(
     dg = dim // G
     x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
     z = z.contiguous() if z is not None else None
-    out = torch.empty_like(x)
+    out = buffers.empty_like(x)
     block_n = triton.next_power_of_2(N)
     block_d = min(max(_TILE // block_n, 1), triton.next_power_of_2(dg))
     _state_update_kernel[(triton.cdiv(dg, block_d), G, batch)](

@@ -8,7 +8,7 @@ The tests marked ``interpreted`` run under TRITON_INTERPRET=1, started by
 Shapes are tiny and the kernels' K blocks and V tiles are forced down to 16, so K = 32 or
 48 and V = 32 cross block boundaries, T = 70 ends on a partial chunk. The interpreter of
 Triton 3.9 computes bf16 tl.dot wrongly, so the half-precision case here is fp16; bf16 is
-checked on a GPU by scripts/check_gpu_gdn.py.
+checked on a GPU by the conformance suite (tests/gpu, `make test-gpu`).
 """
 
 from __future__ import annotations
@@ -146,6 +146,19 @@ def test_chunk_varlen_with_length_one_and_empty_segments():
         inputs, TOL[torch.float32], cu_seqlens=torch.tensor(offsets, dtype=torch.int32)
     )
     assert result["S"].shape == (len(offsets) - 1, H, 32, 32)
+
+
+@interpreted
+def test_second_backward_over_one_graph_gives_the_same_gradients():
+    """The backward once wrote its scratch into Ai, a tensor the forward saved: a second backward
+    over the same graph (retain_graph=True) then gave other dk, dv, dg and dβ."""
+    inputs = make_inputs(70, 16, 16, batch=1, num_states=1)
+    o, S = chunk_gated_delta_rule(**inputs, output_final_state=True, backend="triton")
+    loss = (o * torch.randn_like(o)).sum() + (S * torch.randn_like(S)).sum()
+    first = torch.autograd.grad(loss, list(inputs.values()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(inputs.values()))
+    for name, a, b in zip(inputs, first, second, strict=True):
+        assert torch.equal(a, b), name
 
 
 @interpreted

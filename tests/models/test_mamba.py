@@ -161,8 +161,10 @@ def test_packed_input_refuses_a_state_or_several_rows() -> None:
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"d_state": 0}, r"model\.mixer\.d_state must be >= 1 \(got 0\)"),
-        ({"d_conv": 0}, r"model\.mixer\.d_conv must be >= 1 \(got 0\)"),
+        ({"d_state": 0}, r"model\.mixer\.d_state must be in 1\.\.256 \(got 0\)"),
+        ({"d_state": 257}, r"model\.mixer\.d_state must be in 1\.\.256 \(got 257\)"),
+        ({"d_conv": 0}, r"model\.mixer\.d_conv must be in 1\.\.16 \(got 0\)"),
+        ({"d_conv": 17}, r"model\.mixer\.d_conv must be in 1\.\.16 \(got 17\)"),
         ({"expand": 0}, r"model\.mixer\.expand must be > 0"),
         ({"expand": 1.03}, r"model\.mixer\.expand .* whole number"),
         ({"dt_rank": 0}, r"model\.mixer\.dt_rank must be 'auto' or an integer >= 1 \(got 0\)"),

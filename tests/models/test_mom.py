@@ -290,6 +290,8 @@ def test_training_at_small_T_takes_one_chunked_call(monkeypatch: pytest.MonkeyPa
         ({"head_dim": 8, "expand_v": 0.3}, "model.mixer.expand_v"),
         ({"aux_loss_weight": -1e-3}, "model.mixer.aux_loss_weight"),
         ({"conv_size": 0}, "model.mixer.conv_size"),
+        ({"conv_size": 17}, "model.mixer.conv_size"),
+        ({"topk": 64, "num_memories": 64}, "model.mixer.topk"),
         ({"norm_eps": 0.0}, "model.mixer.norm_eps"),
         ({"backend": "cuda"}, "model.mixer.backend"),
         ({"topk": "two"}, "model.mixer.topk"),

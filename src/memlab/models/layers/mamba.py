@@ -32,6 +32,7 @@ from memlab.errors import ConfigError
 from memlab.kernels.backend import BACKENDS
 from memlab.kernels.causal_conv1d import causal_conv1d
 from memlab.kernels.gated_delta_rule.checks import sequence_bounds
+from memlab.kernels.limits import MAX_CONV_WIDTH, MAX_STATE_SIZE
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
 from memlab.models.layers.config_types import require_types
 from memlab.models.mixer import MixerOutput
@@ -260,10 +261,10 @@ def _check_config(
         {"d_state": d_state, "d_conv": d_conv},
         {"expand": expand, "dt_min": dt_min, "dt_max": dt_max, "dt_init_floor": dt_init_floor},
     )
-    if d_state < 1:
-        raise ConfigError(f"model.mixer.d_state must be >= 1 (got {d_state})")
-    if d_conv < 1:
-        raise ConfigError(f"model.mixer.d_conv must be >= 1 (got {d_conv})")
+    if not 1 <= d_state <= MAX_STATE_SIZE:
+        raise ConfigError(f"model.mixer.d_state must be in 1..{MAX_STATE_SIZE} (got {d_state})")
+    if not 1 <= d_conv <= MAX_CONV_WIDTH:
+        raise ConfigError(f"model.mixer.d_conv must be in 1..{MAX_CONV_WIDTH} (got {d_conv})")
     inner = expand * d_model
     if expand <= 0 or inner != int(inner):
         raise ConfigError(

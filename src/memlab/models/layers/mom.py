@@ -32,7 +32,8 @@ from torch import nn
 from memlab.errors import ConfigError
 from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule, l2norm
 from memlab.kernels.backend import BACKENDS, resolve_fp32_backend
-from memlab.kernels.gated_delta_rule.checks import MAX_HEAD_DIM, sequence_bounds
+from memlab.kernels.gated_delta_rule.checks import sequence_bounds
+from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_HEAD_DIM
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
 from memlab.models.layers.attention import document_positions
 from memlab.models.layers.autocast_input import autocast_input
@@ -450,8 +451,10 @@ def _check_config(
         )
     if aux_loss_weight < 0:
         raise ConfigError(f"model.mixer.aux_loss_weight must be >= 0 (got {aux_loss_weight})")
-    if conv_size < 1:
-        raise ConfigError(f"model.mixer.conv_size must be >= 1 (got {conv_size})")
+    if topk + 1 > MAX_COMBINE_SLOTS:  # each token combines topk routed memories and the shared one
+        raise ConfigError(f"model.mixer.topk must be at most {MAX_COMBINE_SLOTS - 1} (got {topk})")
+    if not 1 <= conv_size <= MAX_CONV_WIDTH:
+        raise ConfigError(f"model.mixer.conv_size must be in 1..{MAX_CONV_WIDTH} (got {conv_size})")
     if norm_eps <= 0:
         raise ConfigError(f"model.mixer.norm_eps must be > 0 (got {norm_eps})")
     if backend is not None and backend not in BACKENDS:
