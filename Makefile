@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 # take the CPU build instead; set TORCH_SPEC to choose another.
 TORCH_SPEC ?= $(if $(CI),torch==2.13.0,torch)
 ARGS ?=
+# pytest-xdist workers of `make test-gpu`: Triton compiles each new shape on the CPU, so the
+# suite scales with cores; each worker holds its own CUDA context, hence the cap.
+GPU_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 16 ? n : 16 )))
 
-.PHONY: setup train test test-fast lint bench tensorboard clean
+.PHONY: setup train test test-fast test-gpu lint bench tensorboard clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +29,10 @@ test: setup  ## lint, then the full test suite (what CI runs)
 
 test-fast: setup  ## the suite without tests marked slow
 	$(PY) -m pytest -q -m "not slow"
+
+test-gpu: setup  ## the GPU conformance suite: random shapes per op and layer, seed in the header
+	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: no CUDA device; make test-gpu checks the kernels on a GPU')"
+	$(PY) -m pytest -m gpu tests/gpu -n $(GPU_WORKERS) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

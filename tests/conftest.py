@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -51,11 +52,49 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``interpreted`` run only under TRITON_INTERPRET=1 (see tests/interpreter.py):
-    elsewhere they are deselected, not skipped, since their launcher test runs them."""
+    """Tests under tests/gpu are marked ``gpu`` and skipped without a CUDA device. Tests marked
+    ``interpreted`` run only under TRITON_INTERPRET=1 (see tests/interpreter.py): elsewhere they
+    are deselected, not skipped, since their launcher test runs them."""
+    gpu_dir = ROOT / "tests" / "gpu"
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device (run with `make test-gpu` on a GPU)")
+    for item in items:
+        if gpu_dir in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.gpu)
+            if not torch.cuda.is_available():
+                item.add_marker(no_cuda)
     if os.environ.get("TRITON_INTERPRET") == "1":
         return
     kept = [item for item in items if item.get_closest_marker("interpreted") is None]
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("interpreted")])
         items[:] = kept
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("memlab conformance")
+    group.addoption(
+        "--conformance-seed",
+        type=int,
+        default=None,
+        help="seed of the randomized conformance cases (default: $MEMLAB_TEST_SEED, else fresh)",
+    )
+    group.addoption(
+        "--conformance-cases",
+        type=int,
+        default=500,
+        help="random cases per op family in tests/gpu (layers get a fifth of it); default 500",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Fix the conformance seed once, in the environment, so that pytest-xdist's workers draw
+    the same cases as the controller."""
+    seed = config.getoption("conformance_seed") or os.environ.get("MEMLAB_TEST_SEED")
+    os.environ["MEMLAB_TEST_SEED"] = str(
+        seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = os.environ["MEMLAB_TEST_SEED"]
+    return f"conformance seed: {seed} (draw the same cases again with --conformance-seed {seed})"

@@ -1,0 +1,235 @@
+"""The layer families: MoM, Mamba and MemMamba on random configurations, fast path against
+the PyTorch twin (same weights, same inputs, same precision) and the twin against the layer
+in fp64.
+
+A quantity passes when the twin is within its bound of fp64 and the fast path is as accurate
+as the twin: error(fast) <= 2·error(twin) + tol. MoM compares fast with twin directly (both
+route every token alike, which is checked first), and with fp64 only in fp32 when fp64 routes
+alike too: a router's near-tied logits may pick other memories in another precision, a jump
+rather than an error of either path.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+
+from memlab.kernels.compare import rel_err
+from memlab.kernels.limits import MAX_CONV_WIDTH
+from memlab.models import LanguageModel
+from memlab.models.layers import Mamba, MemMamba, MoMAttention
+from tests.conformance.check import FLOOR, Measure
+from tests.conformance.draw import Draw
+from tests.conformance.ops import STATE_SIZES, Family
+
+# fast <= 2·twin + LAYER_TOL against fp64; the twin itself within LAYER_TWIN_TOL of fp64 (bf16
+# runs under autocast, so that bound is only a sanity check of the twin).
+LAYER_TOL = {"fp32": 1e-4, "bf16": 1e-2}
+LAYER_TWIN_TOL = {"fp32": 1e-3, "bf16": 1e-1}
+# MoM fast against twin; its per-head decay parameters' gradients, sums over every token of
+# terms of both signs, differ between two correct bf16 paths by up to several percent.
+MOM_TOL = {"fp32": 2e-3, "bf16": 3e-2}
+MOM_DECAY_GRADS, MOM_DECAY_TOL_BF16 = ("dA_log", "ddt_bias"), 1e-1
+FUNCTIONALS = 4  # random functionals of the output whose gradients are stacked
+
+
+def _with_backend(model: torch.nn.Module, backend: str, dtype: torch.dtype) -> torch.nn.Module:
+    twin = copy.deepcopy(model).to(dtype)
+    for module in twin.modules():
+        if hasattr(module, "backend"):
+            module.backend = backend
+    return twin
+
+
+def _forward_grads(model: torch.nn.Module, x: torch.Tensor, autocast: bool, **kwargs) -> dict:
+    """The output and, stacked over FUNCTIONALS fixed random functionals of it, the gradients of
+    x (when floating) and of every parameter; "stats" holds the mixer's statistics."""
+    leaf = x.detach().requires_grad_(x.is_floating_point())
+    with torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else nullcontext():
+        out = model(leaf, **kwargs)
+    hidden = out.logits if hasattr(out, "logits") else out.hidden
+    named = ({"dx": leaf} if leaf.requires_grad else {}) | {f"d{n}": p for n, p in model.named_parameters()}
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    per_functional = []
+    for k in range(FUNCTIONALS):
+        weight = torch.randn(hidden.shape, generator=gen, device=x.device, dtype=torch.float64)
+        loss = (hidden.double() * weight).sum()
+        per_functional.append(
+            torch.autograd.grad(loss, list(named.values()), retain_graph=k + 1 < FUNCTIONALS)
+        )
+    stacked = {n: torch.stack(g) for n, g in zip(named, zip(*per_functional, strict=True), strict=True)}
+    stats = getattr(out, "stats", None) or {}
+    return {"out": hidden.detach(), **stacked, "stats": {n: v.detach() for n, v in stats.items()}}
+
+
+def _as_accurate(spec: dict, fast: dict, twin: dict, ref: dict) -> list[Measure]:
+    """Twin within its bound of ref; fast within 2·(twin's error) + its bound of ref."""
+    tol, twin_tol = LAYER_TOL[spec["dtype"]], LAYER_TWIN_TOL[spec["dtype"]]
+    measures = []
+    for name, r in ref.items():
+        if name == "stats":
+            continue
+        twin_err = rel_err(twin[name], r, FLOOR)
+        measures.append(Measure("twin", name, twin_err, twin_tol))
+        bound = 2 * twin_err + tol if twin_err == twin_err else tol
+        measures.append(Measure("fast", name, rel_err(fast[name], r, FLOOR), bound))
+    return measures
+
+
+def _lengths(d: Draw, spec: dict, cap: int) -> dict:
+    T = d.length(cap)
+    if d.random() < 0.3:
+        return spec | {"B": 1, "T": T, "docs": d.documents(T)}
+    return spec | {"B": d.randint(1, 2 if d.tiny else 3), "T": T}
+
+
+def _precision(d: Draw) -> str:
+    return "fp32" if d.tiny or d.random() < 0.5 else "bf16"
+
+
+def _inputs(spec: dict, device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = torch.randn(spec["B"], spec["T"], spec["d_model"], dtype=torch.float64)
+    docs = spec.get("docs")
+    cu = None if docs is None else torch.tensor(docs, dtype=torch.int32, device=device)
+    return x.to(device), cu
+
+
+# ---- MoM ----
+
+
+def _draw_mom(d: Draw) -> dict:
+    E = d.randint(1, 3 if d.tiny else 6)
+    K = d.head_dim()
+    expand_v = d.choice([e for e in (0.5, 1, 2) if float(K * e).is_integer() and 1 <= K * e <= 256])
+    spec = {"dtype": _precision(d), "d_model": d.choice((8, 16, 32) if d.tiny else (16, 64, 128, 256))}
+    spec |= {"num_heads": d.randint(1, 2 if d.tiny else 4), "head_dim": K, "expand_v": expand_v}
+    spec |= {"num_memories": E, "topk": d.randint(1, E), "shared_mem": d.random() < 0.6}
+    spec |= {"conv_size": d.randint(1, 4), "empty_memory": E > 1 and d.random() < 0.2}
+    return _lengths(d, spec, 300)
+
+
+def _check_mom(spec: dict, device: str) -> list[Measure]:
+    knobs = {k: spec[k] for k in ("num_heads", "head_dim", "expand_v", "num_memories", "topk", "shared_mem")}
+    layer = MoMAttention(spec["d_model"], conv_size=spec["conv_size"], **knobs).to(device)
+    x, cu = _inputs(spec, device)
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5)
+        if spec["empty_memory"]:  # with x >= 0 the last memory's logit is always the lowest
+            layer.router.weight.abs_()[-1] = -1.0
+            x = x.abs()
+    autocast = spec["dtype"] == "bf16"
+    fast = _forward_grads(_with_backend(layer, "triton", torch.float32), x.float(), autocast, cu_seqlens=cu)
+    twin = _forward_grads(_with_backend(layer, "torch", torch.float32), x.float(), autocast, cu_seqlens=cu)
+    routing = all(torch.equal(fast["stats"][n], twin["stats"][n]) for n in twin["stats"])
+    measures = [Measure("fast", "same routing as twin", 0.0 if routing else 1.0, 0.0)]
+    if spec["empty_memory"]:
+        load = fast["stats"][f"router/load/layer0/mem{spec['num_memories'] - 1}"].item()
+        measures.append(Measure("fast", "load of the empty memory", load, 0.0))
+    for name, t in twin.items():
+        if name != "stats":
+            decay = spec["dtype"] == "bf16" and name in MOM_DECAY_GRADS
+            limit = MOM_DECAY_TOL_BF16 if decay else MOM_TOL[spec["dtype"]]
+            measures.append(Measure("fast~twin", name, rel_err(fast[name], t, FLOOR), limit))
+    if spec["dtype"] == "fp32":
+        ref = _forward_grads(_with_backend(layer, "torch", torch.float64), x, False, cu_seqlens=cu)
+        if all(torch.equal(ref["stats"][n].float(), twin["stats"][n].float()) for n in twin["stats"]):
+            for name, r in ref.items():
+                if name != "stats":
+                    measures.append(
+                        Measure("twin", name, rel_err(twin[name], r, FLOOR), LAYER_TWIN_TOL["fp32"])
+                    )
+    return measures
+
+
+MOM = Family("mom", _draw_mom, _check_mom)
+
+
+# ---- Mamba ----
+
+
+def _draw_mamba(d: Draw) -> dict:
+    spec = {"dtype": _precision(d), "d_model": d.choice((4, 8, 16) if d.tiny else (8, 16, 64, 128))}
+    spec |= {"d_state": d.choice(STATE_SIZES[:8] if d.tiny else STATE_SIZES)}
+    spec |= {"d_conv": d.randint(1, MAX_CONV_WIDTH), "expand": d.choice((1, 2))}
+    return _lengths(d, spec, 300)
+
+
+def _check_mamba(spec: dict, device: str) -> list[Measure]:
+    knobs = {k: spec[k] for k in ("d_state", "d_conv", "expand")}
+    layer = Mamba(spec["d_model"], **knobs).to(device)
+    x, cu = _inputs(spec, device)
+    autocast = spec["dtype"] == "bf16"
+    ref = _forward_grads(_with_backend(layer, "torch", torch.float64), x, False, cu_seqlens=cu)
+    fast = _forward_grads(_with_backend(layer, "triton", torch.float32), x.float(), autocast, cu_seqlens=cu)
+    twin = _forward_grads(_with_backend(layer, "torch", torch.float32), x.float(), autocast, cu_seqlens=cu)
+    return _as_accurate(spec, fast, twin, ref)
+
+
+MAMBA = Family("mamba", _draw_mamba, _check_mamba)
+
+
+# ---- MemMamba ----
+
+
+MEMMAMBA_KNOBS = ("chunk_size", "pool_size", "recent_slots", "summary_dim", "num_heads", "head_dim")
+MEMMAMBA_KNOBS += ("d_state", "fusion", "note_scorer")
+
+
+def _draw_memmamba(d: Draw) -> dict:
+    spec = {"dtype": _precision(d), "d_model": d.choice((8, 16) if d.tiny else (16, 64, 128))}
+    spec |= {
+        "chunk_size": d.choice((1, 4, 8, 32)),
+        "pool_size": d.randint(1, 8),
+        "recent_slots": d.randint(0, 2),
+    }
+    spec |= {
+        "summary_dim": d.choice((4, 8, 32)),
+        "num_heads": d.randint(1, 4),
+        "head_dim": d.choice((1, 8, 32)),
+    }
+    spec |= {"d_state": d.choice((1, 4, 16)), "fusion": d.choice(("gated", "weighted", "residual"))}
+    spec["lm"] = (
+        {"n_layers": d.randint(2, 4), "cross_layer_period": d.randint(0, 2)} if d.random() < 0.4 else None
+    )
+    # Learned note scores: near-tied priorities may rank notes differently in bf16 once
+    # layers' inputs differ, a jump rather than an error; a bf16 stack scores by position.
+    learned = spec["lm"] is None or spec["dtype"] == "fp32"
+    spec["note_scorer"] = d.choice(("learned", "positional")) if learned else "positional"
+    spec = _lengths(d, spec, 300)
+    if spec["lm"] is not None:
+        spec.pop("docs", None)
+    return spec
+
+
+def _check_memmamba(spec: dict, device: str) -> list[Measure]:
+    knobs = {k: spec[k] for k in MEMMAMBA_KNOBS}
+    if spec["lm"] is None:
+        model = MemMamba(spec["d_model"], 0, **knobs)
+        x, cu = _inputs(spec, device)
+        kwargs = {"cu_seqlens": cu}
+    else:
+        period = spec["lm"]["cross_layer_period"]
+
+        def mixer(**kwargs: object) -> MemMamba:
+            return MemMamba(**kwargs, **knobs, cross_layer_period=period)
+
+        model = LanguageModel(64, spec["d_model"], spec["lm"]["n_layers"], mixer)
+        x, kwargs = torch.randint(64, (spec["B"], spec["T"]), device=device), {}
+    with torch.no_grad():  # fusion gains at random: at their initial 0 only the backbone is tested
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] in ("gamma_tok", "gamma_lay"):
+                p.normal_()
+    model = model.to(device)
+    autocast = spec["dtype"] == "bf16"
+    xf = x.float() if x.is_floating_point() else x
+    ref = _forward_grads(_with_backend(model, "torch", torch.float64), x, False, **kwargs)
+    fast = _forward_grads(_with_backend(model, "triton", torch.float32), xf, autocast, **kwargs)
+    twin = _forward_grads(_with_backend(model, "torch", torch.float32), xf, autocast, **kwargs)
+    return _as_accurate(spec, fast, twin, ref)
+
+
+MEMMAMBA = Family("memmamba", _draw_memmamba, _check_memmamba)
+
+LAYER_FAMILIES = {f.name: f for f in (MOM, MAMBA, MEMMAMBA)}

@@ -1,0 +1,379 @@
+"""The op families: for each, how to draw a case and how to check it.
+
+A case is a JSON-able spec drawn from a ``Draw``; ``check(spec, device)`` builds its inputs
+from torch's generator (seeded by the caller), runs the fast path (backend "triton", every
+kernel buffer NaN-poisoned) and the PyTorch twin on the same rounded inputs, and measures both
+against an fp64 reference: the op's own token-by-token reference where it has one, else the
+formula written out in fp64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from memlab.kernels import (
+    buffers,
+    causal_conv1d,
+    chunk_gated_delta_rule,
+    combine_routed,
+    fused_recurrent_gated_delta_rule,
+    gated_rmsnorm,
+    l2norm,
+    selective_scan,
+    selective_state_update,
+)
+from memlab.kernels.causal_conv1d.naive import naive_causal_conv1d
+from memlab.kernels.gated_delta_rule import naive_recurrent_gated_delta_rule
+from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_NORM_DIM, MAX_STATE_SIZE
+from memlab.kernels.selective_scan import naive_selective_scan
+from tests.conformance.check import Measure, as_fp64, bounds_for, measure, rounded, run, twin_bounds
+from tests.conformance.draw import DTYPES, Draw, gates
+
+
+@dataclass(frozen=True)
+class Family:
+    """An op family of the conformance suite."""
+
+    name: str
+    draw: Callable[[Draw], dict]
+    check: Callable[[dict, str], list[Measure]]
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.float64)
+
+
+def _compare(
+    spec: dict,
+    fast_fn: Callable,
+    twin_fn: Callable,
+    ref_fn: Callable,
+    inputs: dict[str, torch.Tensor],
+    dtypes: dict[str, torch.dtype],
+    device: str,
+    grads: tuple[str, ...],
+    outs: tuple[str, ...],
+    gradient_sums: tuple[str, ...] = (),
+    fast_grads: bool = True,
+    **kwargs: object,
+) -> list[Measure]:
+    """Fast and twin against the fp64 reference on the same rounded inputs."""
+    x = rounded(inputs, dtypes, device)
+    ref, cot = run(ref_fn, as_fp64(x), grads, outs, **kwargs)
+    fast, _ = run(fast_fn, x, grads if fast_grads else (), outs, cot, poison=True, **kwargs)
+    twin, _ = run(twin_fn, x, grads, outs, cot, **kwargs)
+    fast_ref = ref if fast_grads else {n: t for n, t in ref.items() if n in outs}
+    dtype = spec["dtype"]
+    return measure("fast", fast, fast_ref, bounds_for(dtype, gradient_sums)) + measure(
+        "twin", twin, ref, twin_bounds(dtype, gradient_sums)
+    )
+
+
+def _cu_seqlens(spec: dict, device: str) -> torch.Tensor | None:
+    docs = spec.get("docs")
+    return None if docs is None else torch.tensor(docs, dtype=torch.int32, device=device)
+
+
+# ---- gated delta rule, chunked and token by token ----
+
+
+def _draw_gdn(d: Draw, cap: int) -> dict:
+    spec = {"dtype": d.dtype(), "K": d.head_dim(), "V": d.head_dim(), "H": d.randint(1, 2 if d.tiny else 8)}
+    T = d.length(cap)
+    if d.random() < 0.3:
+        spec |= {"B": 1, "T": T, "docs": d.documents(T)}
+    else:
+        spec |= {"B": d.randint(1, 2 if d.tiny else 4), "T": T}
+    spec |= {"h0": d.random() < 0.5, "gates": d.gate_kind()}
+    spec["l2norm_in_kernel"] = d.random() < 0.2
+    return spec
+
+
+def _gdn_inputs(spec: dict) -> dict[str, torch.Tensor]:
+    B, T, H, K, V = spec["B"], spec["T"], spec["H"], spec["K"], spec["V"]
+    q, k = _randn(B, T, H, K), _randn(B, T, H, K)
+    q, k = (3 * q, 3 * k) if spec["l2norm_in_kernel"] else (F.normalize(q, dim=-1), F.normalize(k, dim=-1))
+    x = {"q": q, "k": k, "v": _randn(B, T, H, V), "g": gates(spec["gates"], (B, T, H))}
+    x["beta"] = torch.sigmoid(_randn(B, T, H))
+    if spec["h0"]:
+        N = B if spec.get("docs") is None else len(spec["docs"]) - 1
+        x["initial_state"] = _randn(N, H, K, V)
+    return x
+
+
+def _check_gdn(spec: dict, device: str, chunked: bool) -> list[Measure]:
+    x = _gdn_inputs(spec)
+    dt = DTYPES[spec["dtype"]]
+    op = chunk_gated_delta_rule if chunked else fused_recurrent_gated_delta_rule
+    kwargs = dict(
+        output_final_state=True,
+        cu_seqlens=_cu_seqlens(spec, device),
+        use_qk_l2norm_in_kernel=spec["l2norm_in_kernel"],
+    )
+    return _compare(
+        spec,
+        lambda **a: op(**a, backend="triton"),
+        lambda **a: op(**a, backend="torch"),
+        naive_recurrent_gated_delta_rule,
+        x,
+        {"q": dt, "k": dt, "v": dt},
+        device,
+        grads=tuple(x),
+        outs=("o", "S"),
+        gradient_sums=("dg", "dbeta"),
+        fast_grads=chunked,
+        **kwargs,
+    )
+
+
+GDN_CHUNK = Family(
+    "gdn_chunk", lambda d: _draw_gdn(d, 1000), lambda spec, device: _check_gdn(spec, device, True)
+)
+GDN_RECURRENT = Family(
+    "gdn_recurrent", lambda d: _draw_gdn(d, 130), lambda spec, device: _check_gdn(spec, device, False)
+)
+
+
+# ---- selective scan and its decode step ----
+
+
+SCAN_DIMS = (1, 2, 3, 8, 15, 16, 17, 64, 100, 256)
+STATE_SIZES = (1, 2, 3, 4, 8, 15, 16, 17, 32, 64, 128, MAX_STATE_SIZE)
+
+
+def _draw_scan(d: Draw) -> dict:
+    dim = d.choice(SCAN_DIMS[:4] if d.tiny else SCAN_DIMS)
+    N = d.choice(STATE_SIZES[:8] if d.tiny else STATE_SIZES)
+    groups = [None, *(g for g in range(1, dim + 1) if dim % g == 0)]
+    spec = {"dtype": d.dtype(), "batch": d.randint(1, 2 if d.tiny else 4), "dim": dim, "N": N}
+    spec |= {
+        "L": d.length(40 if d.tiny else 1000),
+        "groups_B": d.choice(groups),
+        "groups_C": d.choice(groups),
+    }
+    spec |= {name: d.random() < 0.6 for name in ("D", "z", "delta_bias", "softplus", "last_state")}
+    spec["channels_last"] = d.random() < 0.4
+    return spec
+
+
+def _check_scan(spec: dict, device: str) -> list[Measure]:
+    batch, dim, N, L = spec["batch"], spec["dim"], spec["N"], spec["L"]
+
+    def bc(groups: int | None) -> torch.Tensor:
+        return _randn(batch, N, L) if groups is None else _randn(batch, groups, N, L)
+
+    seq = (lambda: _randn(batch, L, dim).mT) if spec["channels_last"] else (lambda: _randn(batch, dim, L))
+    delta = seq() if spec["softplus"] else 0.5 * seq().abs()
+    x = {"u": seq(), "delta": delta, "A": -torch.exp(_randn(dim, N)), "B": bc(spec["groups_B"])}
+    x["C"] = bc(spec["groups_C"])
+    x |= {"D": _randn(dim)} if spec["D"] else {}
+    x |= {"z": seq()} if spec["z"] else {}
+    # dt = delta + bias stays positive without the softplus, as in Mamba (else the state grows).
+    bias = 0.5 * _randn(dim) if spec["softplus"] else 0.5 * _randn(dim).abs()
+    x |= {"delta_bias": bias} if spec["delta_bias"] else {}
+    dt = DTYPES[spec["dtype"]]
+    outs = ("y", "last") if spec["last_state"] else ("y",)
+    kwargs = dict(delta_softplus=spec["softplus"], return_last_state=spec["last_state"])
+    return _compare(
+        spec,
+        lambda **a: selective_scan(**a, backend="triton"),
+        lambda **a: selective_scan(**a, backend="torch"),
+        naive_selective_scan,
+        x,
+        {"u": dt, "delta": dt, "B": dt, "C": dt, "z": dt},
+        device,
+        grads=tuple(x),
+        outs=outs,
+        gradient_sums=("dA", "dD", "ddelta_bias", "dB", "dC"),
+        **kwargs,
+    )
+
+
+SELECTIVE_SCAN = Family("selective_scan", _draw_scan, _check_scan)
+
+
+def _draw_state_update(d: Draw) -> dict:
+    spec = _draw_scan(d)
+    del spec["L"], spec["last_state"], spec["channels_last"]
+    spec["strided_state"] = d.random() < 0.3
+    return spec
+
+
+def _reference_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One step of the recurrence, written out in fp64: (out [batch, dim], new state)."""
+    dim = state.shape[1]
+
+    def per_channel(BC: torch.Tensor) -> torch.Tensor:
+        return BC.unsqueeze(1) if BC.dim() == 2 else BC.repeat_interleave(dim // BC.shape[1], dim=1)
+
+    dt = dt + (dt_bias if dt_bias is not None else 0)
+    dt = F.softplus(dt) if dt_softplus else dt
+    new = torch.exp(dt[..., None] * A) * state + (dt * x)[..., None] * per_channel(B)
+    out = (new * per_channel(C)).sum(-1) + (D * x if D is not None else 0)
+    return (out * F.silu(z) if z is not None else out), new
+
+
+def _check_state_update(spec: dict, device: str) -> list[Measure]:
+    batch, dim, N = spec["batch"], spec["dim"], spec["N"]
+
+    def bc(groups: int | None) -> torch.Tensor:
+        return _randn(batch, N) if groups is None else _randn(batch, groups, N)
+
+    x = {"x": _randn(batch, dim), "dt": _randn(batch, dim) if spec["softplus"] else _randn(batch, dim).abs()}
+    x |= {"A": -torch.exp(_randn(dim, N)), "B": bc(spec["groups_B"]), "C": bc(spec["groups_C"])}
+    x |= {"D": _randn(dim)} if spec["D"] else {}
+    x |= {"z": _randn(batch, dim)} if spec["z"] else {}
+    bias = 0.5 * _randn(dim) if spec["softplus"] else 0.5 * _randn(dim).abs()
+    x |= {"dt_bias": bias} if spec["delta_bias"] else {}
+    dt = DTYPES[spec["dtype"]]
+    x = rounded(x, {"x": dt, "dt": dt, "B": dt, "C": dt, "z": dt}, device)
+    state = _randn(batch, dim, N)
+    state = state.to(device)
+    ref_out, ref_state = _reference_state_update(state.clone(), **as_fp64(x), dt_softplus=spec["softplus"])
+    ref = {"out": ref_out, "state": ref_state}
+    measures = []
+    for path, backend in (("fast", "triton"), ("twin", "torch")):
+        s = state.float()
+        if spec["strided_state"]:  # the state as a slice of a wider cache
+            s = torch.cat([s, torch.zeros_like(s)], dim=-1)[..., :N]
+        with torch.no_grad(), buffers.poisoned(path == "fast"):
+            out = selective_state_update(s, **x, dt_softplus=spec["softplus"], backend=backend)
+        bounds = bounds_for(spec["dtype"]) if path == "fast" else twin_bounds(spec["dtype"])
+        measures += measure(path, {"out": out, "state": s}, ref, bounds)
+    return measures
+
+
+STATE_UPDATE = Family("state_update", _draw_state_update, _check_state_update)
+
+
+# ---- causal conv1d, l2norm, gated RMSNorm, routed combine ----
+
+
+def _draw_conv(d: Draw) -> dict:
+    T = d.length(1000)
+    channels = (1, 2, 3, 8, 15, 16, 17, 64, 100, 129, 256, 1000)
+    spec = {"dtype": d.dtype(), "C": d.choice(channels[:9] if d.tiny else channels)}
+    spec |= {"W": d.randint(1, MAX_CONV_WIDTH), "T": T, "bias": d.random() < 0.7, "silu": d.random() < 0.6}
+    spec |= {"B": 1, "docs": d.documents(T)} if d.random() < 0.3 else {"B": d.randint(1, 2 if d.tiny else 4)}
+    spec["strided"] = d.random() < 0.3  # x as half of a wider projection's output
+    return spec
+
+
+def _check_conv(spec: dict, device: str) -> list[Measure]:
+    B, T, C, W = spec["B"], spec["T"], spec["C"], spec["W"]
+    x = {"x": _randn(B, T, 2 * C) if spec["strided"] else _randn(B, T, C), "weight": _randn(C, W) / W**0.5}
+    x |= {"bias": _randn(C)} if spec["bias"] else {}
+    cu = _cu_seqlens(spec, device)
+    act = "silu" if spec["silu"] else None
+
+    def call(backend: str | None):
+        def fn(x, weight, bias=None):
+            x = x[..., :C] if spec["strided"] else x
+            if backend is None:
+                return naive_causal_conv1d(x, weight, bias, cu_seqlens=cu, activation=act)
+            return causal_conv1d(x, weight, bias, cu_seqlens=cu, activation=act, backend=backend)
+
+        return fn
+
+    dt = DTYPES[spec["dtype"]]
+    return _compare(
+        spec, call("triton"), call("torch"), call(None), x, {"x": dt}, device,
+        grads=tuple(x), outs=("y",), gradient_sums=("dweight", "dbias"),
+    )  # fmt: skip
+
+
+CAUSAL_CONV1D = Family("causal_conv1d", _draw_conv, _check_conv)
+
+
+def _norm_dim(d: Draw) -> int:
+    dims = (1, 2, 7, 15, 16, 17, 64, 100, 255, 256, 257, 1000, 2048, 4097, MAX_NORM_DIM)
+    return d.choice(dims[:10] if d.tiny else dims)
+
+
+def _draw_norm(d: Draw) -> dict:
+    D = _norm_dim(d)
+    rows = d.choice((1, 2, 3, 17, 100, 1000)[: 4 if d.tiny else 6])
+    if D >= 2048:
+        rows = min(rows, 17)
+    return {"dtype": d.dtype(), "D": D, "shape": [rows, d.randint(1, 3)]}
+
+
+def _check_l2norm(spec: dict, device: str) -> list[Measure]:
+    x = {"x": _randn(*spec["shape"], spec["D"])}
+    dt = DTYPES[spec["dtype"]]
+
+    def reference(x):
+        return x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+
+    return _compare(
+        spec, lambda x: l2norm(x, backend="triton"), lambda x: l2norm(x, backend="torch"), reference,
+        x, {"x": dt}, device, grads=("x",), outs=("y",),
+    )  # fmt: skip
+
+
+def _check_rmsnorm(spec: dict, device: str) -> list[Measure]:
+    shape = (*spec["shape"], spec["D"])
+    x = {"o": _randn(*shape), "gate": _randn(*shape), "weight": 1 + 0.5 * _randn(spec["D"])}
+    dt = DTYPES[spec["dtype"]]
+
+    def reference(o, gate, weight):
+        return o * torch.rsqrt((o * o).mean(-1, keepdim=True) + 1e-5) * weight * F.silu(gate)
+
+    return _compare(
+        spec,
+        lambda **a: gated_rmsnorm(**a, eps=1e-5, backend="triton"),
+        lambda **a: gated_rmsnorm(**a, eps=1e-5, backend="torch"),
+        reference, x, {"o": dt, "gate": dt}, device,
+        grads=tuple(x), outs=("y",), gradient_sums=("dweight",),
+    )  # fmt: skip
+
+
+L2NORM = Family("l2norm", _draw_norm, _check_l2norm)
+GATED_RMSNORM = Family("gated_rmsnorm", _draw_norm, _check_rmsnorm)
+
+
+def _draw_combine(d: Draw) -> dict:
+    S = d.choice((1, 2, 3, 5, 8, MAX_COMBINE_SLOTS)[: 5 if d.tiny else 6])
+    R = d.choice((1, 2, 17, 100, 1000)[: 4 if d.tiny else 5])
+    F_ = d.choice((1, 3, 16, 64, 100, 1000, 2056)[: 5 if d.tiny else 7])
+    return {"dtype": d.dtype(), "R": R, "S": S, "F": F_, "spare_rows": d.randint(0, 5)}
+
+
+def _check_combine(spec: dict, device: str) -> list[Measure]:
+    R, S, F_ = spec["R"], spec["S"], spec["F"]
+    rows = R * S + spec["spare_rows"]  # rows no entry names get a zero gradient
+    index = torch.randperm(rows)[: R * S].view(R, S).to(device)
+    x = {"values": _randn(rows, F_), "weights": torch.rand(R, S, dtype=torch.float64)}
+    dt = DTYPES[spec["dtype"]]
+
+    def reference(values, weights):
+        return (weights[..., None] * values[index]).sum(1)
+
+    return _compare(
+        spec,
+        lambda **a: combine_routed(index=index, **a, backend="triton"),
+        lambda **a: combine_routed(index=index, **a, backend="torch"),
+        reference, x, {"values": dt, "weights": dt}, device,
+        grads=tuple(x), outs=("out",),
+    )  # fmt: skip
+
+
+COMBINE_ROUTED = Family("combine_routed", _draw_combine, _check_combine)
+
+FAMILIES = {
+    f.name: f
+    for f in (
+        GDN_CHUNK,
+        GDN_RECURRENT,
+        SELECTIVE_SCAN,
+        STATE_UPDATE,
+        CAUSAL_CONV1D,
+        L2NORM,
+        GATED_RMSNORM,
+        COMBINE_ROUTED,
+    )
+}

@@ -1,0 +1,27 @@
+"""Shapes that once failed on a GPU, kept as fixed cases of the conformance checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conformance.check import report
+from tests.conformance.ops import GDN_CHUNK
+
+GDN = {"H": 1, "h0": False, "gates": "mixed", "l2norm_in_kernel": False}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # Head size 16 in fp32 killed the process with an illegal memory access.
+        GDN | {"dtype": "fp32", "K": 16, "V": 48, "B": 3, "T": 129},
+        GDN | {"dtype": "fp32", "K": 16, "V": 32, "B": 3, "T": 129},
+        GDN | {"dtype": "fp32", "K": 16, "V": 32, "B": 1, "T": 129, "docs": [0, 1, 1, 64, 129]},
+    ],
+    ids=lambda spec: ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", ""),
+)
+def test_gated_delta_rule(spec: dict) -> None:
+    torch.manual_seed(0)
+    measures = GDN_CHUNK.check(spec, "cuda")
+    assert all(m.ok for m in measures), report(measures)
