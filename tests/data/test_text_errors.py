@@ -15,6 +15,7 @@ from memlab.data.text import TextDataModule, load_tokenizer
 from memlab.errors import ConfigError
 from memlab.utils.user_errors import one_line, user_error
 
+from ..cli import error_line, run_cli
 from .text_corpus import documents, write_jsonl, write_parquet
 
 
@@ -112,3 +113,80 @@ def test_unreachable_hub_is_one_line(monkeypatch) -> None:
         ConfigError, match=r"data\.tokenizer=some-org/some-tokenizer: cannot reach the Hugging Face Hub"
     ):
         load_tokenizer("some-org/some-tokenizer")
+
+
+def _lines_with_bad_byte_at(path: Path, offset: int) -> Path:
+    """A .txt file of 100-byte lines whose first byte that is not UTF-8 is at ``offset``."""
+    line = "a" * 99 + "\n"
+    path.write_bytes((line * (offset // 100)).encode() + b"\xff\xfe bad\n" + (line * 3).encode())
+    return path
+
+
+def test_bad_utf8_past_the_first_64_kib_is_refused_at_start_up(tmp_path: Path) -> None:
+    path = _lines_with_bad_byte_at(tmp_path / "big.txt", 70_000)
+    message = setup_error(files=[str(path)], sample_by="line")
+    assert message == f"data.files: {path}: not UTF-8 text at byte 70000 (line 701)"
+
+
+def _read_error(dm: TextDataModule) -> str:
+    """The one line a training stream's read failure becomes, raised in a loader worker."""
+    dm.setup("fit")
+    with pytest.raises(ConfigError) as info:
+        for _ in dm.train_dataloader():
+            pass
+    return one_line(user_error(info.value))
+
+
+def test_bad_utf8_found_while_reading_is_one_line_naming_file_and_byte(tmp_path: Path, monkeypatch) -> None:
+    """Past the bytes checked at start-up (a large corpus), the reader's failure names the byte."""
+    import memlab.data.text.sources as sources
+
+    monkeypatch.setattr(sources, "_CHECKED_BYTES", 1 << 16)
+    path = _lines_with_bad_byte_at(tmp_path / "big.txt", 70_000)
+    dm = TextDataModule(files=[str(path)], sample_by="line", seq_len=16, val_documents=1, num_workers=1)
+    assert _read_error(dm) == f"data.files: {path}: not UTF-8 text at byte 70000 (line 701)"
+
+
+def _corrupt_parquet(path: Path) -> Path:
+    """200 documents in row groups of 50, the pages of row group 2 overwritten; the footer stays
+    intact, so the file opens and passes the start-up checks."""
+    import pyarrow.parquet as pq
+
+    write_parquet(path, documents(200), row_group_size=50)
+    column = pq.ParquetFile(path).metadata.row_group(2).column(0)
+    data = bytearray(path.read_bytes())
+    start = column.dictionary_page_offset or column.data_page_offset
+    data[start + 20 : start + 220] = b"\xff" * 200
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_corrupt_parquet_page_is_one_line_naming_file_and_row_group(tmp_path: Path) -> None:
+    path = _corrupt_parquet(tmp_path / "a.parquet")
+    dm = TextDataModule(files=[str(path)], seq_len=16, val_documents=1, num_workers=1, shuffle=False)
+    line = _read_error(dm)
+    assert line.startswith(f"data.files: {path}: row group 2 (rows 100-149) cannot be read"), line
+    assert "Corrupt snappy compressed data" in line
+
+
+def test_a_training_run_on_a_corrupt_file_ends_with_one_line(tmp_path: Path) -> None:
+    """Through scripts/train.py: the worker's failure, re-raised by the DataLoader inside fit."""
+    path = _corrupt_parquet(tmp_path / "a.parquet")
+    res = run_cli(
+        "data=text_files",
+        f"data.files=[{path}]",
+        "data.num_workers=1",
+        "data.seq_len=16",
+        "data.batch_size=2",
+        "data.val_documents=1",
+        "data.shuffle=false",
+        "model.d_model=32",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "trainer.accelerator=cpu",
+        "test=false",
+        "extras.print_config=false",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert res.returncode == 2
+    assert error_line(res).startswith(f"error: data.files: {path}: row group 2 (rows 100-149) cannot be read")

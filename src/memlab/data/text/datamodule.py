@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,13 @@ class TextDataModule(LightningDataModule):
     Training is endless and step-based. Each rank runs ``max(1, num_workers)`` streams, one per
     loader worker, over disjoint rows of the source (``stream.plan_slices``), shuffled with
     ``seed`` (shard order per epoch, documents in blocks of ``shuffle_block``). The position of
-    every stream after the last batch consumed (epoch, shard, document, token offset; the order
-    is a function of the seed, so no RNG state is needed) goes into the checkpoint
-    (``state_dict``), so a resumed run sees exactly the batches an uninterrupted one would, as
-    long as the source, world size and ``num_workers`` are unchanged.
+    every stream after the last batch whose optimizer step completed (epoch, shard, document,
+    token offset; the order is a function of the seed, so no RNG state is needed) goes into the
+    checkpoint (``state_dict``) — also when it is written in the middle of a step, on an
+    exception or a signal — so a resumed run sees exactly the batches an uninterrupted one would.
+    The checkpoint also records what those positions index (files or dataset, seed, shuffling,
+    tokenizer, held-out documents, world size and ``num_workers``); resuming with any of them
+    changed is a ConfigError.
 
     Validation uses ``val_split`` / ``val_files`` if given, else the first ``val_documents``
     documents of the training data's first shard, which training then skips; test uses
@@ -111,8 +115,11 @@ class TextDataModule(LightningDataModule):
         self._sources: dict[str, DocumentSource] = {}
         self._eval: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._loaded: dict[str, Any] | None = None
+        # batches trained on, each stream's position after them, and the positions of batches
+        # handed to training whose optimizer step has not completed yet
         self._consumed = 0
         self._states: dict[int, dict[str, int]] = {}
+        self._pending: deque[tuple[int, dict[str, int]]] = deque()
         self._training = False
         self.save_hyperparameters(logger=False)
 
@@ -178,6 +185,7 @@ class TextDataModule(LightningDataModule):
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
         num_streams = max(1, self.num_workers)
         self._consumed, self._states = self._resume(rank, world_size, num_streams)
+        self._pending.clear()
         self._training = True
         if self.num_workers > 0:
             # The tokenizer was already used in this process (evaluation windows); its thread pool
@@ -256,18 +264,34 @@ class TextDataModule(LightningDataModule):
         return batches
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Record where the stream that made this batch stands, now that training consumes it
-        (the loader runs ahead of training, so its own position would be too far)."""
+        """Note where the stream that made this batch stands, now that training takes it (the
+        loader runs ahead of training, so its own position would be too far); the position
+        counts once the batch's optimizer step completes (``state_dict``)."""
         if isinstance(batch, dict) and STATE_KEY in batch:
             local, position = batch.pop(STATE_KEY)
-            self._states[int(local)] = dict(position)
-            self._consumed += 1
+            self._pending.append((int(local), dict(position)))
         return batch
 
+    def _commit_trained(self) -> None:
+        """Move the positions of batches whose optimizer step completed out of ``_pending``: a
+        checkpoint written in the middle of a step must resume at that step's first batch."""
+        trainer = self.trainer
+        trained = (
+            trainer.global_step * trainer.accumulate_grad_batches
+            if trainer is not None
+            else self._consumed + len(self._pending)
+        )
+        while self._consumed < trained and self._pending:
+            local, position = self._pending.popleft()
+            self._states[local] = position
+            self._consumed += 1
+
     def state_dict(self) -> dict[str, Any]:
-        """Every rank's stream positions (gathered from all ranks under DDP; rank 0 writes them)."""
+        """Every rank's stream positions (gathered from all ranks under DDP; rank 0 writes them)
+        and what they index (``stream``)."""
         if not self._training:
             return {}
+        self._commit_trained()
         mine = {
             "consumed": self._consumed,
             "num_streams": max(1, self.num_workers),
@@ -277,10 +301,33 @@ class TextDataModule(LightningDataModule):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ranks = [None] * dist.get_world_size()
             dist.all_gather_object(ranks, mine)
-        return {"ranks": ranks}
+        return {"ranks": ranks, "stream": self._stream_settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = state_dict
+
+    def _stream_settings(self) -> dict[str, Any]:
+        """The settings a saved position is an index into, by the ``data.<key>`` that sets them."""
+        if self.files["train"] is not None:
+            where = {"files": [Path(part.label).name for part in self.source("train").parts]}
+        else:
+            where = {
+                "path": self.path,
+                "name": self.name,
+                "split": self.splits["train"],
+                "revision": self.revision,
+            }
+        return {
+            **where,
+            "text_field": self.text_field,
+            "sample_by": self.sample_by,
+            "tokenizer": self.tokenizer_spec,
+            "eos_token": self.eos_token,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shuffle_block": self.shuffle_block,
+            "val_documents": self.holdout,
+        }
 
     def _resume(self, rank: int, world_size: int, num_streams: int) -> tuple[int, dict[int, dict[str, int]]]:
         if not self._loaded:
@@ -293,5 +340,17 @@ class TextDataModule(LightningDataModule):
                 f"data: the checkpoint's stream positions are for {len(ranks)} rank(s) × {saved_workers} "
                 f"stream(s); resume with the same world size and data.num_workers (now {world_size} × "
                 f"{num_streams})"
+            )
+        now = self._stream_settings()
+        # checkpoints written before the settings were recorded have no "stream" entry
+        changed = [
+            f"data.{key}={value!r} (now {now[key]!r})"
+            for key, value in self._loaded.get("stream", {}).items()
+            if now.get(key) != value
+        ]
+        if changed:
+            raise ConfigError(
+                f"data: the checkpoint's stream positions index other data: it was saved with "
+                f"{'; '.join(changed)}; resume with the same settings, or start a new run"
             )
         return int(saved["consumed"]), {int(k): dict(v) for k, v in saved["states"].items()}

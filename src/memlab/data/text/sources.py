@@ -7,7 +7,6 @@ resume needs. Nothing is read when a source is opened apart from the checks of l
 
 from __future__ import annotations
 
-import codecs
 import glob
 import itertools
 import json
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memlab.data.text.read_errors import bad_utf8_message, first_bad_utf8, first_line, unreadable_row_group
 from memlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,12 @@ _FORMATS = {".parquet": ("parquet", "record"), ".jsonl": ("text", "json"), ".txt
 _REPORTED_LINES = 3
 # Rows decoded per read; the rows of a batch before a resume position are decoded and dropped.
 _READ_BATCH = 256
+# Bytes of local text files checked whole for UTF-8 at start-up (about a quarter of a second);
+# past them only each file's first 64 KiB is, and a later decoding error names its file and byte.
+_CHECKED_BYTES = 1 << 28
+_HEAD_BYTES = 1 << 16
+# What a reader raises on a file it cannot decode (UnicodeDecodeError and ArrowInvalid are ValueErrors).
+_READ_ERRORS = (OSError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class _Part:
     dataset: Any
     kind: str  # "record": the text column of each row; "json": parse the line first; "text": the row
     label: str  # file or dataset name, for messages
+    where: str  # the setting it comes from and its name: "data.files: a.txt", "data.path=org/name"
+    file: Path | None = None  # a local file
 
 
 class DocumentSource:
@@ -63,7 +71,7 @@ class DocumentSource:
         parts = [
             p
             if (keep_first and i == 0) or not hasattr(p.dataset, "reshard")
-            else _Part(p.dataset.reshard(), p.kind, p.label)
+            else _Part(p.dataset.reshard(), p.kind, p.label, p.where, p.file)
             for i, p in enumerate(self.parts)
         ]
         return DocumentSource(parts, self.text_field, self.description)
@@ -77,7 +85,7 @@ class DocumentSource:
         column = "text" if part.kind != "record" else self.text_field
         records = (text for batch in stream.iter(batch_size=_READ_BATCH) for text in batch[column])
         malformed = 0
-        for row, value in itertools.islice(enumerate(records), start, None, stride):
+        for row, value in itertools.islice(enumerate(self._read(part, index, records)), start, None, stride):
             text = self._document(part, value)
             if text is None:
                 malformed += 1
@@ -91,6 +99,31 @@ class DocumentSource:
             yield row, text
         if malformed:
             log.warning("%s: skipped %d malformed lines", part.label, malformed)
+
+    def _read(self, part: _Part, index: int, records: Iterator[Any]) -> Iterator[Any]:
+        """``records``, with a failure to read them (a corrupt page, bytes that are not UTF-8, a
+        lost connection) turned into a ConfigError naming the file and where it fails."""
+        row = 0
+        while True:
+            try:
+                value = next(records)
+            except StopIteration:
+                return
+            except _READ_ERRORS as exc:
+                raise ConfigError(f"{part.where}: {self._failure(part, index, row, exc)}") from exc
+            yield value
+            row += 1
+
+    def _failure(self, part: _Part, index: int, row: int, exc: BaseException) -> str:
+        if part.file is not None and part.kind == "record":
+            found = unreadable_row_group(part.file, self.text_field)
+            if found:
+                return found
+        elif part.file is not None:
+            offset = first_bad_utf8(part.file)
+            if offset is not None:
+                return bad_utf8_message(part.file, offset)
+        return f"reading row {row} of shard {index} failed ({first_line(exc)})"
 
     def _document(self, part: _Part, value: Any) -> str | None:
         if part.kind != "json":
@@ -124,18 +157,18 @@ def open_hub(
     except DataFilesNotFoundError as exc:
         raise ConfigError(f"{where}: the dataset has no data files ({exc})") from exc
     except ConnectionError as exc:
-        raise ConfigError(f"{where}: cannot reach the Hugging Face Hub ({_first_line(exc)})") from exc
+        raise ConfigError(f"{where}: cannot reach the Hugging Face Hub ({first_line(exc)})") from exc
     except ValueError as exc:
         # unknown config or split names come as ValueError, naming the valid ones
-        raise ConfigError(f"{where}, split={split}: {_first_line(exc)}") from exc
+        raise ConfigError(f"{where}, split={split}: {first_line(exc)}") from exc
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot open the dataset ({_first_line(exc)})") from exc
+        raise ConfigError(f"{where}: cannot open the dataset ({first_line(exc)})") from exc
     features = getattr(dataset, "features", None)
     if features is not None and text_field not in features:
         raise ConfigError(
             f"{where}: no column {text_field!r} (columns: {', '.join(features)}); set data.text_field"
         )
-    return DocumentSource([_Part(dataset, "record", path)], text_field, f"{path}:{split}")
+    return DocumentSource([_Part(dataset, "record", path, where)], text_field, f"{path}:{split}")
 
 
 def open_files(patterns: Sequence[str] | str, key: str, text_field: str, sample_by: str) -> DocumentSource:
@@ -150,8 +183,11 @@ def open_files(patterns: Sequence[str] | str, key: str, text_field: str, sample_
 
     files = resolve_files(patterns, key)
     by_format: dict[str, list[str]] = {}
+    unchecked = _CHECKED_BYTES
     for file in files:
-        check_file(file, key, text_field)
+        whole = file.stat().st_size <= unchecked
+        unchecked -= file.stat().st_size if whole else 0
+        check_file(file, key, text_field, whole)
         by_format.setdefault(file.suffix, []).append(str(file))
     parts = []
     for suffix, group in by_format.items():
@@ -162,7 +198,7 @@ def open_files(patterns: Sequence[str] | str, key: str, text_field: str, sample_
             stream = datasets.load_dataset(
                 builder, data_files=[file], split="train", streaming=True, **options
             )
-            parts.append(_Part(stream, kind, file))
+            parts.append(_Part(stream, kind, file, f"data.{key}: {file}", Path(file)))
     return DocumentSource(parts, text_field, f"{len(files)} local files")
 
 
@@ -189,8 +225,10 @@ def resolve_files(patterns: Sequence[str] | str, key: str) -> list[Path]:
     return sorted(set(files))
 
 
-def check_file(path: Path, key: str, text_field: str) -> None:
-    """Fail early, in the main process, on a file a reader would choke on."""
+def check_file(path: Path, key: str, text_field: str, whole: bool = True) -> None:
+    """Fail early, in the main process, on a file a reader would choke on: an empty one, a parquet
+    file whose footer or schema is unreadable, a text file that is not UTF-8 (``whole``: all of it,
+    else its first 64 KiB)."""
     if path.stat().st_size == 0:
         raise ConfigError(f"data.{key}: {path} is empty")
     if path.suffix == ".parquet":
@@ -200,20 +238,16 @@ def check_file(path: Path, key: str, text_field: str) -> None:
             schema = pq.ParquetFile(path).schema_arrow
         except Exception as exc:
             raise ConfigError(
-                f"data.{key}: {path} is not a readable parquet file ({_first_line(exc)})"
+                f"data.{key}: {path} is not a readable parquet file ({first_line(exc)})"
             ) from exc
         if text_field not in schema.names:
             raise ConfigError(
                 f"data.{key}: {path} has no column {text_field!r} (columns: {', '.join(schema.names)})"
             )
         return
-    with path.open("rb") as f:
-        head = f.read(1 << 16)
-    try:
-        # an incremental decoder accepts a multi-byte character cut at the end of the head
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == path.stat().st_size)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"data.{key}: {path} is not UTF-8 text (byte {exc.start})") from exc
+    offset = first_bad_utf8(path, None if whole else _HEAD_BYTES)
+    if offset is not None:
+        raise ConfigError(f"data.{key}: {path}: {bad_utf8_message(path, offset)}")
     if path.suffix == ".jsonl" and not _has_json_document(path, text_field):
         raise ConfigError(
             f"data.{key}: {path}: none of its first lines is a JSON object with a string {text_field!r}"
@@ -230,11 +264,6 @@ def _has_json_document(path: Path, text_field: str, lines: int = 100) -> bool:
             if isinstance(record, dict) and isinstance(record.get(text_field), str):
                 return True
     return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__
 
 
 def _str(path: Path | None) -> str | None:

@@ -1,0 +1,49 @@
+"""Run scripts/train.py and scripts/eval.py as a user would: a real subprocess, real exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .conftest import ROOT, TINY
+
+
+def run_cli(*args: str, script: str = "train.py", timeout: float = 300) -> subprocess.CompletedProcess:
+    """The script run with ``args`` from the repository root, as a user runs it: without Triton's
+    interpreter, and with ``tests`` importable (for the callbacks some tests add with
+    ``+callbacks.<name>._target_=tests.faults....``)."""
+    return subprocess.run(_command(script, args), capture_output=True, text=True, timeout=timeout, **_how())
+
+
+def start_cli(*args: str, script: str = "train.py") -> subprocess.Popen:
+    """As run_cli, started in the background in a process group of its own (a shell's job), which
+    a test can signal as a scheduler signals a job: ``os.killpg(process.pid, ...)``."""
+    command = _command(script, args)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **_how())
+
+
+def _command(script: str, args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / script), *args]
+
+
+def _how() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {"cwd": ROOT, "env": env, "start_new_session": True}
+
+
+def tiny_run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """scripts/train.py at the TINY size, without the progress bar and model summary."""
+    quiet = ["callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+    return run_cli(*TINY, *quiet, *args, **kwargs)
+
+
+def error_line(res: subprocess.CompletedProcess) -> str:
+    """The one ``error: …`` line a failed run ends with; asserts there is no traceback and no other
+    error line (the run's own log lines may precede it)."""
+    assert "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, res.stderr[-3000:]
+    assert res.stderr.rstrip().endswith(errors[0]), res.stderr[-3000:]
+    return errors[0]
