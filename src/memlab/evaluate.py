@@ -17,7 +17,8 @@ from torch import nn
 from memlab.data.text import TextDataModule
 from memlab.errors import ConfigError
 from memlab.train import instantiate_group
-from memlab.utils.checkpoints import resolve_ckpt_path
+from memlab.utils.checkpoint_match import check_same_network
+from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.results_table import print_results_table
 
@@ -40,7 +41,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.log_dir), output_dir)
+    # `last`: the newest checkpoint of any training run (single runs and sweep jobs)
+    trained = Path(cfg.paths.log_dir) / "train"
+    runs = [str(trained / "runs" / "*" / "*"), str(trained / "multiruns" / "*" / "*")]
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, runs, output_dir)
     run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
     if not run_config.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no training config at {run_config}")
@@ -78,9 +82,10 @@ def eval_data_config(run_data: DictConfig, override: DictConfig) -> DictConfig:
 def _trainer_test(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
     datamodule = instantiate(run_cfg.data, _convert_="all")
     module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
+    check_same_network(load_checkpoint(ckpt_path), module, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         _report(metrics, output_dir, f"{cfg.task} — {Path(ckpt_path).name}")
@@ -219,8 +224,9 @@ def _whole(key: str, value: Any, minimum: int = 1, optional: bool = False) -> in
 def load_network(run_cfg: DictConfig, ckpt_path: str, device: torch.device) -> nn.Module:
     """The run's network with the checkpoint's weights, in eval mode on ``device``."""
     module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    ckpt = load_checkpoint(ckpt_path)
+    check_same_network(ckpt, module, ckpt_path)
+    module.load_state_dict(ckpt["state_dict"])
     return module.net.to(device).eval()
 
 

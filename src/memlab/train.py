@@ -10,11 +10,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning import LightningModule
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from memlab.errors import ConfigError
-from memlab.utils.checkpoints import resolve_ckpt_path
+from memlab.utils.checkpoint_match import check_same_network, check_same_optimiser
+from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.hparams import flat_hparams
 from memlab.utils.results_table import print_results_table
@@ -58,8 +60,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     if cfg.extras.get("print_config"):
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
-    runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / cfg.run_name
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), runs_dir, output_dir)
+    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / cfg.run_name / "*"
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), [str(runs)], output_dir)
     seed = cfg.get("seed")
     if seed is not None:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
@@ -69,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # plain Python containers, not OmegaConf ones, reach the objects (and their checkpoints)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.module, net=instantiate(cfg.model, _convert_="all"), _convert_="all")
+    if ckpt_path is not None:
+        _check_checkpoint(ckpt_path, module, resuming=bool(cfg.get("train")))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -76,10 +80,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _log_config(trainer.loggers, cfg)
 
     if cfg.get("train"):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _scalar_metrics(trainer.callback_metrics)
     if cfg.get("test"):
-        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.get("train") else ckpt_path)
+        test_ckpt = None if cfg.get("train") else ckpt_path
+        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(_scalar_metrics(trainer.callback_metrics))
 
     if trainer.is_global_zero:
@@ -90,6 +95,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.finalize("success")
         print_results_table(metrics, title=cfg.run_name, caption=str(output_dir))
     return metrics
+
+
+def _check_checkpoint(ckpt_path: str, module: LightningModule, resuming: bool) -> None:
+    """The checkpoint holds this network and, for a resume, was trained with this optimiser."""
+    ckpt = load_checkpoint(ckpt_path)
+    check_same_network(ckpt, module, ckpt_path)
+    if resuming:
+        check_same_optimiser(ckpt, module.hparams, ckpt_path)
 
 
 def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:

@@ -1,0 +1,100 @@
+"""What memlab takes from a checkpoint: weights only (nothing in it runs), of the same network, and
+for a resume the same optimiser settings; ``ckpt_path=last`` finds a training run's checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from memlab.train import train
+from memlab.utils.checkpoints import resolve_ckpt_path
+
+from .cli import error_line, run_cli, tiny_run
+from .conftest import TINY, compose_config
+
+QUICK = ["trainer.max_steps=2", "trainer.val_check_interval=2", "test=false"]
+
+
+class RunsCode:
+    """Unpickling this runs a shell command, as a malicious checkpoint would."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """The last.ckpt of a 2-step TINY run, laid out as a CLI run leaves it (with .hydra/config.yaml)."""
+    run = tmp_path_factory.mktemp("logs") / "train" / "runs" / "mom_mqar_quick" / "2000-01-01_00-00-00"
+    cfg = compose_config([*TINY, *QUICK, "callbacks.model_checkpoint.every_n_train_steps=2"], run)
+    train(cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_memlab_checkpoints_hold_weights_only(tiny_ckpt: Path) -> None:
+    ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["lr"] == 3e-3
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(script: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 1, "payload": RunsCode(f"touch {marker}")}, evil)
+    res = run_cli(
+        f"ckpt_path={evil}", f"paths.log_dir={tmp_path}", "extras.print_config=false", script=script
+    )
+    assert res.returncode == 2
+    line = error_line(res)
+    assert str(evil) in line and "weights only" in line, line
+    assert not marker.exists(), "unpickling the checkpoint ran its code"
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.d_model=64", "size mismatch for net."),
+        ("model=transformer", "missing net."),
+        ("module.lr=1e-5", "module.lr=1e-05 differs from the checkpoint's 0.003"),
+    ],
+)
+def test_a_checkpoint_of_another_model_or_lr_is_refused_at_start_up(
+    override: str, needle: str, tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    res = tiny_run(*QUICK, f"ckpt_path={tiny_ckpt}", override, f"paths.log_dir={tmp_path}")
+    assert res.returncode == 2
+    line = error_line(res)
+    assert needle in line and str(tiny_ckpt) in line, line
+    assert not list(tmp_path.glob("**/*.ckpt")), "a refused resume wrote a checkpoint"
+
+
+def test_eval_finds_the_newest_training_run_with_last(tiny_ckpt: Path, tmp_path: Path) -> None:
+    log_dir = tiny_ckpt.parents[5]
+    res = run_cli("ckpt_path=last", f"paths.log_dir={log_dir}", "extras.print_config=false", script="eval.py")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert str(tiny_ckpt) in res.stdout + res.stderr
+    assert list((log_dir / "eval" / "runs" / "mqar").glob("*/metrics.json"))
+
+
+def test_last_is_the_newest_of_last_and_on_exception_in_other_runs(tmp_path: Path) -> None:
+    older, newer = tmp_path / "2000-01-01_00-00-00", tmp_path / "2000-01-02_00-00-00"
+    paths = [older / "last.ckpt", newer / "last.ckpt", newer / "on_exception.ckpt"]
+    for age, path in enumerate(paths):
+        path = path.parent / "checkpoints" / path.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {}}, path)
+        os.utime(path, (1000 + age, 1000 + age))
+    runs = [str(tmp_path / "*")]
+    newest = newer / "checkpoints" / "on_exception.ckpt"
+    assert resolve_ckpt_path("last", runs, tmp_path / "now") == str(newest)
+    # never the current run's own folder
+    assert resolve_ckpt_path("last", runs, newer) == str(older / "checkpoints" / "last.ckpt")
