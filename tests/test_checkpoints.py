@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from memlab.errors import ConfigError
 from memlab.train import train
 from memlab.utils.checkpoints import resolve_ckpt_path
 
@@ -98,3 +99,10 @@ def test_last_is_the_newest_of_last_and_on_exception_in_other_runs(tmp_path: Pat
     assert resolve_ckpt_path("last", runs, tmp_path / "now") == str(newest)
     # never the current run's own folder
     assert resolve_ckpt_path("last", runs, newer) == str(older / "checkpoints" / "last.ckpt")
+
+
+def test_a_run_from_scratch_refuses_a_folder_that_holds_checkpoints(tiny_ckpt: Path) -> None:
+    """Lightning would resume from them unasked (fit(ckpt_path=None) takes `last` when it exists)."""
+    cfg = compose_config([*TINY, *QUICK], tiny_ckpt.parents[1])
+    with pytest.raises(ConfigError, match=r"checkpoints already holds last.ckpt of another run"):
+        train(cfg)

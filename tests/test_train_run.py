@@ -1,8 +1,6 @@
 """Real short training runs through the real pipeline: TensorBoard events, checkpoints, resume."""
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from memlab.train import train
 
-from .conftest import ROOT
+from .cli import error_line, run_cli, tiny_run
 
 SHORT = [
     "trainer.max_steps=12",
@@ -68,7 +66,7 @@ def test_short_run_writes_events_checkpoints_and_hparams(make_cfg) -> None:
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_resume_equals_uninterrupted(make_cfg, monkeypatch) -> None:
@@ -81,7 +79,7 @@ def test_resume_equals_uninterrupted(make_cfg, monkeypatch) -> None:
     train(cut)
     monkeypatch.undo()
     assert (
-        torch.load(Path(cut.paths.output_dir) / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+        torch.load(Path(cut.paths.output_dir) / "checkpoints/last.ckpt", weights_only=True)["global_step"]
         == 6
     )
     # ... resumed with ckpt_path=last, which finds the newest run folder of that run name.
@@ -115,7 +113,7 @@ def test_crashed_run_keeps_its_checkpoints(make_cfg, monkeypatch) -> None:
         train(cfg)
     ckpts = {p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir()}
     assert {"step_000006.ckpt", "last.ckpt", "on_exception.ckpt"} <= ckpts
-    crashed = torch.load(Path(cfg.paths.output_dir) / "checkpoints/on_exception.ckpt", weights_only=False)
+    crashed = torch.load(Path(cfg.paths.output_dir) / "checkpoints/on_exception.ckpt", weights_only=True)
     assert crashed["global_step"] == 8
 
 
@@ -150,16 +148,6 @@ def test_eval_reproduces_the_test_metrics_of_a_run(make_cfg, tmp_path: Path) -> 
     assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
 
 
-def run_cli(*args: str, script: str = "train.py") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-
-
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -167,10 +155,15 @@ def run_cli(*args: str, script: str = "train.py") -> subprocess.CompletedProcess
         (["model=no_such_model"], "no_such_model"),
         (["seed=[unbalanced"], "unbalanced"),
         (["seed=abc"], "seed"),
-        (["trainer.max_steps=abc"], "Trainer"),
+        (["trainer.max_steps=abc"], "max_steps"),
         (["data.batch_size=0"], "batch_size"),
         (["model.d_model=0"], "d_model"),
         (["ckpt_path=/no/such/file.ckpt"], "no such file"),
+        (["trainer.max_steps=-1"], "trainer.max_steps=-1"),
+        (["module.lr=abc"], "module.lr"),
+        (["module.lr=-1"], "module.lr"),
+        (["model.mixer.shared_mem=maybe"], "model.mixer.shared_mem"),
+        (["model.mixer.backend=triton"], "model.mixer.backend=triton"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -197,3 +190,15 @@ def test_out_of_memory_is_reported_as_a_sizing_mistake() -> None:
     line = one_line(reported)
     assert "Tried to allocate 1.95 GiB" in line and "data.batch_size" in line and "\n" not in line
     assert user_error(RuntimeError("a bug")) is None
+
+
+@pytest.mark.parametrize("key", ["paths.log_dir", "callbacks.model_checkpoint.dirpath"])
+def test_an_unwritable_folder_is_one_line_before_training(key: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    log_dir = [] if key == "paths.log_dir" else [f"paths.log_dir={tmp_path}"]
+    res = tiny_run(*SHORT, f"{key}={blocker}/sub", *log_dir)
+    assert res.returncode == 2
+    line = error_line(res)
+    assert f"{blocker}/sub" in line and "Not a directory" in line, line
+    assert not list(tmp_path.glob("**/tensorboard/events.*")), "training started"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from memlab.utils.checkpoint_match import check_same_network, check_same_optimis
 from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.hparams import flat_hparams
+from memlab.utils.preflight import check_training_config
 from memlab.utils.results_table import print_results_table
 
 
@@ -60,6 +62,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     if cfg.extras.get("print_config"):
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
+    for warning in check_training_config(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / cfg.run_name / "*"
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), [str(runs)], output_dir)
     seed = cfg.get("seed")
@@ -106,11 +110,14 @@ def _check_checkpoint(ckpt_path: str, module: LightningModule, resuming: bool) -
 
 
 def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:
-    """The value a sweeper optimises; a name that was never logged is a user error."""
+    """The value a sweeper optimises, or None with a warning when it was never logged (the run
+    itself succeeded: its exit code must say so)."""
     if not name:
         return None
     if name not in metrics:
-        raise ConfigError(
-            f"optimized_metric={name} was not logged; logged metrics: {', '.join(sorted(metrics))}"
+        print(
+            f"warning: optimized_metric={name} was not logged; logged metrics: {', '.join(sorted(metrics))}",
+            file=sys.stderr,
         )
+        return None
     return metrics[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics import MeanMetric
 
+from memlab.errors import ConfigError
 from memlab.lit.metrics import GroupedAccuracy
 from memlab.lit.optim import warmup_cosine, weight_decay_groups
 
@@ -45,6 +47,7 @@ class CausalLMModule(LightningModule):
         min_lr_ratio: float = 0.1,
     ) -> None:
         super().__init__()
+        _check_hparams(lr, weight_decay, betas, warmup_steps, min_lr_ratio)
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.loss_mean = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
@@ -114,9 +117,35 @@ class CausalLMModule(LightningModule):
             self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         )
         if not math.isfinite(total):
-            total = hp.warmup_steps
+            # an endless stream without max_steps would train forever on a schedule of no length
+            raise ConfigError("the learning-rate schedule ends at trainer.max_steps, which must be >= 1")
         schedule = functools.partial(
             warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _check_hparams(
+    lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int, min_lr_ratio: float
+) -> None:
+    """Raise ConfigError naming the first ``module.*`` hyper-parameter outside its range (before
+    the optimizer, built inside fit, would fail on it)."""
+
+    def real(value: object) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not real(lr) or lr <= 0:
+        raise ConfigError(f"module.lr must be a finite number > 0 (got {lr!r})")
+    if not real(weight_decay) or weight_decay < 0:
+        raise ConfigError(f"module.weight_decay must be a finite number >= 0 (got {weight_decay!r})")
+    if (
+        not isinstance(betas, list | tuple)
+        or len(betas) != 2
+        or not all(real(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError(f"module.betas must be two numbers in [0, 1) (got {betas!r})")
+    if not isinstance(warmup_steps, numbers.Integral) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise ConfigError(f"module.warmup_steps must be an integer >= 0 (got {warmup_steps!r})")
+    if not real(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
+        raise ConfigError(f"module.min_lr_ratio must be a number in [0, 1] (got {min_lr_ratio!r})")

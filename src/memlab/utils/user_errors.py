@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,17 @@ from omegaconf.errors import OmegaConfBaseException
 from memlab.errors import ConfigError
 
 USER_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, MisconfigurationException)
+# Files and folders the user pointed memlab at that it cannot use (no permission, a folder that is
+# a file, a read-only or full disk): the path and the reason say it all.
+_FILE_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENOSPC,
+    errno.EDQUOT,
+}
 # Lines of OmegaConf/Hydra messages that locate the error but repeat what the first line says.
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
 # Where a message turns from what went wrong to where Hydra looked.
@@ -38,6 +50,9 @@ def user_error(exc: BaseException) -> BaseException | None:
     for cause in chain:
         if isinstance(cause, USER_ERRORS):
             return cause
+    for cause in chain:
+        if isinstance(cause, OSError) and cause.errno in _FILE_ERRNOS and cause.filename:
+            return ConfigError(f"{cause.filename}: {cause.strerror}")
     for cause in chain:
         if isinstance(cause, torch.OutOfMemoryError):
             # a size the user chose that the device cannot hold: say how much, and what to turn
