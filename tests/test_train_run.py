@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from memlab.train import train
 
 from .cli import error_line, run_cli, tiny_run
+from .faults import FailAtStart
 
 SHORT = [
     "trainer.max_steps=12",
@@ -115,6 +116,14 @@ def test_crashed_run_keeps_its_checkpoints(make_cfg, monkeypatch) -> None:
     assert {"step_000006.ckpt", "last.ckpt", "on_exception.ckpt"} <= ckpts
     crashed = torch.load(Path(cfg.paths.output_dir) / "checkpoints/on_exception.ckpt", weights_only=True)
     assert crashed["global_step"] == 8
+
+
+def test_a_run_failing_before_its_first_step_writes_no_checkpoint(make_cfg, monkeypatch) -> None:
+    cfg = make_cfg(SHORT)
+    monkeypatch.setattr("memlab.train.instantiate_group", _with_extra(FailAtStart()))
+    with pytest.raises(RuntimeError, match="before the first step"):
+        train(cfg)
+    assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))
 
 
 def _with_extra(callback: Callback):

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning import LightningModule
+from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from memlab.errors import ConfigError
+from memlab.errors import ConfigError, NonFiniteError, Terminated
+from memlab.lit.callbacks import ExceptionCheckpoint
 from memlab.utils.checkpoint_match import check_same_network, check_same_optimiser
 from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
@@ -42,12 +45,8 @@ def _log_config(loggers: list[Logger], cfg: DictConfig) -> None:
 
 
 def _scalar_metrics(raw: dict) -> dict[str, float]:
-    out = {}
-    for name, value in raw.items():
-        value = float(value.item() if isinstance(value, torch.Tensor) else value)
-        if math.isfinite(value):
-            out[name] = value
-    return out
+    """Logged values as floats; a NaN stays NaN (a diverged run must show it, not hide it)."""
+    return {name: float(v.item() if isinstance(v, torch.Tensor) else v) for name, v in raw.items()}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -55,6 +54,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Objects are built from the config: ``data`` (a LightningDataModule), ``model`` (the network),
     ``module`` (the LightningModule, given the network), ``callbacks``, ``logger``, ``trainer``.
+    Everything that can be checked before training is (``memlab.utils.preflight``, the resumed
+    checkpoint). A run that diverges raises NonFiniteError after writing its metrics (NaN
+    included); one terminated by SIGTERM raises Terminated; both keep their checkpoints.
     """
     if cfg.extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore", category=UserWarning)
@@ -83,21 +85,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         _log_config(trainer.loggers, cfg)
 
-    if cfg.get("train"):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    diverged = _fit(trainer, module, datamodule, ckpt_path) if cfg.get("train") else None
     metrics = _scalar_metrics(trainer.callback_metrics)
-    if cfg.get("test"):
+    if diverged is not None and diverged.loss is not None:
+        metrics["train/loss"] = diverged.loss  # the step it stopped at never published its metrics
+    if cfg.get("test") and diverged is None:
         test_ckpt = None if cfg.get("train") else ckpt_path
-        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+        with _sigterm_as_terminated(trainer):
+            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(_scalar_metrics(trainer.callback_metrics))
 
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        for logger in trainer.loggers:
-            logger.log_hyperparams(flat_hparams(cfg), {f"final/{k}": v for k, v in metrics.items()})
-            logger.finalize("success")
-        print_results_table(metrics, title=cfg.run_name, caption=str(output_dir))
+        _report(trainer, cfg, metrics, failed=diverged is not None)
+    if diverged is not None:
+        raise NonFiniteError(
+            f"training diverged: {diverged}; {_kept(trainer)}; lower module.lr, or let "
+            "callbacks.nonfinite.max_skips=N skip up to N such steps"
+        ) from diverged
     return metrics
 
 
@@ -107,6 +111,63 @@ def _check_checkpoint(ckpt_path: str, module: LightningModule, resuming: bool) -
     check_same_network(ckpt, module, ckpt_path)
     if resuming:
         check_same_optimiser(ckpt, module.hparams, ckpt_path)
+
+
+def _report(trainer: Trainer, cfg: DictConfig, metrics: dict[str, float], failed: bool) -> None:
+    """metrics.json, the hparams with the final metrics, and the table of final metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    for logger in trainer.loggers:
+        logger.log_hyperparams(flat_hparams(cfg), {f"final/{k}": v for k, v in metrics.items()})
+        logger.finalize("failed" if failed else "success")
+    print_results_table(metrics, title=cfg.run_name, caption=str(output_dir))
+
+
+def _fit(
+    trainer: Trainer, module: LightningModule, datamodule: LightningDataModule, ckpt_path: str | None
+) -> NonFiniteError | None:
+    """trainer.fit, loading the checkpoint as weights only; a divergence is returned (the caller
+    still reports the metrics)."""
+    try:
+        with _sigterm_as_terminated(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except NonFiniteError as exc:
+        return exc
+    return None
+
+
+@contextmanager
+def _sigterm_as_terminated(trainer: Trainer) -> Iterator[None]:
+    """A fit or test that SIGTERM ended raises Terminated (Lightning ends it with SystemExit(None),
+    exit code 0, which a scheduler would record as a success)."""
+    try:
+        yield
+    except SIGTERMException:
+        raise _terminated(trainer) from None
+    except Exception as exc:
+        # a scheduler signals the job's whole process group: loader workers that die of it end
+        # the step under way with an error (the checkpoint holds the step before)
+        if trainer.received_sigterm:
+            raise _terminated(trainer) from exc
+        raise
+
+
+def _terminated(trainer: Trainer) -> Terminated:
+    return Terminated(
+        f"terminated by SIGTERM after step {trainer.global_step}; {_kept(trainer)}: resume it with "
+        "ckpt_path=last"
+    )
+
+
+def _kept(trainer: Trainer) -> str:
+    """Which checkpoint holds the latest trained state, in words."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ExceptionCheckpoint) and callback.saved is not None:
+            path, step = callback.saved
+            return f"step {step} is saved in {path}"
+    last = getattr(trainer.checkpoint_callback, "last_model_path", "")
+    return f"the last checkpoint is {last}" if last else "no checkpoint was written"
 
 
 def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:

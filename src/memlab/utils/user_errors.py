@@ -1,4 +1,5 @@
-"""Turn a user's mistake into one readable line and a non-zero exit; let real bugs raise."""
+"""Turn a user's mistake, or a run's reasoned stop, into one readable line and a non-zero exit;
+let real bugs raise."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hydra.errors import HydraException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import OmegaConfBaseException
 
-from memlab.errors import ConfigError
+from memlab.errors import ConfigError, RunStopped
 
 USER_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, MisconfigurationException)
 # Files and folders the user pointed memlab at that it cannot use (no permission, a folder that is
@@ -45,7 +46,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     """The exception to report for a user's mistake anywhere in exc's cause chain, else None."""
     chain = _chain(exc)
     for cause in chain:
-        if isinstance(cause, ConfigError):
+        if isinstance(cause, ConfigError | RunStopped):
             return cause
     for cause in chain:
         if isinstance(cause, USER_ERRORS):
@@ -81,7 +82,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def exit_on_user_error(main: Callable[[], Any]) -> None:
-    """Run a Hydra entry point; report a user error as ``error: <one line>`` and exit with 2.
+    """Run a Hydra entry point; report a user error or a stopped run as ``error: <one line>`` and
+    exit with its code (2 for a user's mistake; see ``memlab.errors``).
 
     Hydra must let exceptions through (``HYDRA_FULL_ERROR=1``) for this to see them.
     """
@@ -95,7 +97,7 @@ def exit_on_user_error(main: Callable[[], Any]) -> None:
         if reported is None:
             raise
         print(f"error: {one_line(reported)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(reported, "exit_code", 2))
     finally:
         sys.stderr = stderr
 

@@ -1,6 +1,8 @@
 """memlab's own Lightning callbacks."""
 
+from memlab.lit.callbacks.exception_checkpoint import ExceptionCheckpoint
+from memlab.lit.callbacks.nonfinite import NonFiniteGuard
 from memlab.lit.callbacks.passkey_grid import PasskeyGrid
 from memlab.lit.callbacks.throughput import TokenThroughput
 
-__all__ = ["PasskeyGrid", "TokenThroughput"]
+__all__ = ["ExceptionCheckpoint", "NonFiniteGuard", "PasskeyGrid", "TokenThroughput"]
