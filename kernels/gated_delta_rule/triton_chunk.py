@@ -10,6 +10,7 @@ and the reshaping of the batch into one packed time axis happen in PyTorch aroun
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from memlab.kernels.backend import KernelInputError
 from memlab.kernels.gated_delta_rule.torch_chunk import OP
@@ -19,6 +20,7 @@ from memlab.kernels.gated_delta_rule.triton_chunk_index import build_chunk_index
 from memlab.kernels.l2norm import l2norm
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM = 16  # K and V below it are zero-padded to it
 
 
 class _ChunkGatedDeltaRule(torch.autograd.Function):
@@ -82,6 +84,16 @@ def chunk_gated_delta_rule_triton(
     scale = K**-0.5 if scale is None else float(scale)
     index = build_chunk_index(B, T, cu_seqlens)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
+    # Heads narrower than MIN_HEAD_DIM run zero-padded to it, in fp32 (zero key and value
+    # components leave every output and the state's other entries unchanged). On an H100 with
+    # Triton 3.6, kernels compiled for K or V of 1 read out of bounds in bf16, and bf16 at
+    # K = 1 missed the initial state's gradient by 5 %; padded fp32 ran every small shape right.
+    pad_k, pad_v = max(MIN_HEAD_DIM - K, 0), max(MIN_HEAD_DIM - V, 0)
+    out_dtype = v.dtype
+    if pad_k or pad_v:
+        q, k = F.pad(q.float(), (0, pad_k)), F.pad(k.float(), (0, pad_k))
+        v = F.pad(v.float(), (0, pad_v))
+        h0 = None if h0 is None else F.pad(h0, (0, pad_v, 0, pad_k))
     packed = (x.reshape(B * T, H, -1).contiguous() for x in (q, k, v))
     o, final_state = _ChunkGatedDeltaRule.apply(
         *packed,
@@ -92,4 +104,5 @@ def chunk_gated_delta_rule_triton(
         output_final_state,
         index,
     )
-    return o.reshape(B, T, H, V), final_state
+    o = o.reshape(B, T, H, V + pad_v)[..., :V].to(out_dtype)
+    return o, (None if final_state is None else final_state[..., :K, :V])

@@ -16,7 +16,6 @@ from memlab.kernels.compare import rel_err
 # both signs (a gate's, a decay's, a weight's summed over time) get GRADIENT_SUM bounds in
 # 16-bit, where rounding upstream of the sum decides their error.
 TOL = {"fp32": 1e-3, "bf16": 1e-2, "fp16": 1e-2, "fp64": 1e-10}
-TWIN_TOL = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 1e-2, "fp64": 1e-10}
 GRADIENT_SUM_TOL = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 3e-2, "fp64": 1e-10}
 # RMS per element below which a reference counts as zero (kernels.compare.rel_err): results
 # are O(1) for the unit-scale inputs drawn here.
@@ -97,13 +96,8 @@ def measure(
 
 
 def bounds_for(dtype: str, gradient_sums: tuple[str, ...] = ()) -> Callable[[str], float]:
-    """The bound of each quantity of the fast path in ``dtype`` (GRADIENT_SUM_TOL for those named)."""
+    """The bound of each quantity of either path in ``dtype`` (GRADIENT_SUM_TOL for those named)."""
     return lambda name: GRADIENT_SUM_TOL[dtype] if name in gradient_sums else TOL[dtype]
-
-
-def twin_bounds(dtype: str, gradient_sums: tuple[str, ...] = ()) -> Callable[[str], float]:
-    """The bound of each quantity of the PyTorch twin in ``dtype``."""
-    return lambda name: GRADIENT_SUM_TOL[dtype] if name in gradient_sums else TWIN_TOL[dtype]
 
 
 def rounded(inputs: dict[str, torch.Tensor], dtypes: dict[str, torch.dtype], device: str) -> dict:

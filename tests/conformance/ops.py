@@ -30,7 +30,7 @@ from memlab.kernels.causal_conv1d.naive import naive_causal_conv1d
 from memlab.kernels.gated_delta_rule import naive_recurrent_gated_delta_rule
 from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_NORM_DIM, MAX_STATE_SIZE
 from memlab.kernels.selective_scan import naive_selective_scan
-from tests.conformance.check import Measure, as_fp64, bounds_for, measure, rounded, run, twin_bounds
+from tests.conformance.check import Measure, as_fp64, bounds_for, measure, rounded, run
 from tests.conformance.draw import DTYPES, Draw, gates
 
 
@@ -67,10 +67,8 @@ def _compare(
     fast, _ = run(fast_fn, x, grads if fast_grads else (), outs, cot, poison=True, **kwargs)
     twin, _ = run(twin_fn, x, grads, outs, cot, **kwargs)
     fast_ref = ref if fast_grads else {n: t for n, t in ref.items() if n in outs}
-    dtype = spec["dtype"]
-    return measure("fast", fast, fast_ref, bounds_for(dtype, gradient_sums)) + measure(
-        "twin", twin, ref, twin_bounds(dtype, gradient_sums)
-    )
+    bounds = bounds_for(spec["dtype"], gradient_sums)
+    return measure("fast", fast, fast_ref, bounds) + measure("twin", twin, ref, bounds)
 
 
 def _cu_seqlens(spec: dict, device: str) -> torch.Tensor | None:
@@ -242,8 +240,7 @@ def _check_state_update(spec: dict, device: str) -> list[Measure]:
             s = torch.cat([s, torch.zeros_like(s)], dim=-1)[..., :N]
         with torch.no_grad(), buffers.poisoned(path == "fast"):
             out = selective_state_update(s, **x, dt_softplus=spec["softplus"], backend=backend)
-        bounds = bounds_for(spec["dtype"]) if path == "fast" else twin_bounds(spec["dtype"])
-        measures += measure(path, {"out": out, "state": s}, ref, bounds)
+        measures += measure(path, {"out": out, "state": s}, ref, bounds_for(spec["dtype"]))
     return measures
 
 

@@ -18,6 +18,11 @@ GDN = {"H": 1, "h0": False, "gates": "mixed", "l2norm_in_kernel": False}
         GDN | {"dtype": "fp32", "K": 16, "V": 48, "B": 3, "T": 129},
         GDN | {"dtype": "fp32", "K": 16, "V": 32, "B": 3, "T": 129},
         GDN | {"dtype": "fp32", "K": 16, "V": 32, "B": 1, "T": 129, "docs": [0, 1, 1, 64, 129]},
+        # In bf16, K or V of 1 read out of bounds (intra_dv at K = 1, dqkw at V = 1), and K = 1
+        # missed the initial state's gradient by 5 %.
+        GDN | {"dtype": "bf16", "K": 1, "V": 16, "B": 3, "T": 129, "h0": True},
+        GDN | {"dtype": "bf16", "K": 8, "V": 1, "B": 3, "T": 129, "h0": True},
+        GDN | {"dtype": "bf16", "K": 1, "V": 1, "B": 3, "T": 129, "h0": True},
     ],
     ids=lambda spec: ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", ""),
 )

@@ -171,6 +171,18 @@ def test_chunk_fp16_inputs():
 
 
 @interpreted
+@pytest.mark.parametrize(("K", "V"), [(1, 16), (8, 1), (3, 5)])
+def test_small_heads_run_padded_and_keep_their_dtypes(K, V):
+    """Heads under 16 run zero-padded in fp32; outputs and gradients come back in the inputs'
+    shapes and dtypes."""
+    result = check_against_naive(
+        make_inputs(40, K, V, batch=1, num_states=1, dtype=torch.float16), TOL[torch.float16]
+    )
+    assert result["o"].shape[-1] == V and result["S"].shape[-2:] == (K, V)
+    assert result["o"].dtype == result["dq"].dtype == result["dv"].dtype == torch.float16
+
+
+@interpreted
 def test_fused_recurrent_forward_matches_naive():
     offsets = [0, 1, 9, 17]
     x = {n: t.detach() for n, t in make_inputs(17, batch=1, num_states=3, normalized=False).items()}
