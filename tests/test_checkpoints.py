@@ -4,6 +4,7 @@ for a resume the same optimiser settings; ``ckpt_path=last`` finds a training ru
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from memlab.errors import ConfigError
+from memlab.evaluate import evaluate
 from memlab.train import train
 from memlab.utils.checkpoints import resolve_ckpt_path
 
@@ -46,44 +48,44 @@ def test_memlab_checkpoints_hold_weights_only(tiny_ckpt: Path) -> None:
     assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["lr"] == 3e-3
 
 
-@pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_a_checkpoint_that_would_run_code_is_refused_unrun(script: str, tmp_path: Path) -> None:
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "global_step": 1, "payload": RunsCode(f"touch {marker}")}, evil)
-    res = run_cli(
-        f"ckpt_path={evil}", f"paths.log_dir={tmp_path}", "extras.print_config=false", script=script
-    )
+    res = run_cli(f"ckpt_path={evil}", f"paths.log_dir={tmp_path}", "extras.print_config=false")
     assert res.returncode == 2
     line = error_line(res)
     assert str(evil) in line and "weights only" in line, line
+    # scripts/eval.py takes its checkpoint through the same check
+    cfg = compose_config([f"ckpt_path={evil}", "extras.print_config=false"], tmp_path / "eval", "eval")
+    with pytest.raises(ConfigError, match="weights only"):
+        evaluate(cfg)
     assert not marker.exists(), "unpickling the checkpoint ran its code"
+
+
+def test_a_checkpoint_of_another_size_is_refused_at_start_up(tiny_ckpt: Path, tmp_path: Path) -> None:
+    res = tiny_run(*QUICK, f"ckpt_path={tiny_ckpt}", "model.d_model=64", f"paths.log_dir={tmp_path}")
+    assert res.returncode == 2
+    line = error_line(res)
+    assert "size mismatch for net." in line and str(tiny_ckpt) in line, line
+    assert not list(tmp_path.glob("**/*.ckpt")), "a refused resume wrote a checkpoint"
 
 
 @pytest.mark.parametrize(
     "override,needle",
     [
-        ("model.d_model=64", "size mismatch for net."),
-        ("model=transformer", "missing net."),
+        ("model=transformer", "the checkpoint holds another network: missing net."),
         ("module.lr=1e-5", "module.lr=1e-05 differs from the checkpoint's 0.003"),
     ],
 )
-def test_a_checkpoint_of_another_model_or_lr_is_refused_at_start_up(
-    override: str, needle: str, tiny_ckpt: Path, tmp_path: Path
+def test_a_resume_with_another_model_or_lr_is_refused(
+    override: str, needle: str, tiny_ckpt: Path, make_cfg
 ) -> None:
-    res = tiny_run(*QUICK, f"ckpt_path={tiny_ckpt}", override, f"paths.log_dir={tmp_path}")
-    assert res.returncode == 2
-    line = error_line(res)
-    assert needle in line and str(tiny_ckpt) in line, line
-    assert not list(tmp_path.glob("**/*.ckpt")), "a refused resume wrote a checkpoint"
-
-
-def test_eval_finds_the_newest_training_run_with_last(tiny_ckpt: Path, tmp_path: Path) -> None:
-    log_dir = tiny_ckpt.parents[5]
-    res = run_cli("ckpt_path=last", f"paths.log_dir={log_dir}", "extras.print_config=false", script="eval.py")
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert str(tiny_ckpt) in res.stdout + res.stderr
-    assert list((log_dir / "eval" / "runs" / "mqar").glob("*/metrics.json"))
+    """The value would be recorded in the run's config and hparams but not applied."""
+    cfg = make_cfg([*QUICK, f"ckpt_path={tiny_ckpt}", override])
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        train(cfg)
+    assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))
 
 
 def test_last_is_the_newest_of_last_and_on_exception_in_other_runs(tmp_path: Path) -> None:

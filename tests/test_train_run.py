@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from memlab.train import train
+from memlab.utils.user_errors import one_line, user_error
 
 from .cli import error_line, run_cli, tiny_run
 from .faults import FailAtStart
@@ -144,14 +145,16 @@ def _rename_runs(cut, resumed) -> None:
 
 
 def test_eval_reproduces_the_test_metrics_of_a_run(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg(SHORT)
+    # laid out as a CLI run leaves it (.hydra/config.yaml), where eval's ckpt_path=last looks
+    cfg = make_cfg(SHORT, run="train/runs/mom_mqar_quick/2000-01-01_00-00-00")
     trained = train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     (Path(cfg.paths.output_dir) / ".hydra").mkdir()
-    OmegaConf.save(cfg, Path(cfg.paths.output_dir) / ".hydra" / "config.yaml")  # as a CLI run leaves it
-    args = f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path}", "extras.print_config=false"
+    OmegaConf.save(cfg, Path(cfg.paths.output_dir) / ".hydra" / "config.yaml")
+    args = "ckpt_path=last", f"paths.log_dir={tmp_path}", "extras.print_config=false"
     res = run_cli(*args, script="eval.py")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert f"ckpt_path=last: {ckpt}" in res.stdout + res.stderr
     (metrics_file,) = (tmp_path / "eval" / "runs" / "mqar").glob("*/metrics.json")
     evaluated = json.loads(metrics_file.read_text())
     assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
@@ -170,7 +173,6 @@ def test_eval_reproduces_the_test_metrics_of_a_run(make_cfg, tmp_path: Path) -> 
         (["ckpt_path=/no/such/file.ckpt"], "no such file"),
         (["trainer.max_steps=-1"], "trainer.max_steps=-1"),
         (["module.lr=abc"], "module.lr"),
-        (["module.lr=-1"], "module.lr"),
         (["model.mixer.shared_mem=maybe"], "model.mixer.shared_mem"),
         (["model.mixer.backend=triton"], "model.mixer.backend=triton"),
     ],
@@ -185,9 +187,25 @@ def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str, tmp_pat
     assert "Traceback" not in res.stderr + res.stdout
 
 
-def test_out_of_memory_is_reported_as_a_sizing_mistake() -> None:
-    from memlab.utils.user_errors import one_line, user_error
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("module.lr=-1", "module.lr must be a finite number > 0"),
+        ("module.betas=[0.9,1.5]", "module.betas must be two numbers in [0, 1)"),
+        ("module.warmup_steps=-1", "module.warmup_steps must be an integer >= 0"),
+    ],
+)
+def test_module_settings_out_of_range_are_refused_before_training(
+    override: str, needle: str, make_cfg
+) -> None:
+    cfg = make_cfg([*SHORT, override])
+    with pytest.raises(Exception) as info:  # Hydra wraps the module's ConfigError
+        train(cfg)
+    assert one_line(user_error(info.value)) == needle + f" (got {override.split('=')[1].replace(',', ', ')})"
+    assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))
 
+
+def test_out_of_memory_is_reported_as_a_sizing_mistake() -> None:
     oom = torch.OutOfMemoryError(
         "CUDA out of memory. Tried to allocate 1.95 GiB. GPU 0 has a total capacity of 79.18 GiB"
     )
