@@ -33,8 +33,8 @@ from memlab.errors import ConfigError
 from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule, l2norm
 from memlab.kernels.backend import BACKENDS, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import sequence_bounds
-from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_HEAD_DIM
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
+from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_HEAD_DIM
 from memlab.models.layers.attention import document_positions
 from memlab.models.layers.autocast_input import autocast_input
 from memlab.models.layers.config_types import require_types
