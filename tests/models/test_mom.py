@@ -1,6 +1,6 @@
-"""MoM layer against a token-by-token reference written straight from the equations of
-specs/mom.md (outputs and gradients), plus the properties the public implementations got wrong:
-time order inside a memory, convs that never read across memories, the chunked path at small T,
+"""MoM layer against a token-by-token reference written straight from the equations of the MoM
+paper (arXiv 2502.13685; outputs and gradients), plus the properties the public implementations
+got wrong: time order inside a memory, convs that never read across memories, the chunked path at small T,
 the load-balancing loss, the logged loads and the config errors."""
 
 from __future__ import annotations
