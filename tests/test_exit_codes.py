@@ -9,7 +9,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from .cli import error_line, start_cli, tiny_run
@@ -29,11 +28,6 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path: Path) -> None:
     assert torch.load(ckpt, weights_only=True)["global_step"] == 4
 
 
-# Known race (open): torch's SIGCHLD handler raises "DataLoader worker … killed by signal" at
-# whatever line the parent is on when a worker dies of the group's SIGTERM. About one run in
-# four it lands in the exception checkpoint's save (no on_exception.ckpt), in an iterator's
-# __del__ (a traceback on stderr) or in Lightning's own SIGTERM handler (exit 1).
-@pytest.mark.xfail(reason="loader workers dying of the job's SIGTERM race the checkpoint", strict=False)
 def test_sigterm_to_the_job_reaches_the_loader_workers_harmlessly(tmp_path: Path) -> None:
     """A scheduler signals the job's whole process group: the text stream's loader workers too,
     whose death used to end the run with a DataLoader traceback instead of a checkpoint."""

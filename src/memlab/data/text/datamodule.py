@@ -19,6 +19,7 @@ from memlab.data.text.packing import Packer, collate_windows
 from memlab.data.text.sources import DocumentSource, open_files, open_hub
 from memlab.data.text.stream import STATE_KEY, DocumentStream, PackedStream, Slice
 from memlab.data.text.tokenizer import TextTokenizer, load_tokenizer
+from memlab.data.text.worker_signals import exit_on_parents_sigterm_only
 from memlab.errors import ConfigError
 
 IGNORE_INDEX = -100
@@ -207,7 +208,13 @@ class TextDataModule(LightningDataModule):
             rotation=self._consumed % num_streams,
             states=self._states,
         )
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=exit_on_parents_sigterm_only if self.num_workers else None,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
