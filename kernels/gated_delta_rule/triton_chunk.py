@@ -104,5 +104,7 @@ def chunk_gated_delta_rule_triton(
         output_final_state,
         index,
     )
-    o = o.reshape(B, T, H, V + pad_v)[..., :V].to(out_dtype)
-    return o, (None if final_state is None else final_state[..., :K, :V])
+    if not (pad_k or pad_v):
+        return o.reshape(B, T, H, V), final_state
+    o = o.reshape(B, T, H, V + pad_v)[..., :V].to(out_dtype).contiguous()
+    return o, (None if final_state is None else final_state[..., :K, :V].contiguous())

@@ -68,7 +68,21 @@ def _compare(
     twin, _ = run(twin_fn, x, grads, outs, cot, **kwargs)
     fast_ref = ref if fast_grads else {n: t for n, t in ref.items() if n in outs}
     bounds = bounds_for(spec["dtype"], gradient_sums)
-    return measure("fast", fast, fast_ref, bounds) + measure("twin", twin, ref, bounds)
+    # Callers view outputs as they please (o.view(...)): no output may be a view with gaps.
+    gaps = sum(not _dense(fast[n]) for n in outs if n in fast)
+    dense = Measure("fast", "outputs with gaps", float(gaps), 0.0)
+    return [dense, *measure("fast", fast, fast_ref, bounds), *measure("twin", twin, ref, bounds)]
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` fills its storage without gaps, in any order of dimensions (a scan's
+    channels-last output is dense; a slice of a padded output is not)."""
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape, strict=True) if n > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _cu_seqlens(spec: dict, device: str) -> torch.Tensor | None:
@@ -355,7 +369,7 @@ def _check_combine(spec: dict, device: str) -> list[Measure]:
         lambda **a: combine_routed(index=index, **a, backend="triton"),
         lambda **a: combine_routed(index=index, **a, backend="torch"),
         reference, x, {"values": dt, "weights": dt}, device,
-        grads=tuple(x), outs=("out",),
+        grads=tuple(x), outs=("out",), gradient_sums=("dweights",),
     )  # fmt: skip
 
 

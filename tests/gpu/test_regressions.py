@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.conformance.check import report
+from tests.conformance.layers import MOM
 from tests.conformance.ops import GDN_CHUNK
 
 GDN = {"H": 1, "h0": False, "gates": "mixed", "l2norm_in_kernel": False}
@@ -29,4 +30,14 @@ GDN = {"H": 1, "h0": False, "gates": "mixed", "l2norm_in_kernel": False}
 def test_gated_delta_rule(spec: dict) -> None:
     torch.manual_seed(0)
     measures = GDN_CHUNK.check(spec, "cuda")
+    assert all(m.ok for m in measures), report(measures)
+
+
+def test_mom_with_small_heads() -> None:
+    """Heads under 16 in fp32: the chunked op returned a slice of its padded output, which
+    MoM's packed path could not view as [tokens, H·V]."""
+    spec = {"dtype": "fp32", "d_model": 16, "num_heads": 2, "head_dim": 8, "expand_v": 1}
+    spec |= {"num_memories": 2, "topk": 2, "shared_mem": True, "conv_size": 2, "empty_memory": False}
+    torch.manual_seed(0)
+    measures = MOM.check(spec | {"B": 1, "T": 17}, "cuda")
     assert all(m.ok for m in measures), report(measures)

@@ -183,6 +183,17 @@ def test_small_heads_run_padded_and_keep_their_dtypes(K, V):
 
 
 @interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_small_heads_give_contiguous_outputs(dtype):
+    """The padded path's outputs are not slices of the padded ones (MoM views o as [N, H·V])."""
+    x = make_inputs(20, 8, 4, batch=1, num_states=1, dtype=dtype)
+    o, state = chunk_gated_delta_rule(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=True, backend="triton"
+    )
+    assert o.is_contiguous() and state.is_contiguous()
+
+
+@interpreted
 def test_fused_recurrent_forward_matches_naive():
     offsets = [0, 1, 9, 17]
     x = {n: t.detach() for n, t in make_inputs(17, batch=1, num_states=3, normalized=False).items()}
