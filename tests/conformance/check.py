@@ -53,10 +53,14 @@ def run(
     out_names: tuple[str, ...],
     cotangents: list[torch.Tensor] | None = None,
     poison: bool = False,
+    cot_dtype: torch.dtype = torch.float64,
     **kwargs: object,
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """fn(**inputs, **kwargs)'s outputs (named ``out_names``; None outputs dropped) and the
-    gradients "d<name>" of the ``grad_names`` inputs from the fp64 cotangents (drawn when None).
+    gradients "d<name>" of the ``grad_names`` inputs from the fp64 cotangents (drawn when None,
+    as values of ``cot_dtype``: a 16-bit output's gradient arrives rounded to 16 bits, and a
+    reference given other cotangents would count that rounding, amplified by cancellation in
+    a sum, as the kernel's error).
     With ``poison`` (the fast path), every kernel buffer is NaN-poisoned and the backward runs
     a second time over the same graph, its gradients returned as "d<name> again": a kernel
     that wrote a tensor the forward saved gives other gradients the second time."""
@@ -68,7 +72,10 @@ def run(
         if not grad_names:
             return {n: o.detach() for n, o in named.items()}, []
         if cotangents is None:
-            cotangents = [torch.randn(o.shape, dtype=torch.float64, device=o.device) for o in named.values()]
+            cotangents = [
+                torch.randn(o.shape, dtype=torch.float64, device=o.device).to(cot_dtype).double()
+                for o in named.values()
+            ]
         loss = sum((o.double() * c).sum() for o, c in zip(named.values(), cotangents, strict=True))
         wrt = [leaves[n] for n in grad_names]
         passes = [torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=poison)]

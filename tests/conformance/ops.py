@@ -63,7 +63,7 @@ def _compare(
 ) -> list[Measure]:
     """Fast and twin against the fp64 reference on the same rounded inputs."""
     x = rounded(inputs, dtypes, device)
-    ref, cot = run(ref_fn, as_fp64(x), grads, outs, **kwargs)
+    ref, cot = run(ref_fn, as_fp64(x), grads, outs, cot_dtype=DTYPES[spec["dtype"]], **kwargs)
     fast, _ = run(fast_fn, x, grads if fast_grads else (), outs, cot, poison=True, **kwargs)
     twin, _ = run(twin_fn, x, grads, outs, cot, **kwargs)
     fast_ref = ref if fast_grads else {n: t for n, t in ref.items() if n in outs}
