@@ -61,6 +61,8 @@ def _forward_grads(model: torch.nn.Module, x: torch.Tensor, autocast: bool, **kw
         )
     stacked = {n: torch.stack(g) for n, g in zip(named, zip(*per_functional, strict=True), strict=True)}
     stats = getattr(out, "stats", None) or {}
+    if isinstance(stats, list):  # a language model's, one dict per layer
+        stats = {f"layer{i}/{n}": v for i, layer in enumerate(stats) for n, v in layer.items()}
     return {"out": hidden.detach(), **stacked, "stats": {n: v.detach() for n, v in stats.items()}}
 
 
@@ -125,7 +127,7 @@ def _check_mom(spec: dict, device: str) -> list[Measure]:
     routing = all(torch.equal(fast["stats"][n], twin["stats"][n]) for n in twin["stats"])
     measures = [Measure("fast", "same routing as twin", 0.0 if routing else 1.0, 0.0)]
     if spec["empty_memory"]:
-        load = fast["stats"][f"router/load/layer0/mem{spec['num_memories'] - 1}"].item()
+        load = fast["stats"]["router_load"][-1].item()
         measures.append(Measure("fast", "load of the empty memory", load, 0.0))
     for name, t in twin.items():
         if name != "stats":

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.errors import ConfigError
+from memlab.lit.stat_tags import stat_tags
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
 from memlab.models.layers.note_pool import chunk_layout, group_by_chunk, select_pools, ungroup
@@ -340,7 +341,7 @@ def test_cross_layer_period_and_span() -> None:
 
 def test_stats_are_logged_under_their_documented_names() -> None:
     lm = LanguageModel(VOCAB, D, 2, lambda **kw: make_layer(**kw, cross_layer_period=2)).double()
-    stats = lm(torch.randint(0, VOCAB, (2, 30))).stats
+    stats = stat_tags(lm(torch.randint(0, VOCAB, (2, 30))).stats)
     names = ["pool_fill", "priority", "gate", "gamma_tok", "attn_entropy", "attn_null"]
     expected = {f"memory/{n}/layer{i}" for n in names for i in (0, 1)}
     expected |= {f"memory/{n}/layer1" for n in ("gamma_lay", "layer_attn_entropy", "layer_attn_null")}

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from memlab.errors import ConfigError
 from memlab.lit.metrics import GroupedAccuracy
 from memlab.lit.optim import warmup_cosine, weight_decay_groups
+from memlab.lit.stat_tags import stat_tags
 
 IGNORE_INDEX = -100
 
@@ -74,7 +75,7 @@ class CausalLMModule(LightningModule):
         self.log("train/acc", correct.float().mean())
         for name, value in out.aux_losses.items():
             self.log(f"train/aux/{name}", value)
-        for tag, value in out.stats.items():
+        for tag, value in stat_tags(out.stats).items():
             self.log(tag, value)
         return loss
 

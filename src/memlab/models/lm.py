@@ -15,11 +15,12 @@ from memlab.models.block import Block
 
 @dataclass
 class LMOutput:
-    """logits: [B, T, vocab_size] (model dtype); aux_losses and stats summed/collected over layers."""
+    """logits: [B, T, vocab_size] (model dtype); aux_losses summed over layers; stats: each
+    layer's mixer statistics (MixerOutput.stats), one dict per layer."""
 
     logits: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
 class LanguageModel(nn.Module):
@@ -82,7 +83,7 @@ class LanguageModel(nn.Module):
         (the LM head dominates the cost of tasks with few labelled positions, such as MQAR)."""
         h = self.embed(input_ids)
         aux: dict[str, torch.Tensor] = {}
-        stats: dict[str, torch.Tensor] = {}
+        stats: list[dict[str, torch.Tensor]] = []
         # What each layer offers the layers above it in this pass (MixerOutput.memory); only
         # mixers that declare ``reads_layer_memory`` are handed the list.
         memories: list[Any] = []
@@ -93,7 +94,7 @@ class LanguageModel(nn.Module):
             h = out.hidden
             for name, value in out.aux_losses.items():
                 aux[name] = aux[name] + value if name in aux else value
-            stats.update(out.stats)
+            stats.append(out.stats)
         if logits_mask is not None:
             h = h[logits_mask]
         return LMOutput(self.lm_head(self.norm(h)), aux, stats)

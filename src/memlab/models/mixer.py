@@ -24,8 +24,9 @@ class MixerOutput:
 
     hidden: [B, T, D], same dtype as the input.
     aux_losses: named scalar losses, already weighted; the trainer adds them to the loss.
-    stats: named detached scalars for logging, keyed by their full TensorBoard tag
-        (e.g. ``router/load/layer0/mem1``).
+    stats: the mixer's own statistics for logging, detached: scalars or 1-D tensors under
+        short names (``router_load`` [num_memories], ``pool_fill``); the language model lists
+        them per layer, and the training module names them for TensorBoard.
     memory: what the layer offers the layers above it in the same pass (MemMamba's note
         pool), or None. The language model hands the list of these, one per earlier layer,
         as ``layer_memory`` to mixers whose ``reads_layer_memory`` attribute is True.

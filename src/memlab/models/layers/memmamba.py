@@ -96,7 +96,7 @@ class PoolView:
 
 class MemMamba(nn.Module):
     """MemMamba token mixer. x: [B, T, D] -> MixerOutput with hidden [B, T, D] (x's dtype),
-    stats under ``memory/*/layer{i}`` and the layer's ``PoolView`` as ``memory``.
+    its statistics (pool_fill, priority, gate, ...) and the layer's ``PoolView`` as ``memory``.
 
     Args:
         d_model: D.
@@ -330,7 +330,7 @@ class MemMamba(nn.Module):
                 gate = torch.sigmoid(self.gate(reads))
                 mixed = torch.addcmul(mixed, gate, c_tok)
                 if state is None:
-                    stats[f"memory/gate/layer{self.layer_idx}"] = gate.detach().mean(dtype=torch.float32)
+                    stats["gate"] = gate.detach().mean(dtype=torch.float32)
             else:
                 mixed = mixed + c_tok
             if state is None:
@@ -357,14 +357,13 @@ class MemMamba(nn.Module):
             state.chunk_max = empty if layout.ends_chunk else chunk_max[:, -1].clone()
             state.position += T
             return MixerOutput(out.hidden, memory=view)
-        i = self.layer_idx
         with torch.no_grad():
             fill = valid[:, :C].float().mean(-1)  # [B, C] share of the pool each chunk reads
-            stats[f"memory/pool_fill/layer{i}"] = fill[:, layout.token_chunk].mean()
-            stats[f"memory/priority/layer{i}"] = log_priority.float().exp().mean()
+            stats["pool_fill"] = fill[:, layout.token_chunk].mean()
+            stats["priority"] = log_priority.float().exp().mean()
             for name, gamma in (("gamma_tok", self.gamma_tok), ("gamma_lay", self.gamma_lay)):
                 if gamma is not None:
-                    stats[f"memory/{name}/layer{i}"] = gamma.detach().float().abs().mean()
+                    stats[name] = gamma.detach().float().abs().mean()
         return MixerOutput(out.hidden, stats=stats, memory=view)
 
     def _log_priority(self, chunk_max: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
@@ -408,11 +407,10 @@ class MemMamba(nn.Module):
         real tokens and heads."""
         with torch.no_grad():
             per_token = ungroup(probs, layout)  # [B, T, H, slots + 1]
-            i = self.layer_idx
             rows = per_token.numel() // per_token.shape[-1]  # (token, head) pairs
             return {
-                f"memory/{name}_entropy/layer{i}": torch.special.entr(per_token).sum().float() / rows,
-                f"memory/{name}_null/layer{i}": per_token[..., -1].float().mean(),
+                f"{name}_entropy": torch.special.entr(per_token).sum().float() / rows,
+                f"{name}_null": per_token[..., -1].float().mean(),
             }
 
 

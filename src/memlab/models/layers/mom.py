@@ -84,7 +84,7 @@ class MoMAttention(nn.Module):
 
     Args:
         d_model: D.
-        layer_idx: position in the stack (names the logged router loads).
+        layer_idx: position in the stack.
         num_heads: H.
         head_dim: K, the key dim of each head (1..256).
         expand_v: value dim V = K · expand_v (1..256).
@@ -182,7 +182,7 @@ class MoMAttention(nn.Module):
         int [N+1] packed documents (B == 1, no state).
 
         Returns hidden [B, T, D] in x's dtype; aux_losses {"router_balance": λ·L_aux} when E > 1
-        and λ > 0; stats {"router/load/layer{i}/mem{e}": f_e} when E > 1.
+        and λ > 0; stats {"router_load": f [E]} when E > 1.
         """
         if cu_seqlens is not None and state is not None:
             raise ValueError(
@@ -395,8 +395,7 @@ class MoMAttention(nn.Module):
         aux = {}
         if self.aux_loss_weight > 0:
             aux["router_balance"] = self.aux_loss_weight * E * (load * importance).sum()
-        stats = {f"router/load/layer{self.layer_idx}/mem{e}": load[e].detach() for e in range(E)}
-        return aux, stats
+        return aux, {"router_load": load.detach()}
 
 
 def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
