@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from memlab.models.layers.autocast_input import autocast_input
+from memlab.models.modules.autocast_input import autocast_input
 
 
 def test_casts_like_autocast_only_inside_it() -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memlab.models.layers.short_conv import ShortConvolution
+from memlab.models.modules.short_conv import ShortConvolution
 
 F64 = torch.float64
 C, W = 6, 4

@@ -12,12 +12,11 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics import MeanMetric
 
+from memlab.data.labels import IGNORE_INDEX
 from memlab.errors import ConfigError
 from memlab.lit.metrics import GroupedAccuracy
 from memlab.lit.optim import warmup_cosine, weight_decay_groups
 from memlab.lit.stat_tags import stat_tags
-
-IGNORE_INDEX = -100
 
 
 class CausalLMModule(LightningModule):

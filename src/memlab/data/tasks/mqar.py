@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from memlab.data.labels import IGNORE_INDEX
 
 # Caps the scratch matrix of the random-key subset sampler (elements per chunk of rows).
 _SCRATCH_ELEMENTS = 1 << 22

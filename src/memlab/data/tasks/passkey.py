@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from memlab.data.labels import IGNORE_INDEX
+
 NEEDLE, QUERY = 0, 1
 FIRST_DIGIT, NUM_DIGITS = 2, 10
 FIRST_FILLER = FIRST_DIGIT + NUM_DIGITS

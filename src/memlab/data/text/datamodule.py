@@ -15,6 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from memlab.data.arguments import integer_argument
+from memlab.data.labels import IGNORE_INDEX
 from memlab.data.text.packing import Packer, collate_windows
 from memlab.data.text.sources import DocumentSource, open_files, open_hub
 from memlab.data.text.stream import STATE_KEY, DocumentStream, PackedStream, Slice
@@ -22,7 +23,6 @@ from memlab.data.text.tokenizer import TextTokenizer, load_tokenizer
 from memlab.data.text.worker_signals import exit_on_parents_sigterm_only
 from memlab.errors import ConfigError
 
-IGNORE_INDEX = -100
 _SAMPLE_BY = ("document", "paragraph", "line")
 
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlab.errors import ConfigError
-from memlab.models.layers.rotary import apply_rotary, rotary_angles
 from memlab.models.mixer import MixerOutput
+from memlab.models.modules.rotary import apply_rotary, rotary_angles
+from memlab.models.modules.varlen import document_positions
 
 
 @dataclass
@@ -26,13 +27,6 @@ class KVCache:
     @property
     def length(self) -> int:
         return self.k.shape[2]
-
-
-def document_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For packed documents: (document id, position inside the document), each int64 [total]."""
-    idx = torch.arange(total, device=cu_seqlens.device)
-    doc = torch.searchsorted(cu_seqlens[1:].long(), idx, right=True)
-    return doc, idx - cu_seqlens.long()[doc]
 
 
 class Attention(nn.Module):

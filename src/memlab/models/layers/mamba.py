@@ -31,11 +31,12 @@ from torch import nn
 from memlab.errors import ConfigError
 from memlab.kernels.backend import BACKENDS
 from memlab.kernels.causal_conv1d import causal_conv1d
-from memlab.kernels.gated_delta_rule.checks import sequence_bounds
 from memlab.kernels.limits import MAX_CONV_WIDTH, MAX_STATE_SIZE
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
 from memlab.models.layers.config_types import require_types
 from memlab.models.mixer import MixerOutput
+from memlab.models.modules.init import inverse_softplus, log_uniform_steps
+from memlab.models.modules.varlen import check_packed, document_bounds
 
 # Time steps per block when a prefill adds the decayed starting state to its outputs: bounds
 # the [B, E, N, steps] decay tensor that this needs, whatever the prompt length.
@@ -110,9 +111,7 @@ class Mamba(nn.Module):
             # step sizes: log-uniform in [dt_min, dt_max], i.e. memories from ~1/dt_max to
             # ~1/dt_min tokens. The bias stores softplus⁻¹(dt) = dt + log(1 − e^−dt).
             self.dt_proj.weight.uniform_(-(R**-0.5), R**-0.5)
-            log_dt = torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-            dt = log_dt.exp().clamp_min(dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            self.dt_proj.bias.copy_(inverse_softplus(log_uniform_steps(E, dt_min, dt_max, dt_init_floor)))
         # S4D-real: channel-independent decay rates 1..N on the state dims.
         self.A_log = nn.Parameter(torch.arange(1, N + 1, dtype=torch.float32).log().repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
@@ -138,14 +137,11 @@ class Mamba(nn.Module):
         """
         B, T, _ = x.shape
         bounds = None
+        check_packed("Mamba", B, cu_seqlens, state)
         if cu_seqlens is not None:
-            if state is not None:
-                raise ValueError("Mamba: decoding from a state is not supported for packed cu_seqlens input")
-            if B != 1:
-                raise ValueError(f"Mamba: cu_seqlens packs documents along T, so B must be 1, got {B}")
             # Documents are run one by one, which needs their bounds on the host: the only sync
             # of the layer. A varlen scan taking cu_seqlens on the device would remove it.
-            bounds = [(s, e) for s, e in sequence_bounds("Mamba", cu_seqlens, T) if e > s]
+            bounds = [(s, e) for s, e in document_bounds("Mamba", cu_seqlens, T) if e > s]
 
         # Activations stay [B, T, channels] from in_proj to out_proj: the scan reads its
         # [B, E, T] inputs as transposed views of them (z, every other E-wide row of in_proj's

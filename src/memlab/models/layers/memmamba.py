@@ -38,8 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlab.errors import ConfigError
-from memlab.kernels.gated_delta_rule.checks import sequence_bounds
-from memlab.models.layers.autocast_input import autocast_input
 from memlab.models.layers.config_types import is_int
 from memlab.models.layers.mamba import Mamba, MambaState
 from memlab.models.layers.note_pool import (
@@ -52,6 +50,8 @@ from memlab.models.layers.note_pool import (
 )
 from memlab.models.layers.pool_attention import PoolAttention
 from memlab.models.mixer import MixerOutput
+from memlab.models.modules.autocast_input import autocast_input
+from memlab.models.modules.varlen import check_packed, document_bounds
 
 FUSIONS = ("gated", "weighted", "residual")
 NOTE_SCORERS = ("learned", "positional")
@@ -244,14 +244,9 @@ class MemMamba(nn.Module):
         a state, stats (pool fill, mean priority, fusion gains and gate, attention entropy).
         """
         B, T, _ = x.shape
+        check_packed("MemMamba", B, cu_seqlens, state)
         if cu_seqlens is not None:
-            if state is not None:
-                raise ValueError(
-                    "MemMamba: decoding from a state is not supported for packed cu_seqlens input"
-                )
-            if B != 1:
-                raise ValueError(f"MemMamba: cu_seqlens packs documents along T, so B must be 1, got {B}")
-            segments = [(s, e, 0) for s, e in sequence_bounds("MemMamba", cu_seqlens, T) if e > s]
+            segments = [(s, e, 0) for s, e in document_bounds("MemMamba", cu_seqlens, T) if e > s]
         else:
             segments = [(0, T, 0 if state is None else state.position)]
         if self.reads_layer_memory and layer_memory is None:

@@ -32,13 +32,9 @@ from torch import nn
 from memlab.errors import ConfigError
 from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule, l2norm
 from memlab.kernels.backend import BACKENDS, resolve_fp32_backend
-from memlab.kernels.gated_delta_rule.checks import sequence_bounds
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
 from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_HEAD_DIM
-from memlab.models.layers.attention import document_positions
-from memlab.models.layers.autocast_input import autocast_input
 from memlab.models.layers.config_types import require_types
-from memlab.models.layers.gated_rmsnorm import GatedRMSNorm
 from memlab.models.layers.mom_dispatch import (
     dispatch_rows,
     grouped_mm_fits,
@@ -46,8 +42,12 @@ from memlab.models.layers.mom_dispatch import (
     padded_layout,
     project_packed,
 )
-from memlab.models.layers.short_conv import ShortConvolution
 from memlab.models.mixer import MixerOutput
+from memlab.models.modules.autocast_input import autocast_input
+from memlab.models.modules.gated_rmsnorm import GatedRMSNorm
+from memlab.models.modules.init import inverse_softplus, log_uniform_steps
+from memlab.models.modules.short_conv import ShortConvolution
+from memlab.models.modules.varlen import check_packed, document_bounds, document_positions
 
 
 @dataclass
@@ -184,13 +184,8 @@ class MoMAttention(nn.Module):
         Returns hidden [B, T, D] in x's dtype; aux_losses {"router_balance": λ·L_aux} when E > 1
         and λ > 0; stats {"router_load": f [E]} when E > 1.
         """
-        if cu_seqlens is not None and state is not None:
-            raise ValueError(
-                "MoMAttention: decoding from a state is not supported for packed cu_seqlens input"
-            )
         B, T, D = x.shape
-        if cu_seqlens is not None and B != 1:
-            raise ValueError(f"MoMAttention: cu_seqlens packs documents along T, so B must be 1, got {B}")
+        check_packed("MoMAttention", B, cu_seqlens, state)
         if state is None and self._runs_packed(x, cu_seqlens):
             hidden, probs, routed = self._mix_packed(x, cu_seqlens)
             return MixerOutput(hidden, *self._router_outputs(probs, routed, token_mask=None))
@@ -200,7 +195,7 @@ class MoMAttention(nn.Module):
         # For the PyTorch twin each document becomes a batch row padded to the longest one, so
         # routing, convs and memories restart at every document. Sizing the rows reads
         # cu_seqlens on the host, which the twin does anyway; the packed path never does.
-        bounds = sequence_bounds("MoMAttention", cu_seqlens, T)
+        bounds = document_bounds("MoMAttention", cu_seqlens, T)
         longest = max(end - start for start, end in bounds)
         doc, position = document_positions(cu_seqlens, T)
         rows = x.new_zeros(len(bounds), longest, D).index_put((doc, position), x[0])
@@ -402,9 +397,8 @@ def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
     """A_log [H] with A ~ U(1, 16), and dt_bias [H] = softplus⁻¹(dt) with dt log-uniform in
     [1e-3, 0.1]: per-head decay rates spread over two orders of magnitude, as in Mamba."""
     A = torch.empty(num_heads).uniform_(1, 16)
-    dt = torch.exp(torch.rand(num_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
     A_log = nn.Parameter(A.log())
-    dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+    dt_bias = nn.Parameter(inverse_softplus(log_uniform_steps(num_heads, 1e-3, 0.1, 1e-4)))
     for p in (A_log, dt_bias):
         p._no_weight_decay = True  # decay rates, not weights
     return A_log, dt_bias

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from memlab.models.layers.autocast_input import autocast_dtype
+from memlab.models.modules.autocast_input import autocast_dtype
 
 # cuBLAS runs a 16-bit GEMM on its fast kernels only when its rows are a multiple of 8 elements
 # (16 bytes) long; S + 1 and S + 1 + G in general are not (65 and 68 at S = 64, G = 3), and the
