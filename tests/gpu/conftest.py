@@ -63,6 +63,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "call" and not (report.when == "setup" and report.failed):
         return
+    times = os.environ.get("MEMLAB_CONFORMANCE_TIMES")
+    if times:  # one line per case as it ends, so that a run cut short still says where time went
+        with open(times, "a") as f:
+            why = report.longreprtext.strip().splitlines()[-1:] if report.failed else []
+            f.write(" ".join([f"{report.duration:.2f}", report.outcome, report.nodeid, *why]) + "\n")
     for key, value in report.user_properties:
         if key == "conformance":
             entry = json.loads(value)
