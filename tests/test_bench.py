@@ -110,3 +110,28 @@ def test_command_line_checks(monkeypatch, capsys) -> None:
         require_cuda()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: no CUDA device; the benchmarks time GPU kernels\n"
+
+
+def test_train_step_suite_steps_and_reports() -> None:
+    from memlab.bench import train_step
+    from memlab.models import LanguageModel
+    from memlab.models.layers import MoMAttention
+
+    assert SUITES["train_step"] is train_step.run
+    model = LanguageModel(64, 32, 2, lambda **kw: MoMAttention(**kw, num_heads=2, head_dim=16))
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step.train_step(model, 2, 16)()
+    changed = [not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)]
+    assert all(changed) and all(p.grad is None for p in model.parameters())
+    rows = [
+        dict(model="transformer", config="transformer_340m", batch=4, T=2048, checkpointing="none",
+             ms=92.4, tokens_per_s=88.7e3, mfu=0.19, peak_gib=16.8, vs_transformer=1.0),
+        dict(model="gdn", config="gdn_340m", batch=1, T=32768, checkpointing="none",
+             ms=None, tokens_per_s=None, mfu=None, peak_gib=None, vs_transformer=None),
+    ]  # fmt: skip
+    table = train_step.format_table(rows)
+    assert "| transformer_340m | 4 × 2048 | none | 92.4 | 88.7k | 19.0 % | 16.8 | 1.00 |" in table
+    assert "| gdn_340m | 1 × 32768 | none | OOM |" in table
+    assert train_step._shape("4x2048") == (4, 2048)
+    with pytest.raises(argparse.ArgumentTypeError):
+        train_step._shape("4x")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from memlab.bench import decode, gated_delta_rule, layers, mom, selective_scan
+from memlab.bench import decode, gated_delta_rule, layers, mom, selective_scan, train_step
 
 SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
     "decode": decode.run,
@@ -17,4 +17,5 @@ SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
     "layers": layers.run,
     "mom": mom.run,
     "selective_scan": selective_scan.run,
+    "train_step": train_step.run,
 }

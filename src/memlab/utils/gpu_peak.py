@@ -1,0 +1,20 @@
+"""Peak dense bf16 tensor throughput of the GPUs memlab reports MFU for (vendor data sheets)."""
+
+from __future__ import annotations
+
+# Matched in order against torch.cuda.get_device_name(); FLOP/s without sparsity.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM and HBM3 boards
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+)
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The peak for ``device_name``, or None for a GPU not in the table (MFU is then not reported)."""
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in device_name:
+            return flops
+    return None
