@@ -7,12 +7,14 @@ a summary table of cases, failures and the worst error per family and dtype at t
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections import defaultdict
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from tests.conformance.check import Measure
 from tests.conformance.draw import Draw, case_seed
@@ -34,6 +36,16 @@ def case_params(config: pytest.Config, families: dict, per_family: int) -> list:
             shape = ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", "")
             params.append(pytest.param((name, i, spec), id=f"{name}-{i}-{shape}"))
     return params
+
+
+@pytest.fixture(autouse=True)
+def _release_memory():
+    """Hand a case's cached GPU memory back after it: up to 16 workers share one GPU, and one
+    worker's allocator keeping a large case's blocks starves the others into out-of-memory."""
+    yield
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture
