@@ -11,7 +11,7 @@ everything.
 Why a tree rather than a closed form per chunk: Mamba-1's decay differs per (channel,
 state) pair, so a closed form over T steps needs a T×T decay matrix per (batch, channel,
 state) triple, O(L·T·N) work per channel against the tree's O(L·N); on a CPU it ran several
-times slower than the tree (docs/kernels.md).
+times slower than the tree (docs/kernel-design.md).
 
 Numerics: the only exponentials are exp(dt·A) of single steps; longer spans are products
 of those decays, never a quotient or a difference, so with dt·A ≤ 0 (softplus delta,

@@ -53,11 +53,11 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _STATE_EVERY = 32
 # Forward: chunks of _FWD_CHUNK_T steps, a channel's states on _FWD_STATE_LANES lanes, each lane
 # running its states through the chunk's steps in registers (one exp2 and four multiply-adds per
-# step and state); the fastest layout measured on an H100, see docs/kernels.md.
+# step and state); the fastest layout measured on an H100, see docs/kernel-design.md.
 _FWD_BLOCK_D, _FWD_WARPS, _FWD_CHUNK_T, _FWD_STAGES, _FWD_STATE_LANES = 8, 1, 16, 3, 4
 # Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps). 8 on
 # 1 warp with blocks of 32 steps keeps one wave of 12 warps per SM while leaving each state enough
-# work; the alternatives measured and the cost of [batch, L, dim] inputs: docs/kernels.md.
+# work; the alternatives measured and the cost of [batch, L, dim] inputs: docs/kernel-design.md.
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
 
 

@@ -42,7 +42,7 @@ by `scripts/bench.py --json`. *recorded*: figures measured on that GPU at that c
 transcribed from the README of the time; they were not re-measured and carry only the columns the
 README gave ("-": not given). Milliseconds are medians of `triton.testing.do_bench` (L2 flushed
 between calls) unless the notes say otherwise. How the kernels work and why they are configured
-as they are: [kernels.md](kernels.md).
+as they are: [kernel-design.md](kernel-design.md).
 
 To add a run, on a GPU: `python scripts/bench.py --json docs/benchmarks/<gpu>-<date>.json`
 (or `make bench ARGS="--json ..."`), then `python scripts/bench_page.py`.
