@@ -1,4 +1,4 @@
-"""Ground truth for the gated delta rule: the recurrence of kernels.md, one token at a time.
+"""Ground truth for the gated delta rule (docs/kernel-design.md): the recurrence, one token at a time.
 
 Deliberately written straight from the equations (an explicit K×K transition matrix per
 token) rather than in the cheaper rank-one form the fused-recurrent twin uses, so the two

@@ -1,4 +1,4 @@
-"""PyTorch twin of the chunked gated delta rule (the algorithm of kernels.md, chunk size 64).
+"""PyTorch twin of the chunked gated delta rule (docs/kernel-design.md, chunk size 64).
 
 Within a chunk with start state h and chunk-local cumulative log decay G, the state after
 token t is S_t = e^{G_t} h + Σ_{j≤t} e^{G_t − G_j} k_j v'_jᵀ, where the pseudo-values v'

@@ -10,9 +10,8 @@ everything.
 
 Why a tree rather than a closed form per chunk: Mamba-1's decay differs per (channel,
 state) pair, so a closed form over T steps needs a T×T decay matrix per (batch, channel,
-state) triple, O(L·T·N) work per channel against the tree's O(L·N). Measured on 2 CPU
-cores (batch 8, dim 256, N 16, L 512, forward+backward) it ran several times slower than
-the tree for T = 4..16.
+state) triple, O(L·T·N) work per channel against the tree's O(L·N); on a CPU it ran several
+times slower than the tree (docs/kernel-design.md).
 
 Numerics: the only exponentials are exp(dt·A) of single steps; longer spans are products
 of those decays, never a quotient or a difference, so with dt·A ≤ 0 (softplus delta,
@@ -29,10 +28,8 @@ import torch.nn.functional as F
 from memlab.kernels.precision import compute_dtype
 
 # Chunk length (time steps, a power of two) is chosen so one chunk's [batch, T, dim, N]
-# tensors hold about this many elements: 2^18 fp32 = 1 MiB, about one core's L2 cache.
-# Measured on 2 CPU cores, forward+backward: batch·dim·N = 2^15 ran fastest at T = 8,
-# 2^16 at T = 4, 2^11 and 2^12 at T = 64; longer chunks spill out of cache (one chunk of
-# all 512 steps was 3x slower), shorter ones pay more per-op overhead.
+# tensors hold about this many elements: 2^18 fp32 = 1 MiB, about one core's L2 cache; longer
+# chunks spill out of it, shorter ones pay more per-op overhead.
 _CHUNK_ELEMENTS = 1 << 18
 _MIN_CHUNK, _MAX_CHUNK = 4, 64
 

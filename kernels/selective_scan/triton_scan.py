@@ -52,40 +52,12 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 # rejects the backward's scans over a single step).
 _STATE_EVERY = 32
 # Forward: chunks of _FWD_CHUNK_T steps, a channel's states on _FWD_STATE_LANES lanes, each lane
-# running its states sequentially through the chunk's steps held in registers: per (step, state)
-# one exponential and four multiply-adds, where a time-parallel chunk (lanes holding consecutive
-# steps, an associative scan across them) took about 13 instructions. Triton's layout pass
-# recomputes the softplus on each of a channel's lanes: 14.8 instead of 11.1 instructions per
-# (step, state) in an sm_90 build, against an inline-asm barrier that kept it computed once, yet
-# only 2 % slower, because the problem fills just 2.7 warps per scheduler and Nsight Compute shows
-# them issuing on 56 % of cycles with the barrier, 72 % without. Measured on an H100 (batch 8,
-# dim 1536, N 16, L 2048 / 8192, 8 channels on 1 warp, one process), bf16: this config 0.263 /
-# 0.981 ms (fp32 0.247 / 0.964); the time-parallel chunk 0.306 / 1.151 (fp32 0.468 / 1.825).
-# Against this config, with the barrier: 2 stages 5 % slower; chunks of 32 steps 29 % slower
-# (255 registers); 16 channels on 2 warps 3x slower; states on 2 lanes (16 channels, chunks of
-# 32) 6 % faster in bf16, 1 % slower in fp32. Without it: states on 2 lanes 46 % slower in bf16;
-# chunks of 32 steps 1 % faster in bf16, 13 % slower in fp32. The kernel replaced a
-# step-at-a-time one (a channel's N states on N lanes of a warp) that took unaligned rows and
-# N > 16, forward, bf16: L 2047 (unaligned), N 16: 0.298 against 0.698 ms; L 2048, N 32: 0.392
-# against 1.070; N 64: 0.701 against 1.718 (forward+backward 14.1 against 13.5, fp32 11.6 against
-# 11.1: the only case measured slower).
+# running its states through the chunk's steps in registers (one exp2 and four multiply-adds per
+# step and state); the fastest layout measured on an H100, see docs/kernel-design.md.
 _FWD_BLOCK_D, _FWD_WARPS, _FWD_CHUNK_T, _FWD_STAGES, _FWD_STATE_LANES = 8, 1, 16, 3, 4
-# Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps).
-# Measured on an H100 (bf16, batch 8, dim 1536, N 16, forward+backward, L 2048 / 8192) with y
-# accumulated again in the backward and the forward not pipelined: states every 32 steps, 8
-# channels on 1 warp: 2.89 / 11.5 ms; 16 on 1 3.59, 4 on 1 3.73, 16 on 2 4.22 (L 2048); every
-# 64 steps, 8 on 1 3.54, 16 on 2 3.99; every 16 steps, 8 on 1 3.01 / 12.0, 16 on 2 3.53 / 14.1.
-# Blocks of 32 steps keep the kernel to one wave of 12 warps per SM (168 registers) while
-# leaving each state enough work. The chosen config now runs 2.21 / 8.62 ms. Pipelining the
-# loop over the states (tl.range num_stages=2) made it slower: 2.71 against 2.64 ms at L 2048,
-# with y read back but the forward not yet pipelined.
-# With CHANNELS_LAST inputs Triton lays the tiles out along the channels that are contiguous in
-# memory, a time step per lane: the scans over time then cross 32 lanes (4x the shuffles, 243
-# registers), and forward+backward takes 3.18 / 13.05 ms (forward 0.29 / 1.10 against 0.26 /
-# 0.98). Other tilings were no better: states every 16 steps 3.07 / 12.85; 4 channels per
-# program 4.53, 16 on 1 warp (every 16 steps) 3.62, 16 on 2 warps 13.1 (L 2048). A Mamba layer
-# still gains: the transposing copies it saves took longer (11.2 -> 8.6 ms forward+backward at
-# L 2048).
+# Backward: channels per program and warps (a program walks blocks of _STATE_EVERY steps). 8 on
+# 1 warp with blocks of 32 steps keeps one wave of 12 warps per SM while leaving each state enough
+# work; the alternatives measured and the cost of [batch, L, dim] inputs: docs/kernel-design.md.
 _BWD_BLOCK_D, _BWD_WARPS = 8, 1
 
 

@@ -263,7 +263,7 @@ def main() -> None:
         args.prefill_chunk,
         args.batch,
     )
-    report(rows, format_table(rows), args.json)
+    report("decode", rows, format_table(rows), args.json)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     require_cuda()
     rows = measure(args.d_model, tuple(args.lengths), args.tokens)
-    report(rows, format_table(rows), args.json)
+    report("layers", rows, format_table(rows), args.json)
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     require_cuda()
     rows = measure(tuple(args.dtypes), tuple(args.lengths))
-    report(rows, format_table(rows), args.json)
+    report("selective_scan", rows, format_table(rows), args.json)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from memlab.bench.stamp import write_results
 
 
 def cell(value: float | None, fmt: str, missing: str = "-") -> str:
@@ -10,9 +10,9 @@ def cell(value: float | None, fmt: str, missing: str = "-") -> str:
     return missing if value is None else format(value, fmt)
 
 
-def report(rows: list[dict], table: str, json_path: str | None) -> None:
-    """A suite's own command line: print its table and, given a path, save its rows as JSON."""
+def report(suite: str, rows: list[dict], table: str, json_path: str | None) -> None:
+    """A suite's own command line: print its table and, given a path, save its rows as
+    ``scripts/bench.py --json`` does (stamped, under the suite's name)."""
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_results(json_path, {suite: rows})
     print(table)

@@ -19,7 +19,7 @@ from memlab.data.step_sampler import StepBatchSampler
 from memlab.data.tasks.mqar import make_mqar
 from memlab.errors import ConfigError
 
-# The standard MQAR grid of evaluation.md, at Zoology's example counts.
+# The standard MQAR grid (docs/tasks.md), at Zoology's example counts.
 DEFAULT_TRAIN_SEGMENTS: tuple[dict[str, int], ...] = (
     {"seq_len": 64, "num_kv_pairs": 4, "num_examples": 100_000},
     {"seq_len": 128, "num_kv_pairs": 8, "num_examples": 20_000},
