@@ -85,9 +85,8 @@ def chunk_gated_delta_rule_triton(
     index = build_chunk_index(B, T, cu_seqlens)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     # Heads narrower than MIN_HEAD_DIM run zero-padded to it, in fp32 (zero key and value
-    # components leave every output and the state's other entries unchanged). On an H100 with
-    # Triton 3.6, kernels compiled for K or V of 1 read out of bounds in bf16, and bf16 at
-    # K = 1 missed the initial state's gradient by 5 %; padded fp32 ran every small shape right.
+    # components leave every output and the state's other entries unchanged). Kernels compiled
+    # for K or V of 1 misbehave in bf16 with Triton 3.6 (docs/kernel-design.md).
     pad_k, pad_v = max(MIN_HEAD_DIM - K, 0), max(MIN_HEAD_DIM - V, 0)
     out_dtype = v.dtype
     if pad_k or pad_v:

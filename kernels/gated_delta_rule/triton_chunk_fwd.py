@@ -35,11 +35,10 @@ from memlab.kernels.gated_delta_rule.triton_chunk_index import (
 
 # Largest K block and V tiles (chunk-parallel kernels, the output kernel, the forward state
 # pass, the backward's serial pass); module-level so that the interpreter tests can shrink them
-# to cross block boundaries on tiny shapes. The output kernel and the forward state pass were
-# measured on an H100 (bf16, K = V = 128, T = 2048): output 0.41 ms with V tiles of 64 (q kᵀ
-# recomputed for each), 0.29 with 128 and 3 pipeline stages; state pass 0.42 / 0.35 / 0.29 ms
-# with 16 / 32 / 64. Heads wider than NARROW_HEAD keep the narrow tiles and 2 stages: at
-# K = V = 256 in 16-bit the wide ones need 254 KB of shared memory on Triton 3.6 (232 KB fit).
+# to cross block boundaries on tiny shapes. The output kernel takes V tiles of 128 with 3
+# stages and the forward state pass tiles of 64, the fastest measured (docs/kernel-design.md);
+# heads wider than NARROW_HEAD keep the narrow tiles and 2 stages, since the wide ones exceed
+# shared memory at K = V = 256 in 16-bit.
 MAX_BLOCK_K = 64
 MAX_BLOCK_V = 64
 MAX_BLOCK_V_OUTPUT = 128
@@ -59,7 +58,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 def pipeline_stages(dtype: torch.dtype, depth: int = 2) -> int:
     """Software-pipelining depth of the K and V loops: ``depth`` for 16-bit inputs, 1 for fp32,
     whose tiles are twice as large, so that the multi-buffered operands stay within shared
-    memory. The deeper choices were measured per kernel on an H100 (bf16, K = V = 128)."""
+    memory. The deeper choices: docs/kernel-design.md."""
     return 1 if dtype == torch.float32 else depth
 
 
@@ -134,9 +133,7 @@ def _prepare_kernel(
     # (I + L_bb)⁻¹ = Σ_{m<16} Nᵐ = (I + N)(I + N²)(I + N⁴)(I + N⁸): six batched 16×16
     # products in place of a 15-step forward substitution. The solve's fp32 products take the
     # inputs' PREC: Ai is rounded to the input dtype before w and u, so for 16-bit inputs one
-    # TF32 pass is as fine as that rounding. On an H100 (bf16, K = V = 128, T = 2048) that
-    # took prepare from 0.55 to 0.38 ms against 3xTF32 (a quarter of the register spills),
-    # with every bf16 output and gradient error against fp64 unchanged (six seeds, three cases).
+    # TF32 pass is as fine as that rounding, and faster (docs/kernel-design.md).
     base_a = Ai + (bos * H + i_h) * BT
     S = H * BT  # row stride of Ai
     store_tile(base_a, b_L, r0, 0, seq_len, BT, S, 1, BT, BT)

@@ -202,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     require_cuda()
     rows = measure(tuple(args.models), tuple(args.shapes), tuple(args.checkpointing))
-    report(rows, format_table(rows), args.json)
+    report("train_step", rows, format_table(rows), args.json)
 
 
 if __name__ == "__main__":
