@@ -10,6 +10,7 @@ from tests.conformance.layers import MOM
 from tests.conformance.ops import GDN_CHUNK
 
 GDN = {"H": 1, "h0": False, "gates": "mixed", "l2norm_in_kernel": False}
+L2 = {"l2norm_in_kernel": True}
 
 
 @pytest.mark.parametrize(
@@ -24,6 +25,20 @@ GDN = {"H": 1, "h0": False, "gates": "mixed", "l2norm_in_kernel": False}
         GDN | {"dtype": "bf16", "K": 1, "V": 16, "B": 3, "T": 129, "h0": True},
         GDN | {"dtype": "bf16", "K": 8, "V": 1, "B": 3, "T": 129, "h0": True},
         GDN | {"dtype": "bf16", "K": 1, "V": 1, "B": 3, "T": 129, "h0": True},
+        # Open (500 cases at seed 20261206, H100, Triton 3.6): wrong in the forward pass (one
+        # chunk, so the prepare or output kernel) in fp16 with K of 40 or 48 and V of 16 or 32;
+        # wrong in bf16 at K = 64, V = 24; wrong dk and dbeta only at fp16 K = 48, V = 32.
+        GDN | {"dtype": "fp16", "K": 48, "V": 32, "H": 2, "B": 1, "T": 63, "gates": "uniform"},
+        GDN | {"dtype": "fp16", "K": 40, "V": 16, "H": 8, "B": 1, "T": 63},
+        GDN | {"dtype": "fp16", "K": 40, "V": 32, "H": 7, "B": 3, "T": 127, "gates": "uniform"},
+        GDN | {"dtype": "bf16", "K": 64, "V": 24, "H": 5, "B": 2, "T": 454, "h0": True} | L2,
+        GDN | {"dtype": "fp16", "K": 48, "V": 32, "B": 3, "T": 15, "h0": True, "gates": "zero"},
+        # Open: illegal memory access in the backward's state pass (fp16, K = 64, V = 32), and
+        # CUDA errors that ended the worker (16-bit, K of 40 to 64 with V of 16 or 24).
+        GDN | {"dtype": "fp16", "K": 64, "V": 32, "H": 5, "B": 2, "T": 1000, "gates": "uniform"},
+        GDN | {"dtype": "fp16", "K": 48, "V": 16, "H": 5, "B": 2, "T": 359, "h0": True},
+        GDN | {"dtype": "bf16", "K": 48, "V": 24, "H": 6, "B": 3, "T": 2, "gates": "strong"},
+        GDN | {"dtype": "bf16", "K": 64, "V": 16, "B": 3, "T": 1, "gates": "strong"} | L2,
     ],
     ids=lambda spec: ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", ""),
 )
