@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from memlab.kernels.compare import rel_err
 from memlab.models import LanguageModel
 from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
-from memlab.models.layers.mom_dispatch import packed_layout, project_packed
+from memlab.models.layers.mom.dispatch import packed_layout, project_packed
 from tests.conformance.check import report
 from tests.conformance.layers import MOM
 

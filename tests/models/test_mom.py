@@ -16,7 +16,7 @@ from memlab.errors import ConfigError
 from memlab.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from memlab.kernels.gated_delta_rule import naive_recurrent_gated_delta_rule
 from memlab.models.layers import MoMAttention
-from memlab.models.layers import mom as mom_module
+from memlab.models.layers.mom import padded
 
 F64 = torch.float64
 D, H, K = 16, 2, 8
@@ -263,9 +263,9 @@ def test_training_at_small_T_takes_one_chunked_call(monkeypatch: pytest.MonkeyPa
 
         return wrapped
 
-    monkeypatch.setattr(mom_module, "chunk_gated_delta_rule", spy("chunk", chunk_gated_delta_rule))
+    monkeypatch.setattr(padded, "chunk_gated_delta_rule", spy("chunk", chunk_gated_delta_rule))
     monkeypatch.setattr(
-        mom_module, "fused_recurrent_gated_delta_rule", spy("recurrent", fused_recurrent_gated_delta_rule)
+        padded, "fused_recurrent_gated_delta_rule", spy("recurrent", fused_recurrent_gated_delta_rule)
     )
     layer = make_layer(4, 2)
     layer(torch.randn(2, 10, D, dtype=F64))

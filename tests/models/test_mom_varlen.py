@@ -17,8 +17,8 @@ import torch
 
 from memlab.kernels import chunk_gated_delta_rule
 from memlab.models.layers import MoMAttention
-from memlab.models.layers import mom as mom_module
-from memlab.models.layers.mom_dispatch import packed_layout, padded_layout, project_packed
+from memlab.models.layers.mom import packed, padded
+from memlab.models.layers.mom.dispatch import packed_layout, padded_layout, project_packed
 from tests.interpreter import interpreted, run_under_interpreter
 
 D, K = 24, 16
@@ -165,7 +165,8 @@ def test_packed_layer_equals_padded(B, T, H, num_memories, topk, shared_mem, mon
         calls.append((tuple(q.shape), kwargs.get("cu_seqlens") is not None))
         return chunk_gated_delta_rule(q, *args, **kwargs)
 
-    monkeypatch.setattr(mom_module, "chunk_gated_delta_rule", spy)
+    for layout in (packed, padded):
+        monkeypatch.setattr(layout, "chunk_gated_delta_rule", spy)
     layer = make_layer(H, num_memories, topk, shared_mem)
     compare_with_padded(layer, torch.randn(B, T, D))
     S = topk + int(shared_mem)
@@ -177,7 +178,7 @@ def test_packed_layer_equals_padded(B, T, H, num_memories, topk, shared_mem, mon
 
 @interpreted
 def test_packed_layer_with_an_empty_memory_and_grouped_projection(monkeypatch) -> None:
-    monkeypatch.setattr(mom_module, "grouped_mm_fits", lambda x, weight: True)
+    monkeypatch.setattr(packed, "grouped_mm_fits", lambda x, weight: True)
     layer = make_layer(2, 4, 2, True)
     with torch.no_grad():  # x >= 0: memory 3's logit is always the lowest, never in the top 2
         layer.router.weight.abs_()[3] = -1.0

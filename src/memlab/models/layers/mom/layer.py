@@ -1,0 +1,176 @@
+"""The MoM token mixer: routing, q/k/v/β/g, the memories and the gated output norm, written
+once over the segment layouts of layout.py."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlab.models.layers.mom.config import MoMConfig
+from memlab.models.layers.mom.layout import choose_layout
+from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
+from memlab.models.layers.mom.routing import load_balance, route
+from memlab.models.layers.mom.state import MoMState
+from memlab.models.mixer import MixerOutput
+from memlab.models.modules.gated_rmsnorm import GatedRMSNorm
+from memlab.models.modules.init import inverse_softplus, log_uniform_steps
+from memlab.models.modules.short_conv import ShortConvolution
+from memlab.models.modules.varlen import check_packed
+
+
+class MoMAttention(nn.Module):
+    """Mixture-of-Memories token mixer. x: [B, T, D] -> MixerOutput with hidden [B, T, D].
+
+    Args:
+        d_model: D.
+        layer_idx: position in the stack.
+        num_heads: H.
+        head_dim: K, the key dim of each head (1..256).
+        expand_v: value dim V = K · expand_v (1..256).
+        num_memories: E, routed memories per head.
+        topk: memories each token is routed to (1..E).
+        shared_mem: add one memory that every token reads and writes.
+        aux_loss_weight: λ of the load-balancing loss returned as ``router_balance`` (>= 0).
+        conv_size: width of the short causal convolutions on q, k and v.
+        norm_eps: epsilon of the gated output RMSNorm.
+        backend: kernel backend, None (from $MEMLAB_KERNEL_BACKEND) | "auto" | "triton" | "torch";
+            where it resolves to "triton" (CUDA under "auto") the layer takes the packed layout.
+
+    The options are checked as a ``MoMConfig``, kept as ``config``. Parameters: q projection,
+    router (only when E > 1), per-memory k/v/β/a projections stacked as ``memory_proj``
+    [M, D, H·K + H·V + 2H] (memory E is the shared one), decay A_log [H] and dt_bias [H], the
+    three short convs, output gate, gated RMSNorm and output projection.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        num_heads: int = 4,
+        head_dim: int = 64,
+        expand_v: float = 1,
+        num_memories: int = 4,
+        topk: int = 2,
+        shared_mem: bool = True,
+        aux_loss_weight: float = 1e-3,
+        conv_size: int = 4,
+        norm_eps: float = 1e-5,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        config = MoMConfig(
+            num_heads=num_heads,
+            head_dim=head_dim,
+            expand_v=expand_v,
+            num_memories=num_memories,
+            topk=topk,
+            shared_mem=shared_mem,
+            aux_loss_weight=aux_loss_weight,
+            conv_size=conv_size,
+            norm_eps=norm_eps,
+            backend=backend,
+        )
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim, self.value_dim = num_heads, head_dim, config.value_dim
+        self.num_memories, self.topk, self.shared_mem = num_memories, topk, shared_mem
+        self.aux_loss_weight = aux_loss_weight
+        H, K, V = num_heads, head_dim, self.value_dim
+
+        self.q_proj = nn.Linear(d_model, H * K, bias=False)
+        # One memory needs no router: softmax over a single logit is constant.
+        self.router = nn.Linear(d_model, num_memories, bias=False) if num_memories > 1 else None
+        bound = 1.0 / math.sqrt(d_model)  # nn.Linear's default initialisation
+        self.memory_proj = nn.Parameter(
+            torch.empty(self.num_rows, d_model, H * K + H * V + 2 * H).uniform_(-bound, bound)
+        )
+        self.A_log, self.dt_bias = _mamba_decay_init(H)
+        self.q_conv = ShortConvolution(H * K, conv_size, backend)
+        self.k_conv = ShortConvolution(H * K, conv_size, backend)
+        self.v_conv = ShortConvolution(H * V, conv_size, backend)
+        self.gate_proj = nn.Linear(d_model, H * V, bias=False)
+        self.norm = GatedRMSNorm(V, norm_eps, backend)
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str | None:
+        """The kernel backend of every op of the layer (see ``__init__``)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str | None) -> None:
+        # the convs and the norm run kernel ops of their own: one setting for all of them
+        self._backend = value
+        for module in (self.q_conv, self.k_conv, self.v_conv, self.norm):
+            module.backend = value
+
+    @property
+    def num_rows(self) -> int:
+        """M: the memories per sequence and head, routed plus shared."""
+        return self.num_memories + int(self.shared_mem)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MoMState:
+        """An empty cache: zero memories (fp32, or fp64 for fp64) and zero conv tails (``dtype``)."""
+        H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows
+        state_dtype = torch.promote_types(dtype, torch.float32)
+        memory = torch.zeros(batch_size, M, H, K, V, device=device, dtype=state_dtype)
+        return MoMState(
+            memory=memory,
+            q_tail=self.q_conv.init_cache(batch_size, device, dtype),
+            k_tail=self.k_conv.init_cache(batch_size * M, device, dtype).unflatten(0, (batch_size, M)),
+            v_tail=self.v_conv.init_cache(batch_size * M, device, dtype).unflatten(0, (batch_size, M)),
+            num_routed=self.num_memories,
+        )
+
+    def forward(
+        self, x: torch.Tensor, state: MoMState | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> MixerOutput:
+        """x: [B, T, D]; state: from ``init_state``, continued and updated in place; cu_seqlens:
+        int [N+1] packed documents (B == 1, no state).
+
+        Returns hidden [B, T, D] in x's dtype; aux_losses {"router_balance": λ·L_aux} when E > 1
+        and λ > 0; stats {"router_load": f [E]} when E > 1.
+        """
+        check_packed("MoMAttention", x.shape[0], cu_seqlens, state)
+        Layout = choose_layout(self.backend, x, self.num_rows, state, cu_seqlens)
+        documents = None
+        if cu_seqlens is not None and Layout is PaddedLayout:  # it takes documents as rows
+            documents = DocumentRows(cu_seqlens, x)
+            x, cu_seqlens = documents.pad(x), None
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.head_dim, self.value_dim
+        compute = torch.promote_types(x.dtype, torch.float32)
+
+        # each token's top-k memories (and the shared one) and their weights w_t
+        routing = route(x, self.router, self.num_memories, self.topk, self.shared_mem, compute)
+        layout = Layout(routing, cu_seqlens, state, self.backend)
+        q = layout.time_conv(self.q_conv, self.q_proj(x)).unflatten(-1, (H, K))  # shared by the memories
+        q, kvba = layout.dispatch(x, q, self.memory_proj)  # to each visited memory, through its projection
+        k, v, b, a = kvba.split([H * K, H * V, H, H], dim=-1)
+        k, v = layout.memory_conv(self.k_conv, self.v_conv, k, v)
+        beta = b.to(compute).sigmoid()
+        g = -self.A_log.to(compute).exp() * F.softplus(a.to(compute) + self.dt_bias.to(compute))  # log α
+        # each memory over its tokens: S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = S_tᵀq_t/√K
+        o = layout.gated_delta_rule(q, k, v, g, beta, scale=K**-0.5)
+        o = layout.combine(o, routing.weights).to(x.dtype)  # o_t = Σ_m w_tm o_tm over its memories
+        o = self.norm(o.view(B, T, H, V), self.gate_proj(x).view(B, T, H, V))
+        hidden = self.o_proj(o.reshape(B, T, H * V))
+
+        token_mask = None
+        if documents is not None:
+            hidden, token_mask = documents.unpad(hidden), documents.mask
+        return MixerOutput(hidden, *load_balance(routing, self.topk, self.aux_loss_weight, token_mask))
+
+
+def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """A_log [H] with A ~ U(1, 16), and dt_bias [H] = softplus⁻¹(dt) with dt log-uniform in
+    [1e-3, 0.1]: per-head decay rates spread over two orders of magnitude, as in Mamba."""
+    A = torch.empty(num_heads).uniform_(1, 16)
+    A_log = nn.Parameter(A.log())
+    dt_bias = nn.Parameter(inverse_softplus(log_uniform_steps(num_heads, 1e-3, 0.1, 1e-4)))
+    for p in (A_log, dt_bias):
+        p._no_weight_decay = True  # decay rates, not weights
+    return A_log, dt_bias

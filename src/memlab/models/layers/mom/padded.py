@@ -1,0 +1,130 @@
+"""MoM's padded layout: segment (b, m) is row b·M + m of a [B·M, T] batch, its tokens
+compacted to the front and the rest padding with decay g = 0 and β = 0, which leaves the
+state untouched. Any kernel backend runs it, and it is the only layout that decodes (a
+state continued from a cache); it pays for M·T token slots per sequence instead of (k + shared)·T.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule
+from memlab.models.layers.mom.dispatch import padded_layout
+from memlab.models.layers.mom.routing import Routing
+from memlab.models.layers.mom.state import MoMState
+from memlab.models.modules.short_conv import ShortConvolution
+from memlab.models.modules.varlen import document_bounds, document_positions
+
+
+class PaddedLayout:
+    """The MoM layer's segment operations on B sequences of T tokens in padded rows
+    (see ``MoMAttention.forward``); ``state``, if given, is continued and updated in place."""
+
+    def __init__(
+        self, routing: Routing, cu_seqlens: torch.Tensor | None, state: MoMState | None, backend: str | None
+    ) -> None:
+        assert cu_seqlens is None, "packed documents reach the padded layout as rows (DocumentRows)"
+        self.state, self.backend = state, backend
+        self.destination, self.counts = padded_layout(routing.visited, routing.chosen)  # [B, T, S], [B, M]
+        self.B, self.T, self.M = routing.visited.shape
+
+    def time_conv(self, conv: ShortConvolution, u: torch.Tensor) -> torch.Tensor:
+        """conv over each sequence in time order, continuing the state's q tail: u [B, T, C]."""
+        y, tail = conv(u, cache=None if self.state is None else self.state.q_tail)
+        if self.state is not None:
+            self.state.q_tail = tail
+        return y
+
+    def dispatch(
+        self, x: torch.Tensor, q: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each visit's q [B, T, H, K] -> [B, M, T, H·K], and its token x [B, T, D] through its
+        memory's projection weight [M, D, F] -> [B, M, T, F]."""
+        B, T, M, D = self.B, self.T, self.M, x.shape[-1]
+        features = torch.cat([x, q.flatten(2)], dim=-1)  # dispatched together: one scatter
+        S, width = self.destination.shape[2], features.shape[-1]
+        rows = features.new_zeros(B * M * T, width).index_copy(
+            0, self.destination.flatten(), features[:, :, None].expand(B, T, S, width).reshape(-1, width)
+        )
+        x_rows, q_rows = rows.view(B, M, T, width).split([D, width - D], dim=-1)
+        return q_rows, torch.einsum("bmtd,mdf->bmtf", x_rows, weight)
+
+    def memory_conv(
+        self, k_conv: ShortConvolution, v_conv: ShortConvolution, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k and v convs per row, over one memory's routed subsequence: they restart at every
+        (sequence, memory) boundary and never read another memory's tokens. k, v: [B, M, T, C]
+        -> [B·M, T, C]."""
+        B, M, T, lengths, state = self.B, self.M, self.T, self.counts.flatten(), self.state
+        k_tail = v_tail = None
+        if state is not None:
+            k_tail, v_tail = state.k_tail.flatten(0, 1), state.v_tail.flatten(0, 1)
+        k, k_tail = k_conv(k.reshape(B * M, T, -1), k_tail, lengths)
+        v, v_tail = v_conv(v.reshape(B * M, T, -1), v_tail, lengths)
+        if state is not None:
+            state.k_tail, state.v_tail = k_tail.unflatten(0, (B, M)), v_tail.unflatten(0, (B, M))
+        return k, v
+
+    def gated_delta_rule(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        g: torch.Tensor,
+        beta: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """One gated-delta-rule call over the B·M rows (q and k normalised in the kernel), from
+        and into the state's memories. q [B, M, T, H·K]; k [B·M, T, H·K]; v [B·M, T, H·V];
+        g, beta [B, M, T, H] -> o [B·M, T, H, V]."""
+        B, M, T, H, state = self.B, self.M, self.T, g.shape[-1], self.state
+        real = (torch.arange(T, device=g.device) < self.counts[..., None])[..., None]  # [B, M, T, 1]
+        # T == 1 with a cache is a decoding step; everything else, training at any T included,
+        # takes the chunked form.
+        kernel = fused_recurrent_gated_delta_rule if state is not None and T == 1 else chunk_gated_delta_rule
+        o, final = kernel(
+            # under autocast k, v come out of the einsum in the autocast dtype while q does not
+            q.reshape(B * M, T, H, -1).to(k.dtype),
+            k.view(B * M, T, H, -1),
+            v.view(B * M, T, H, -1),
+            (g * real).reshape(B * M, T, H),  # padding must not decay or write
+            (beta * real).reshape(B * M, T, H),
+            scale=scale,
+            initial_state=None if state is None else state.memory.flatten(0, 1),
+            output_final_state=state is not None,
+            use_qk_l2norm_in_kernel=True,
+            backend=self.backend,
+        )
+        if state is not None:
+            state.memory = final.view(B, M, *final.shape[1:])
+        return o
+
+    def combine(self, o: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ over each token's S visits of weight · output: o [B·M, T, H, V] -> [B·T, H·V]."""
+        B, T, M = self.B, self.T, self.M
+        S = self.destination.shape[2]
+        return combine_routed(
+            o.reshape(B * M * T, -1), self.destination.view(B * T, S), weights.reshape(B * T, S), self.backend
+        )
+
+
+class DocumentRows:
+    """Packed documents (cu_seqlens int [N+1] over x [1, T, D]) as a batch of N rows padded to
+    the longest document, so that the padded layout's routing, convs and memories restart at
+    every document. Sizing the rows reads cu_seqlens on the host, which the PyTorch twin does
+    anyway; the packed layout never does."""
+
+    def __init__(self, cu_seqlens: torch.Tensor, x: torch.Tensor) -> None:
+        bounds = document_bounds("MoMAttention", cu_seqlens, x.shape[1])
+        self.shape = (len(bounds), max(end - start for start, end in bounds))
+        self.doc, self.position = document_positions(cu_seqlens, x.shape[1])
+        mask = torch.zeros(self.shape, dtype=torch.bool, device=x.device)
+        self.mask = mask.index_put((self.doc, self.position), torch.ones_like(self.doc, dtype=torch.bool))
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[1, T, D] -> [N, L, D], zeros after each document's end."""
+        return x.new_zeros(*self.shape, x.shape[-1]).index_put((self.doc, self.position), x[0])
+
+    def unpad(self, rows: torch.Tensor) -> torch.Tensor:
+        """[N, L, D] -> [1, T, D]."""
+        return rows[self.doc, self.position][None]
