@@ -8,7 +8,7 @@ from torch import nn
 
 from memlab.models import LanguageModel
 from memlab.models.flops import active_parameters, training_flops_per_token
-from memlab.models.layers import Attention
+from memlab.models.layers import Attention, MoMAttention
 from memlab.utils.gpu_peak import peak_bf16_flops
 
 
@@ -32,6 +32,14 @@ def test_mixers_report_their_idle_parameters() -> None:
     model = _model(True)
     model.layers[0].add_module("extra", Idle())
     assert active_parameters(model) == active_parameters(_model(True)) - 7
+
+
+def test_a_mom_token_passes_through_its_topk_memories_only() -> None:
+    mom = LanguageModel(
+        50, 16, 1, functools.partial(MoMAttention, num_heads=2, head_dim=8, num_memories=4, topk=1)
+    )
+    per_memory = mom.layers[0].mixer.memory_proj[0].numel()
+    assert active_parameters(mom) == sum(p.numel() for p in mom.parameters()) - 3 * per_memory
 
 
 def test_peak_throughput_by_device_name() -> None:

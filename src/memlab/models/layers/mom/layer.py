@@ -112,6 +112,11 @@ class MoMAttention(nn.Module):
         """M: the memories per sequence and head, routed plus shared."""
         return self.num_memories + int(self.shared_mem)
 
+    def idle_parameters(self) -> int:
+        """Parameters a token does not pass through: the projections of the E − topk routed
+        memories it is not sent to (for the FLOPs count, memlab.models.flops)."""
+        return (self.num_memories - self.topk) * self.memory_proj[0].numel()
+
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MoMState:
         """An empty cache: zero memories (fp32, or fp64 for fp64) and zero conv tails (``dtype``)."""
         H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows
