@@ -81,15 +81,16 @@ class MemlabLM(LM):
         """Token ids of a (context, continuation) request, split as lm-eval's own models split
         them: the context's trailing spaces go with the continuation, the pair is encoded
         whole; an empty context is the end-of-text token; the oldest tokens beyond
-        max_length + 1 are dropped."""
+        max_length + 1 are dropped (a continuation keeps its last max_length at most)."""
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, ctx = self._encode(context + continuation), self._encode(context)
         cont = whole[len(ctx) :]
-        ctx = ctx or [self.tokenizer.eos_id]
-        keep = self.max_length + 1 - len(cont)
-        return (ctx[-keep:] if keep > 0 else []), cont[-(self.max_length + 1) :]
+        # the last max_length + 1 tokens, at least one of them before the scored ones
+        window = [*(ctx or [self.tokenizer.eos_id]), *cont][-(self.max_length + 1) :]
+        scored = min(len(cont), self.max_length)
+        return window[: len(window) - scored], window[len(window) - scored :]
 
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """(log p(continuation | context), is greedy) per request; longest first, batch_size
