@@ -22,7 +22,7 @@ from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.results_table import print_results_table
 
-TASKS = ("mqar", "ppl_by_length", "passkey")
+TASKS = ("mqar", "ppl_by_length", "passkey", "lm_eval")
 _TEXT_DATA = "memlab.data.text.TextDataModule"
 # The text data keys that give a network's token ids their meaning.
 _TOKENIZER_KEYS = ("tokenizer", "eos_token", "vocab_size")
@@ -58,6 +58,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
     if cfg.task == "mqar":
         return _trainer_test(cfg, run_cfg, ckpt_path, output_dir)
+    if cfg.task == "lm_eval":
+        from memlab.eval.lm_eval.task import run_lm_eval
+
+        return run_lm_eval(cfg, run_cfg, ckpt_path, output_dir)
     return _text_task(cfg, run_cfg, ckpt_path, output_dir)
 
 
