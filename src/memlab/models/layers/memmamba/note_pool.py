@@ -107,12 +107,8 @@ class NotePool(nn.Module):
 
     def __init__(self, d_model: int, config: MemMambaConfig) -> None:
         super().__init__()
-        self.chunk_size, self.pool_size, self.recent_slots = (
-            config.chunk_size,
-            config.pool_size,
-            config.recent_slots,
-        )
-        self.summary_dim, self.note_scorer = config.summary_dim, config.note_scorer
+        self.chunk_size, self.pool_size = config.chunk_size, config.pool_size
+        self.recent_slots, self.summary_dim = config.recent_slots, config.summary_dim
         self.note_period, self.note_window = config.note_period, config.note_window
         self.summary_proj = nn.Linear(d_model, config.summary_dim, bias=False)
         self.summary_norm = nn.RMSNorm(config.summary_dim, eps=config.norm_eps)
@@ -149,6 +145,7 @@ class NotePool(nn.Module):
         layout = chunk_layout(self.chunk_size, segments, self.recent_slots, x.device)
         chunk_max, summary, log_priority = self._notes(x, layout, state)
 
+        # The pool before the pass: the state's, or the empty one a document starts with.
         carried = self.empty(B, x.device, x.dtype) if state is None else state
         priority = torch.cat([carried.log_priority, log_priority.to(carried.log_priority.dtype)], dim=1)
         index, valid, chunk = self._select(carried, priority, layout)  # [B, C + 1, K + R]
