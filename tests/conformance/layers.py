@@ -176,7 +176,7 @@ MAMBA = Family("mamba", _draw_mamba, _check_mamba)
 
 
 MEMMAMBA_KNOBS = ("chunk_size", "pool_size", "recent_slots", "summary_dim", "num_heads", "head_dim")
-MEMMAMBA_KNOBS += ("d_state", "fusion", "note_scorer")
+MEMMAMBA_KNOBS += ("fusion", "note_scorer")
 
 
 def _draw_memmamba(d: Draw) -> dict:
@@ -206,7 +206,7 @@ def _draw_memmamba(d: Draw) -> dict:
 
 
 def _check_memmamba(spec: dict, device: str) -> list[Measure]:
-    knobs = {k: spec[k] for k in MEMMAMBA_KNOBS}
+    knobs = {k: spec[k] for k in MEMMAMBA_KNOBS} | {"backbone": {"d_state": spec["d_state"]}}
     if spec["lm"] is None:
         model = MemMamba(spec["d_model"], 0, **knobs)
         x, cu = _inputs(spec, device)

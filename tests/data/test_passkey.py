@@ -129,7 +129,7 @@ def test_short_run_logs_the_length_depth_grid(tmp_path: Path) -> None:
             "model.mixer.num_heads=2",
             "model.mixer.head_dim=8",
             "model.mixer.summary_dim=8",
-            "model.mixer.d_state=4",
+            "model.mixer.backbone.d_state=4",
             "data.seq_len=24",
             "data.needle_len=3",
             "data.batch_size=4",

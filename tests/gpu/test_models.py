@@ -19,7 +19,9 @@ from tests.conformance.layers import MOM
 
 DEVICE = "cuda"
 VOCAB = 256
-MEMMAMBA_KNOBS = dict(chunk_size=32, pool_size=6, summary_dim=32, num_heads=4, head_dim=32, d_state=16)
+MEMMAMBA_KNOBS = dict(
+    chunk_size=32, pool_size=6, summary_dim=32, num_heads=4, head_dim=32, backbone={"d_state": 16}
+)
 MIXERS = {
     "attention": functools.partial(Attention, num_heads=4),
     "mom": functools.partial(MoMAttention, num_heads=2, head_dim=64, num_memories=4, topk=2),

@@ -18,7 +18,7 @@ def memmamba(**kwargs) -> MemMamba:
         num_heads=2,
         head_dim=8,
         cross_layer_period=2,
-        d_state=4,
+        backbone={"d_state": 4},
     )
     with torch.no_grad():
         for gamma in (layer.gamma_tok, layer.gamma_lay):

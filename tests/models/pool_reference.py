@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from memlab.models.layers.pool_attention import PoolAttention
+from memlab.models.layers.memmamba.pool_attention import PoolAttention
 
 
 def read(

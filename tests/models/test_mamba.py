@@ -172,7 +172,7 @@ def test_packed_input_refuses_a_state_or_several_rows() -> None:
         ({"dt_min": 0.1, "dt_max": 0.1}, r"model\.mixer\.dt_min and model\.mixer\.dt_max"),
         ({"dt_min": 0.0}, r"0 < dt_min < dt_max"),
         ({"dt_init_floor": -1.0}, r"model\.mixer\.dt_init_floor must be >= 0"),
-        ({"backend": "cuda"}, r"model\.mixer\.backend must be null or one of"),
+        ({"backend": "cuda"}, r"model\.mixer\.backend must be one of .auto., .triton., .torch. or null"),
         ({"d_state": None}, r"model\.mixer\.d_state must be an integer \(got None\)"),
         ({"dt_min": "x"}, r"model\.mixer\.dt_min must be a number \(got 'x'\)"),
     ],

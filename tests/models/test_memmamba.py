@@ -17,12 +17,13 @@ from memlab.errors import ConfigError
 from memlab.lit.stat_tags import stat_tags
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
-from memlab.models.layers.note_pool import chunk_layout, group_by_chunk, select_pools, ungroup
+from memlab.models.layers.memmamba.chunk_layout import chunk_layout, group_by_chunk, ungroup
+from memlab.models.layers.memmamba.note_pool import select_pools
 from tests.models.pool_reference import read
 
 F64 = torch.float64
 D, VOCAB = 16, 53
-SMALL = {"summary_dim": 8, "num_heads": 2, "head_dim": 4, "d_state": 4}
+SMALL = {"summary_dim": 8, "num_heads": 2, "head_dim": 4, "backbone": {"d_state": 4}}
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +132,7 @@ def test_chunk_layout_documents_and_offsets() -> None:
 def test_chunk_layout_of_a_continued_document_is_shifted_from_its_place_in_a_chunk(w, R) -> None:
     """Decoding steps and prefill pieces reuse the layout of their offset within a chunk; the
     shifted copy equals the layout built for the absolute position."""
-    from memlab.models.layers.note_pool import _build_layout, _cached_layout
+    from memlab.models.layers.memmamba.chunk_layout import _build_layout, _cached_layout
 
     _cached_layout.cache_clear()
     for position in range(0, 6 * w, 1):
@@ -187,7 +188,8 @@ def sequential_slots(layer: MemMamba, x: torch.Tensor) -> list[list[list[tuple[t
     pushed out of it (every note at once if R = 0) enters the K best by insert-if-better,
     evict-the-minimum (the youngest of the lowest)."""
     B, T, _ = x.shape
-    w, K, R = layer.chunk_size, layer.pool_size, layer.recent_slots
+    notes = layer.pool
+    w, K, R = notes.chunk_size, notes.pool_size, notes.recent_slots
     rows = []
     for b in range(B):
         pool: list[tuple[float, int, torch.Tensor, torch.Tensor]] = []  # (log π, age, summary, log π)
@@ -196,8 +198,8 @@ def sequential_slots(layer: MemMamba, x: torch.Tensor) -> list[list[list[tuple[t
         for t in range(T):
             if t % w == 0 and t > 0:
                 m = x[b, t - w : t].amax(0)
-                lp = F.logsigmoid(layer.scorer(m))[0]
-                fifo.append((lp.item(), t // w - 1, layer.summary_norm(layer.summary_proj(m)), lp))
+                lp = F.logsigmoid(notes.scorer(m))[0]
+                fifo.append((lp.item(), t // w - 1, notes.summary_norm(notes.summary_proj(m)), lp))
                 if len(fifo) > R:
                     note = fifo.pop(0)
                     if len(pool) < K:
@@ -245,7 +247,7 @@ def test_layer_matches_token_by_token_reference_outputs_and_gradients(recent_slo
     x = torch.randn(2, 17, D, dtype=F64, requires_grad=True)
     out = layer(x).hidden
     assert_same_outputs_and_gradients(out, reference(layer, x), {"x": x, **dict(layer.named_parameters())})
-    (g,) = torch.autograd.grad(out.sum(), layer.scorer.weight)
+    (g,) = torch.autograd.grad(out.sum(), layer.pool.scorer.weight)
     assert g.abs().sum() > 0, "the priority bias gives the scorer a gradient"
 
 
@@ -374,15 +376,16 @@ def test_variants_decode_like_the_full_forward(kwargs: dict) -> None:
     # a prefill, then a short piece and tokens; a prefill, then a piece over several chunks
     for cut in (13, 27):
         states = lm.init_states(2, torch.device("cpu"), F64)
-        shapes = [(s.summary.shape, s.chunk_max.shape) for s in states]
+        shapes = [(s.pool.summary.shape, s.pool.chunk_max.shape) for s in states]
         parts = [lm(x[:, :11], states=states).logits, lm(x[:, 11:cut], states=states).logits]
         parts += [lm(x[:, i : i + 1], states=states).logits for i in range(cut, 30)]
         torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-9, atol=1e-9)
-        assert [(s.summary.shape, s.chunk_max.shape) for s in states] == shapes  # constant-size cache
-        for s in states:  # and no view into a pass's larger tensors
+        assert [(s.pool.summary.shape, s.pool.chunk_max.shape) for s in states] == shapes  # constant-size
+        for s in (s.pool for s in states):  # and no view into a pass's larger tensors
             for t in (s.summary, s.log_priority, s.valid, s.recent_index, s.chunk_max):
                 assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
-        assert states[0].position == 30 and states[0].valid.all()  # 7 complete chunks fill K + R <= 5
+        pool = states[0].pool
+        assert pool.position == 30 and pool.valid.all()  # 7 complete chunks fill K + R <= 5
 
 
 @pytest.mark.parametrize(
@@ -400,7 +403,10 @@ def test_variants_decode_like_the_full_forward(kwargs: dict) -> None:
         ({"cross_token": "yes"}, "cross_token"),
         ({"norm_eps": 0.0}, "norm_eps"),
         ({"head_dim": True}, "head_dim"),
-        ({"d_state": 0}, "d_state"),
+        ({"backbone": {"d_state": 0}}, "backbone.d_state"),
+        ({"backbone": {"expand": 1.03}}, "backbone.expand"),
+        ({"backbone": {"state": 4}}, "backbone.state"),
+        ({"d_state": 4}, "d_state is not an option"),
     ],
 )
 def test_invalid_config_is_refused_naming_the_key(kwargs: dict, key: str) -> None:

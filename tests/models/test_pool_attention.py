@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memlab.models.layers.pool_attention import PoolAttention
+from memlab.models.layers.memmamba.pool_attention import PoolAttention
 from tests.models.pool_reference import read
 
 F64 = torch.float64

@@ -43,7 +43,7 @@ def build_model(name: str, d_model: int, n_layers: int, vocab_size: int, head_di
     """One of MODELS at the given size, fp32 weights, seeded."""
     heads = max(1, d_model // head_dim)
     mixers = {
-        "memmamba": functools.partial(MemMamba, d_state=16, expand=2),
+        "memmamba": functools.partial(MemMamba, backbone={"d_state": 16, "expand": 2}),
         "mamba": functools.partial(Mamba, d_state=16, expand=2),
         "mom": functools.partial(MoMAttention, num_heads=heads, head_dim=head_dim, num_memories=4, topk=2),
         "transformer": functools.partial(Attention, num_heads=heads, head_dim=head_dim),

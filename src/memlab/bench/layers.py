@@ -30,6 +30,7 @@ from memlab.models.layers import Mamba, MemMamba
 from memlab.models.layers.memmamba import PoolView
 
 D_MODEL, D_STATE, EXPAND, TOKENS = 768, 16, 2, 32768
+BACKBONE = {"d_state": D_STATE, "expand": EXPAND}  # MemMamba's Mamba backbone
 LENGTHS = (2048, 8192)
 GOAL_RATIO = 1.5
 # Layer 3 is the first that reads the pools below it at the default cross_layer_period 4.
@@ -42,13 +43,13 @@ def make_layer(name: str, d_model: int, memmamba_kwargs: dict[str, Any]) -> nn.M
     if name == "mamba":
         return Mamba(d_model, d_state=D_STATE, expand=EXPAND)
     layer_idx = CROSS_LAYER_IDX if name == "memmamba_cross_layer" else 0
-    return MemMamba(d_model, layer_idx, d_state=D_STATE, expand=EXPAND, **memmamba_kwargs)
+    return MemMamba(d_model, layer_idx, backbone=BACKBONE, **memmamba_kwargs)
 
 
 def _layer_memory(layer: MemMamba, x: torch.Tensor, memmamba_kwargs: dict[str, Any]) -> list[PoolView]:
     """The pools the layers below ``layer`` offer it: one layer-0 MemMamba's view of x, repeated
     for each of them, with summaries as leaves that take gradients (they would in a stack)."""
-    donor = MemMamba(x.shape[-1], 0, d_state=D_STATE, expand=EXPAND, **memmamba_kwargs).to(x.device)
+    donor = MemMamba(x.shape[-1], 0, backbone=BACKBONE, **memmamba_kwargs).to(x.device)
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16):
         view = donor(x).memory
     return [

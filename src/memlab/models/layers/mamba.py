@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +34,59 @@ from memlab.kernels.backend import BACKENDS
 from memlab.kernels.causal_conv1d import causal_conv1d
 from memlab.kernels.limits import MAX_CONV_WIDTH, MAX_STATE_SIZE
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
-from memlab.models.layers.config_types import require_types
 from memlab.models.mixer import MixerOutput
 from memlab.models.modules.init import inverse_softplus, log_uniform_steps
+from memlab.models.modules.short_conv import continue_conv
 from memlab.models.modules.varlen import check_packed, document_bounds
+from memlab.models.schema import Schema, option
 
 # Time steps per block when a prefill adds the decayed starting state to its outputs: bounds
 # the [B, E, N, steps] decay tensor that this needs, whatever the prompt length.
 _CARRY_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class MambaConfig(Schema):
+    """Mamba-1's options: ``model.mixer.*`` of model=mamba, ``model.mixer.backbone.*`` of MemMamba.
+
+    d_state: N, the state size per inner channel.
+    d_conv: width of the causal depthwise convolution.
+    expand: E = expand · d_model inner channels (must be a whole number).
+    dt_rank: rank of the dt projection, or "auto" for ceil(d_model / 16).
+    dt_min, dt_max: range of the initial step sizes dt, sampled log-uniformly per channel.
+    dt_init_floor: lower clamp on those sampled step sizes.
+    conv_bias: give the convolution a bias. bias: give in_proj and out_proj biases.
+    backend: kernel backend, None (from $MEMLAB_KERNEL_BACKEND) | "auto" | "triton" | "torch".
+    """
+
+    d_state: int = option(16, ge=1, le=MAX_STATE_SIZE)
+    d_conv: int = option(4, ge=1, le=MAX_CONV_WIDTH)
+    expand: float = option(2, gt=0)
+    dt_rank: Literal["auto"] | int = "auto"
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    dt_init_floor: float = option(1e-4, ge=0)
+    conv_bias: bool = True
+    bias: bool = False
+    backend: Literal[BACKENDS] | None = None
+
+    def check(self) -> None:
+        self.require("dt_rank", self.dt_rank == "auto" or self.dt_rank >= 1, "'auto' or an integer >= 1")
+        if not 0 < self.dt_min < self.dt_max:
+            raise ConfigError(
+                f"{self._key('dt_min')} and {self._key('dt_max')} must satisfy 0 < dt_min < dt_max "
+                f"(got dt_min={self.dt_min}, dt_max={self.dt_max})"
+            )
+
+    def inner_channels(self, d_model: int, prefix: str = Schema.PREFIX) -> int:
+        """E = expand · d_model; ConfigError naming ``<prefix>.expand`` unless a whole number."""
+        inner = self.expand * d_model
+        if inner != int(inner):
+            raise ConfigError(
+                f"{prefix}.expand must make expand · d_model a whole number "
+                f"(got {self.expand} · {d_model} = {inner})"
+            )
+        return int(inner)
 
 
 @dataclass
@@ -61,15 +107,8 @@ class Mamba(nn.Module):
     Args:
         d_model: D.
         layer_idx: position in the stack.
-        d_state: N, the state size per inner channel.
-        d_conv: width of the causal depthwise convolution.
-        expand: E = expand · D inner channels (must be a whole number).
-        dt_rank: rank of the dt projection, or "auto" for ceil(D / 16).
-        dt_min, dt_max: range of the initial step sizes dt, sampled log-uniformly per channel.
-        dt_init_floor: lower clamp on those sampled step sizes.
-        conv_bias: give the convolution a bias.
-        bias: give in_proj and out_proj biases.
-        backend: kernel backend, None (from $MEMLAB_KERNEL_BACKEND) | "auto" | "triton" | "torch".
+        prefix: the config key the options sit under, which their errors name.
+        options: ``MambaConfig``'s fields.
 
     Parameters: in_proj [2E, D], conv1d (weight [E, 1, d_conv], bias [E]), x_proj
     [dt_rank + 2N, E], dt_proj (weight [E, dt_rank], bias [E]), A_log [E, N], D [E],
@@ -77,41 +116,30 @@ class Mamba(nn.Module):
     """
 
     def __init__(
-        self,
-        d_model: int,
-        layer_idx: int = 0,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: float = 2,
-        dt_rank: int | str = "auto",
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        dt_init_floor: float = 1e-4,
-        conv_bias: bool = True,
-        bias: bool = False,
-        backend: str | None = None,
+        self, d_model: int, layer_idx: int = 0, *, prefix: str = Schema.PREFIX, **options: Any
     ) -> None:
         super().__init__()
-        _check_config(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init_floor, backend)
+        self.config = config = MambaConfig.build(options, prefix)
         self.layer_idx = layer_idx
-        self.d_state, self.d_conv, self.backend = d_state, d_conv, backend
-        self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        E, N, R = self.d_inner, d_state, self.dt_rank
+        self.d_state, self.d_conv, self.backend = config.d_state, config.d_conv, config.backend
+        self.d_inner = config.inner_channels(d_model, prefix)
+        self.dt_rank = math.ceil(d_model / 16) if config.dt_rank == "auto" else config.dt_rank
+        E, N, R = self.d_inner, self.d_state, self.dt_rank
 
-        self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
-        # Only the parameters are used (by causal_conv1d, and with a cache tail in front by
-        # _conv); nn.Conv1d keeps the checkpoint layout and its default init.
-        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=conv_bias)
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=config.bias)
+        # Only the parameters are used (by causal_conv1d, or continue_conv after a cache's
+        # tail); nn.Conv1d keeps the checkpoint layout and its default init.
+        self.conv1d = nn.Conv1d(E, E, self.d_conv, groups=E, bias=config.conv_bias)
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
         self.dt_proj = nn.Linear(R, E, bias=True)
-        self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.out_proj = nn.Linear(E, d_model, bias=config.bias)
         with torch.no_grad():
             # dt_proj·dt_low starts at unit scale, so that the bias alone sets the initial
             # step sizes: log-uniform in [dt_min, dt_max], i.e. memories from ~1/dt_max to
             # ~1/dt_min tokens. The bias stores softplus⁻¹(dt) = dt + log(1 − e^−dt).
             self.dt_proj.weight.uniform_(-(R**-0.5), R**-0.5)
-            self.dt_proj.bias.copy_(inverse_softplus(log_uniform_steps(E, dt_min, dt_max, dt_init_floor)))
+            steps = log_uniform_steps(E, config.dt_min, config.dt_max, config.dt_init_floor)
+            self.dt_proj.bias.copy_(inverse_softplus(steps))
         # S4D-real: channel-independent decay rates 1..N on the state dims.
         self.A_log = nn.Parameter(torch.arange(1, N + 1, dtype=torch.float32).log().repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
@@ -135,24 +163,20 @@ class Mamba(nn.Module):
 
         Returns hidden [B, T, D] in x's dtype, no aux losses or stats.
         """
-        B, T, _ = x.shape
-        bounds = None
-        check_packed("Mamba", B, cu_seqlens, state)
-        if cu_seqlens is not None:
-            # Documents are run one by one, which needs their bounds on the host: the only sync
-            # of the layer. A varlen scan taking cu_seqlens on the device would remove it.
-            bounds = [(s, e) for s, e in document_bounds("Mamba", cu_seqlens, T) if e > s]
+        check_packed("Mamba", x.shape[0], cu_seqlens, state)
+        # Documents are scanned one by one, which needs their bounds on the host: the only sync
+        # of the layer. A varlen scan taking cu_seqlens on the device would remove it.
+        bounds = None if cu_seqlens is None else document_bounds("Mamba", cu_seqlens, x.shape[1])
 
         # Activations stay [B, T, channels] from in_proj to out_proj: the scan reads its
         # [B, E, T] inputs as transposed views of them (z, every other E-wide row of in_proj's
         # output, is copied once to that layout), so no layer-sized transposing copy.
         x_in, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, E] each
+        conv_weight, conv_bias = self.conv1d.weight[:, 0], self.conv1d.bias
         if state is None:
-            u = causal_conv1d(
-                x_in, self.conv1d.weight[:, 0], self.conv1d.bias, cu_seqlens, "silu", self.backend
-            )
+            u = causal_conv1d(x_in, conv_weight, conv_bias, cu_seqlens, "silu", self.backend)
         else:
-            u, conv_tail = self._conv(x_in, state.conv_tail)
+            u, state.conv_tail = continue_conv(x_in, state.conv_tail, conv_weight, conv_bias)
         dt_low, B_ssm, C_ssm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, self.dt_proj.weight)  # bias added in the scan
         # [B, E, T] and [B, N, T] views
@@ -161,63 +185,53 @@ class Mamba(nn.Module):
         # sensitive to it over long contexts.
         A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
-        def scan(sl: slice, last: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-            return selective_scan(
-                u[:, :, sl],
-                delta[:, :, sl],
-                A,
-                B_ssm[:, :, sl],
-                C_ssm[:, :, sl],
-                D=self.D,
-                z=z[:, :, sl],
-                delta_bias=self.dt_proj.bias,
-                delta_softplus=True,
-                return_last_state=last,
-                backend=self.backend,
-            )
-
         if bounds is not None:
             # joined along time in [B, T, E], the layout out_proj reads
-            y = torch.cat([scan(slice(s, e)).transpose(1, 2) for s, e in bounds], dim=1).transpose(1, 2)
+            docs = [(s, e) for s, e in bounds if e > s]
+            y = torch.cat(
+                [self._scan(u, delta, A, B_ssm, C_ssm, z, slice(s, e)).transpose(1, 2) for s, e in docs],
+                dim=1,
+            ).transpose(1, 2)
         elif state is None:
-            y = scan(slice(None))
-        elif T == 1:
+            y = self._scan(u, delta, A, B_ssm, C_ssm, z)
+        elif x.shape[1] == 1:
             y = selective_state_update(
-                state.ssm,
-                u[:, :, 0],
-                delta[:, :, 0],
-                A,
-                B_ssm[:, :, 0],
-                C_ssm[:, :, 0],
-                D=self.D,
-                z=z[:, :, 0],
-                dt_bias=self.dt_proj.bias,
-                dt_softplus=True,
-                backend=self.backend,
-            )[:, :, None]
-            state.conv_tail = conv_tail
+                state.ssm, u[:, :, 0], delta[:, :, 0], A, B_ssm[:, :, 0], C_ssm[:, :, 0], D=self.D,
+                z=z[:, :, 0], dt_bias=self.dt_proj.bias, dt_softplus=True, backend=self.backend,
+            )[:, :, None]  # fmt: skip
         else:
-            y, last = scan(slice(None), last=True)
+            y, last = self._scan(u, delta, A, B_ssm, C_ssm, z, last=True)
             y_carry, h_carry = self._carry(state.ssm, delta, A, C_ssm, z)
             y = y + y_carry.to(y.dtype)
-            state.ssm, state.conv_tail = last + h_carry, conv_tail
+            state.ssm = last + h_carry
         return MixerOutput(self.out_proj(y.transpose(1, 2)))
 
-    def _conv(self, x: torch.Tensor, tail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """silu(causal depthwise conv + bias) of x [B, T, E] preceded by a cache's ``tail``
-        [B, E, W−1]. Returns y [B, T, E] and the new tail [B, E, W−1], both in x's dtype."""
-        W = self.d_conv
-        extended = torch.cat([tail, x.transpose(1, 2)], dim=2)
-        if x.shape[1] == 1:
-            # One token (a decoding step): a weighted sum over the window. On CPU, F.conv1d's
-            # fixed cost per call is far above the sum's (milliseconds for fp32, more for fp64).
-            pre = (extended * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)
-            if self.conv1d.bias is not None:
-                pre = pre + self.conv1d.bias[:, None]
-        else:
-            pre = F.conv1d(extended, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
-        # The tail is copied: a view would keep the whole prefill buffer alive in the cache.
-        return F.silu(pre).transpose(1, 2), extended[:, :, extended.shape[2] - (W - 1) :].clone()
+    def _scan(
+        self,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        z: torch.Tensor,
+        steps: slice = slice(None),
+        last: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The selective scan from a zero state over the time steps ``steps`` of u, delta, z
+        [B, E, T] and B, C [B, N, T] -> y [B, E, steps] (and the last state if ``last``)."""
+        return selective_scan(
+            u[:, :, steps],
+            delta[:, :, steps],
+            A,
+            B[:, :, steps],
+            C[:, :, steps],
+            D=self.D,
+            z=z[:, :, steps],
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            return_last_state=last,
+            backend=self.backend,
+        )
 
     def _carry(
         self, h0: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, C: torch.Tensor, z: torch.Tensor
@@ -239,44 +253,3 @@ class Mamba(nn.Module):
             parts.append(torch.einsum("bens,ben,bns->bes", decay, h0, C_blk))
         y = torch.cat(parts, dim=-1) * F.silu(z.to(dtype))
         return y, torch.exp(elapsed[:, :, -1:] * A_c) * h0
-
-
-def _check_config(
-    d_model: int,
-    d_state: int,
-    d_conv: int,
-    expand: float,
-    dt_rank: int | str,
-    dt_min: float,
-    dt_max: float,
-    dt_init_floor: float,
-    backend: str | None,
-) -> None:
-    """Raise ConfigError naming the first invalid ``model.mixer.*`` key."""
-    require_types(
-        {"d_state": d_state, "d_conv": d_conv},
-        {"expand": expand, "dt_min": dt_min, "dt_max": dt_max, "dt_init_floor": dt_init_floor},
-    )
-    if not 1 <= d_state <= MAX_STATE_SIZE:
-        raise ConfigError(f"model.mixer.d_state must be in 1..{MAX_STATE_SIZE} (got {d_state})")
-    if not 1 <= d_conv <= MAX_CONV_WIDTH:
-        raise ConfigError(f"model.mixer.d_conv must be in 1..{MAX_CONV_WIDTH} (got {d_conv})")
-    inner = expand * d_model
-    if expand <= 0 or inner != int(inner):
-        raise ConfigError(
-            f"model.mixer.expand must be > 0 and make expand · d_model a whole number "
-            f"(got {expand} · {d_model} = {inner})"
-        )
-    if dt_rank != "auto" and (isinstance(dt_rank, str) or dt_rank != int(dt_rank) or dt_rank < 1):
-        raise ConfigError(f"model.mixer.dt_rank must be 'auto' or an integer >= 1 (got {dt_rank!r})")
-    if not 0 < dt_min < dt_max:
-        raise ConfigError(
-            f"model.mixer.dt_min and model.mixer.dt_max must satisfy 0 < dt_min < dt_max "
-            f"(got dt_min={dt_min}, dt_max={dt_max})"
-        )
-    if dt_init_floor < 0:
-        raise ConfigError(f"model.mixer.dt_init_floor must be >= 0 (got {dt_init_floor})")
-    if backend is not None and backend not in BACKENDS:
-        raise ConfigError(
-            f"model.mixer.backend must be null or one of {', '.join(BACKENDS)} (got {backend!r})"
-        )

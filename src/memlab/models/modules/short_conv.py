@@ -64,22 +64,51 @@ class ShortConvolution(nn.Module):
             raise ValueError("ShortConvolution: cu_seqlens and a cache cannot be combined")
         if cache is None:
             return causal_conv1d(x, self.weight, cu_seqlens=cu_seqlens, backend=self.backend), None
-        if x.shape[1] == 1:
-            y, new_cache = self.step(x[:, 0], cache)
-            if lengths is not None:
-                new_cache = torch.where(lengths[:, None, None] > 0, new_cache, cache)
-            return y[:, None], new_cache
-
-        B, T, C = x.shape
-        extended = torch.cat([cache, x.transpose(1, 2)], dim=2)  # [B, C, W−1+T]
-        y = F.silu(F.conv1d(extended, self.weight[:, None], groups=C)).transpose(1, 2)
-        end = torch.full((B,), T, device=x.device) if lengths is None else lengths.long()
-        # Tail = extended[:, :, end + j] for j < W−1, where end counts the real tokens of the row.
-        index = end[:, None] + torch.arange(self.kernel_size - 1, device=x.device)
-        return y, extended.gather(2, index[:, None, :].expand(B, C, -1))
+        return continue_conv(x, cache, self.weight, lengths=lengths)
 
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One-token decode form. x: [B, C]; cache: [B, C, W−1] -> (y [B, C], new cache [B, C, W−1])."""
-        window = torch.cat([cache, x[:, :, None]], dim=2)  # [B, C, W]
-        y = F.silu((window * self.weight).sum(-1))
-        return y, window[:, :, 1:]
+        return conv_step(x, cache, self.weight)
+
+
+def continue_conv(
+    x: torch.Tensor,
+    cache: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(causal depthwise conv (+ bias)) of x [B, T, C] continuing the inputs ``cache``
+    [B, C, W−1] (the cache form of ``ShortConvolution`` and of Mamba's conv). weight: [C, W], tap
+    W−1 on the current token; bias: [C] or None; lengths: int [B] real tokens at the front of
+    each row, where the new tail is read from (default all T).
+
+    Returns y [B, T, C] and the new tail [B, C, W−1] (the last W−1 real inputs, reaching into the
+    old tail where a row is shorter than W−1), both in x's dtype; the tail never keeps a prefill's
+    [B, C, W−1+T] buffer alive.
+    """
+    if x.shape[1] == 1:
+        y, new_cache = conv_step(x[:, 0], cache, weight, bias)
+        if lengths is not None:
+            new_cache = torch.where(lengths[:, None, None] > 0, new_cache, cache)
+        return y[:, None], new_cache
+
+    B, T, C = x.shape
+    extended = torch.cat([cache, x.transpose(1, 2)], dim=2)  # [B, C, W−1+T]
+    y = F.silu(F.conv1d(extended, weight[:, None], bias, groups=C)).transpose(1, 2)
+    end = torch.full((B,), T, device=x.device) if lengths is None else lengths.long()
+    # Tail = extended[:, :, end + j] for j < W−1, where end counts the real tokens of the row.
+    index = end[:, None] + torch.arange(weight.shape[1] - 1, device=x.device)
+    return y, extended.gather(2, index[:, None, :].expand(B, C, -1))
+
+
+def conv_step(
+    x: torch.Tensor, cache: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``continue_conv`` for one token: x [B, C] -> (y [B, C], new cache [B, C, W−1]). A weighted
+    sum over the window: on the CPU, F.conv1d's fixed cost per call is far above the sum's."""
+    window = torch.cat([cache, x[:, :, None]], dim=2)  # [B, C, W]
+    pre = (window * weight).sum(-1)
+    if bias is not None:
+        pre = pre + bias
+    return F.silu(pre), window[:, :, 1:]

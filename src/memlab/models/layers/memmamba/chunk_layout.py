@@ -1,20 +1,10 @@
-"""MemMamba's note pool: chunk notes and the causal top-K pool every token reads.
+"""How one forward pass of MemMamba falls into chunks of w tokens, and the [C, W] grid that
+holds each chunk's tokens in a row.
 
 Positions are cut into chunks of w consecutive tokens, counted from the first token of each
-document. Chunk c leaves one note (a summary and a priority). A token in chunk c reads the
-*pool of chunk c*: the K highest-priority notes among the complete chunks < c of its document,
-so nothing of the current or a later chunk reaches it. With R ``recent_slots`` the pool also
-holds the notes of the R chunks just before c (a FIFO), and the K-best part is then drawn from
-the chunks before those.
-
-Sequentially, the pool is kept by insert-if-better, evict-the-minimum as chunks complete (or,
-with a FIFO, as they leave it). Notes are ranked by (priority descending, older first): a new
-note enters a full pool iff its priority is strictly above the pool's minimum, and it evicts the
-youngest of the minimum-priority notes. Here every chunk's pool is computed at once: the
-candidates (the pool and FIFO carried in a decoding state, then this forward's chunks, in age
-order) are sorted stably by priority under a [chunks, candidates] mask and the first K kept.
-Since the top K of (top K of A) ∪ B is the top K of A ∪ B, a prefill in pieces and
-token-by-token decoding select exactly the pools a single forward pass does, ties included.
+document; chunk c leaves one note. A pass may begin inside a chunk (a prefill piece or a
+decoding step continuing a state) and may hold several documents (packed ``cu_seqlens``). The
+layout says which chunk each token falls in and which chunks each chunk's pool may hold.
 """
 
 from __future__ import annotations
@@ -183,26 +173,3 @@ def ungroup(y: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
     if layout.dense:
         return y.reshape(B, C * W, *y.shape[3:])
     return y.reshape(B, C * W, *y.shape[3:]).index_select(1, layout.token_flat)
-
-
-def select_pools(
-    priority: torch.Tensor, visible: torch.Tensor, pool_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every query's pool: the ``pool_size`` visible candidates of highest priority.
-
-    priority: [B, M], any monotone score of the candidates (log-priorities here), listed from
-        oldest to youngest, so that the stable sort puts the older of two equal notes first.
-    visible: bool [B, Q, M], which candidates each of Q queries may hold.
-    Returns index int64 [B, Q, K] into the candidates, best first, and valid bool [B, Q, K]
-    (False where fewer than K candidates are visible; those entries point at invisible ones).
-    Needs M >= K.
-    """
-    scores = priority[:, None, :].masked_fill(~visible, float("-inf"))
-    index = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :pool_size]
-    return index, visible.gather(-1, index)
-
-
-def gather_slots(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values [B, M, ...] gathered at index [B, Q, K] -> [B, Q, K, ...]."""
-    rows = torch.arange(index.shape[0], device=index.device)[:, None, None]
-    return values[rows, index]

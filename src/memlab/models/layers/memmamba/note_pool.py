@@ -1,0 +1,261 @@
+"""MemMamba's note pool: chunk notes and the causal top-K pool every token reads.
+
+Chunk c of a document leaves one note (a summary and a priority). A token in chunk c reads the
+*pool of chunk c*: the K highest-priority notes among the complete chunks < c of its document,
+so nothing of the current or a later chunk reaches it. With R ``recent_slots`` the pool also
+holds the notes of the R chunks just before c (a FIFO), and the K-best part is then drawn from
+the chunks before those.
+
+Sequentially, the pool is kept by insert-if-better, evict-the-minimum as chunks complete (or,
+with a FIFO, as they leave it). Notes are ranked by (priority descending, older first): a new
+note enters a full pool iff its priority is strictly above the pool's minimum, and it evicts the
+youngest of the minimum-priority notes. Here every chunk's pool is computed at once: the
+candidates (the pool carried in from before the pass, then this pass's chunks, in age order)
+are sorted stably by priority under a [chunks, candidates] mask and the first K kept. Since the
+top K of (top K of A) ∪ B is the top K of A ∪ B, a prefill in pieces and token-by-token decoding
+select exactly the pools a single forward pass does, ties included. A pass with nothing before
+it carries in the empty pool, so that all three run the same selection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlab.models.layers.memmamba.chunk_layout import ChunkLayout, chunk_layout, group_by_chunk
+from memlab.models.layers.memmamba.config import MemMambaConfig
+from memlab.models.modules.varlen import check_packed, document_bounds
+
+# Priority of a chunk outside the positional schedule's window (inside: 1).
+_OFF_SCHEDULE_PRIORITY = 0.5
+
+
+@dataclass
+class PoolSlots:
+    """The K + R slots of one pool per row: the K best notes (best first), then the R recent.
+
+    summary: [B, K + R, summary_dim] model dtype.
+    log_priority: [B, K + R] fp32 (fp64 for fp64 models), −inf at empty slots.
+    valid: bool [B, K + R], which slots hold a note.
+    recent_index: int64 [B, R], the chunk index of each recent note.
+    """
+
+    summary: torch.Tensor
+    log_priority: torch.Tensor
+    valid: torch.Tensor
+    recent_index: torch.Tensor
+
+
+@dataclass
+class PoolState(PoolSlots):
+    """The pool's part of a decoding cache, its size independent of the context length: the pool
+    for the chunk the next token falls in, plus
+
+    chunk_max: [B, D] model dtype, running max-pool of the unfinished chunk (−inf when empty).
+    position: tokens seen so far.
+    """
+
+    chunk_max: torch.Tensor
+    position: int = 0
+
+
+@dataclass
+class PoolView:
+    """What a MemMamba layer offers later layers for one pass: the pool each chunk reads.
+
+    summary: [B, C, K + R, summary_dim]; log_priority: [B, C, K + R], −inf at empty slots. The
+    chunks C are the pass's, the same in every layer (one ``chunk_size`` for the whole stack).
+    """
+
+    summary: torch.Tensor
+    log_priority: torch.Tensor
+
+
+@dataclass
+class Pools:
+    """The note pool's answer for one pass: its ``layout``, the pools of its chunks (``view``),
+    which of their slots hold a note (``valid``, bool [B, C, K + R]) and the log-priorities of
+    the pass's own notes (``note_priority``, [B, C])."""
+
+    layout: ChunkLayout
+    view: PoolView
+    valid: torch.Tensor
+    note_priority: torch.Tensor
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """pool_fill: the share of its pool's slots a token reads filled, over tokens; priority:
+        the mean priority of the pass's notes."""
+        with torch.no_grad():
+            fill = self.valid.float().mean(-1)  # [B, C]
+            return {
+                "pool_fill": fill[:, self.layout.token_chunk].mean(),
+                "priority": self.note_priority.float().exp().mean(),
+            }
+
+
+class NotePool(nn.Module):
+    """Notes of the chunks of x and the pool each chunk reads, for a training pass, a prefill
+    and a decoding step alike.
+
+    Parameters: summary_proj [S, D], summary_norm [S], and with the learned scorer
+    scorer [1, D] + bias (S = summary_dim).
+    """
+
+    def __init__(self, d_model: int, config: MemMambaConfig) -> None:
+        super().__init__()
+        self.chunk_size, self.pool_size = config.chunk_size, config.pool_size
+        self.recent_slots, self.summary_dim = config.recent_slots, config.summary_dim
+        self.note_period, self.note_window = config.note_period, config.note_window
+        self.summary_proj = nn.Linear(d_model, config.summary_dim, bias=False)
+        self.summary_norm = nn.RMSNorm(config.summary_dim, eps=config.norm_eps)
+        self.scorer = nn.Linear(d_model, 1) if config.note_scorer == "learned" else None
+
+    def empty(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> PoolSlots:
+        """The pool a document starts with: K + R empty slots."""
+        slots, score_dtype = self.pool_size + self.recent_slots, torch.promote_types(dtype, torch.float32)
+        return PoolSlots(
+            summary=torch.zeros(batch_size, slots, self.summary_dim, device=device, dtype=dtype),
+            log_priority=torch.full((batch_size, slots), float("-inf"), device=device, dtype=score_dtype),
+            valid=torch.zeros(batch_size, slots, device=device, dtype=torch.bool),
+            recent_index=torch.zeros(batch_size, self.recent_slots, device=device, dtype=torch.long),
+        )
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> PoolState:
+        """An empty cache: the empty pool and an empty running max-pool."""
+        d_model = self.summary_proj.in_features
+        chunk_max = torch.full((batch_size, d_model), float("-inf"), device=device, dtype=dtype)
+        return PoolState(**vars(self.empty(batch_size, device, dtype)), chunk_max=chunk_max)
+
+    def forward(
+        self, x: torch.Tensor, state: PoolState | None = None, cu_seqlens: torch.Tensor | None = None
+    ) -> Pools:
+        """x: [B, T, D] the layer's input; state: from ``init_state``, continued and updated in
+        place; cu_seqlens: int [N+1] packed documents (B == 1, no state), each with its own
+        chunks and pools. Returns the pass's ``Pools``."""
+        B, T, _ = x.shape
+        check_packed("MemMamba", B, cu_seqlens, state)
+        if cu_seqlens is not None:
+            segments = [(s, e, 0) for s, e in document_bounds("MemMamba", cu_seqlens, T) if e > s]
+        else:
+            segments = [(0, T, 0 if state is None else state.position)]
+        layout = chunk_layout(self.chunk_size, segments, self.recent_slots, x.device)
+        chunk_max, summary, log_priority = self._notes(x, layout, state)
+
+        # The pool before the pass: the state's, or the empty one a document starts with.
+        carried = self.empty(B, x.device, x.dtype) if state is None else state
+        priority = torch.cat([carried.log_priority, log_priority.to(carried.log_priority.dtype)], dim=1)
+        index, valid, chunk = self._select(carried, priority, layout)  # [B, C + 1, K + R]
+        pool_summary = gather_slots(torch.cat([carried.summary, summary], dim=1), index)
+        pool_priority = gather_slots(priority, index).masked_fill(~valid, float("-inf"))
+        C = layout.num_chunks
+        if state is not None:
+            # Row C is the pool after the pass. Copies, not views: a view would keep this pass's
+            # [B, C + 1, ...] tensors alive in the cache, whose size must not grow with a prefill.
+            state.summary, state.log_priority = pool_summary[:, C].clone(), pool_priority[:, C].clone()
+            state.valid = valid[:, C].clone()
+            if self.recent_slots:
+                state.recent_index = gather_slots(chunk, index[:, C:, self.pool_size :])[:, 0]
+            empty = torch.full_like(state.chunk_max, float("-inf"))
+            state.chunk_max = empty if layout.ends_chunk else chunk_max[:, -1].clone()
+            state.position += T
+        return Pools(layout, PoolView(pool_summary[:, :C], pool_priority[:, :C]), valid[:, :C], log_priority)
+
+    def _notes(
+        self, x: torch.Tensor, layout: ChunkLayout, state: PoolState | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The notes of the pass's chunks, the first continuing the state's unfinished chunk:
+        max-pool [B, C, D], summary [B, C, S] in x's dtype, log π [B, C] in at least fp32."""
+        # max, not amax: its backward scatters into the first maximum of each chunk (2 kernels)
+        # where amax's shares the gradient among ties (4 kernels over [B, C, W, D]); both are
+        # subgradients of the max-pool, and ties are common only in 16-bit models.
+        chunk_max = group_by_chunk(x, layout, float("-inf")).max(dim=2).values
+        if state is not None:
+            chunk_max = torch.cat(
+                [torch.maximum(chunk_max[:, :1], state.chunk_max[:, None]), chunk_max[:, 1:]], 1
+            )
+        # The norm in its weight's dtype: under autocast the projection comes out in bf16.
+        projected = self.summary_proj(chunk_max).to(self.summary_norm.weight.dtype)
+        summary = self.summary_norm(projected).to(x.dtype)
+        return chunk_max, summary, self._log_priority(chunk_max, layout)
+
+    def _log_priority(self, chunk_max: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+        """log π of each chunk [B, C], in at least fp32."""
+        B, C, _ = chunk_max.shape
+        dtype = torch.promote_types(chunk_max.dtype, torch.float32)
+        if self.scorer is not None:
+            return F.logsigmoid(self.scorer(chunk_max).squeeze(-1).to(dtype))
+        start = layout.chunk_index * self.chunk_size
+        on = (start % self.note_period) < self.note_window
+        value = torch.where(on, 0.0, math.log(_OFF_SCHEDULE_PRIORITY)).to(
+            device=chunk_max.device, dtype=dtype
+        )
+        return value.expand(B, C)
+
+    def _select(
+        self, carried: PoolSlots, priority: torch.Tensor, layout: ChunkLayout
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The pool of each chunk of the pass and the one after it, among the candidates: the
+        carried K best and R recent notes, then the pass's C chunks, oldest first.
+
+        priority: [B, K + R + C], the candidates' log-priorities. Returns index int64 and
+        valid bool [B, C + 1, K + R] into the candidates (the K best, best first, then the R
+        recent, oldest first) and, with recent slots, the candidates' chunk indices int64
+        [B, K + R + C] (the K best's −1), else None.
+        """
+        B, C, K, R = priority.shape[0], layout.num_chunks, self.pool_size, self.recent_slots
+        # A carried recent note joins the K-best competition once it falls out of the FIFO
+        # window of the chunk asking.
+        carried_recent = carried.valid[:, None, K:].expand(B, C + 1, R)
+        leaves_fifo = carried.recent_index[:, None, :] < (layout.query_index - R)[None, :, None]
+        older = torch.cat(
+            [
+                carried.valid[:, None, :K].expand(B, C + 1, K),
+                carried_recent & leaves_fifo,
+                layout.older.expand(B, C + 1, C),
+            ],
+            dim=2,
+        )
+        index, valid = select_pools(priority, older, K)  # [B, C + 1, K]
+        if not R:
+            return index, valid, None
+        no_best = torch.zeros(B, C + 1, K, dtype=torch.bool, device=priority.device)
+        recent = torch.cat([no_best, carried_recent & ~leaves_fifo, layout.recent.expand(B, C + 1, C)], 2)
+        chunk = torch.cat(
+            [
+                torch.full_like(carried.recent_index[:, :1], -1).expand(B, K),
+                carried.recent_index,
+                layout.chunk_index.expand(B, C),
+            ],
+            dim=1,
+        )
+        recent_at, recent_valid = select_pools(chunk.to(priority.dtype), recent, R)
+        # Oldest first, so that carried notes stay in age order for the stable sort's ties.
+        recent_at, recent_valid = recent_at.flip(-1), recent_valid.flip(-1)
+        return torch.cat([index, recent_at], dim=2), torch.cat([valid, recent_valid], dim=2), chunk
+
+
+def select_pools(
+    priority: torch.Tensor, visible: torch.Tensor, pool_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query's pool: the ``pool_size`` visible candidates of highest priority.
+
+    priority: [B, M], any monotone score of the candidates (log-priorities here), listed from
+        oldest to youngest, so that the stable sort puts the older of two equal notes first.
+    visible: bool [B, Q, M], which candidates each of Q queries may hold.
+    Returns index int64 [B, Q, K] into the candidates, best first, and valid bool [B, Q, K]
+    (False where fewer than K candidates are visible; those entries point at invisible ones).
+    Needs M >= K.
+    """
+    scores = priority[:, None, :].masked_fill(~visible, float("-inf"))
+    index = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :pool_size]
+    return index, visible.gather(-1, index)
+
+
+def gather_slots(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values [B, M, ...] gathered at index [B, Q, K] -> [B, Q, K, ...]."""
+    rows = torch.arange(index.shape[0], device=index.device)[:, None, None]
+    return values[rows, index]
