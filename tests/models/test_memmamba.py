@@ -412,3 +412,14 @@ def test_variants_decode_like_the_full_forward(kwargs: dict) -> None:
 def test_invalid_config_is_refused_naming_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=f"model.mixer.{key}"):
         MemMamba(D, **kwargs)
+
+
+def test_checkpoints_from_before_the_note_pool_module_load() -> None:
+    lm = LanguageModel(VOCAB, D, 2, lambda **kw: make_layer(**kw, cross_layer_period=2)).double()
+    old = {k.replace(".pool.", "."): v for k, v in lm.state_dict().items()}
+    assert any(k.endswith("mixer.summary_proj.weight") for k in old)
+    fresh = LanguageModel(VOCAB, D, 2, lambda **kw: make_layer(**kw, cross_layer_period=2)).double()
+    fresh.load_state_dict(old)
+    assert all(
+        torch.equal(a, b) for a, b in zip(lm.state_dict().values(), fresh.state_dict().values(), strict=True)
+    )

@@ -82,6 +82,7 @@ class MemMamba(nn.Module):
         backbone = config.backbone.to_dict()
         self.backbone = Mamba(d_model, layer_idx, prefix=f"{Schema.PREFIX}.backbone", **backbone)
         self.pool = NotePool(d_model, config)
+        self._register_load_state_dict_pre_hook(_pool_keys_of_older_checkpoints)
         weighted = config.fusion != "residual"
         attention = (d_model, config.summary_dim, config.num_heads, config.head_dim)
 
@@ -208,3 +209,15 @@ class MemMamba(nn.Module):
             if gamma is not None:
                 stats[name] = gamma.float().abs().mean()
         return stats
+
+
+# Checkpoints written before the note pool was a module hold its parameters at the layer's level.
+_POOL_PARAMETERS = ("summary_proj.", "summary_norm.", "scorer.")
+
+
+def _pool_keys_of_older_checkpoints(state_dict: dict, prefix: str, *_: Any) -> None:
+    """Rename ``<layer>.summary_proj.weight`` (and the norm's, the scorer's) to ``<layer>.pool.*``."""
+    for key in [
+        k for k in state_dict if k.startswith(prefix) and k[len(prefix) :].startswith(_POOL_PARAMETERS)
+    ]:
+        state_dict[f"{prefix}pool.{key[len(prefix) :]}"] = state_dict.pop(key)
