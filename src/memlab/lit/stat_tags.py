@@ -47,11 +47,12 @@ def router_load_matrix(metrics: Mapping[str, torch.Tensor | float]) -> torch.Ten
     if not cells:
         return None
     layers, memories = (max(k[d] for k in cells) + 1 for d in (0, 1))
-    device = next(iter(cells.values())).device
-    out = torch.full((layers, memories), float("nan"), device=device)
-    for (i, e), value in cells.items():
-        out[i, e] = value
-    return out
+    values = torch.stack([cells[k] for k in sorted(cells)])
+    if len(cells) == layers * memories:  # one stack, not a copy per cell (it runs every step)
+        return values.view(layers, memories)
+    out = torch.full((layers * memories,), float("nan"), device=values.device)
+    out[[i * memories + e for i, e in sorted(cells)]] = values
+    return out.view(layers, memories)
 
 
 def layer_charts(tags: Iterable[str]) -> dict[str, dict[str, list]]:
