@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensorboard import program
 
+from memlab.lit.callbacks.throughput import matmul_params, peak_flops
 from memlab.lit.stat_tags import layer_charts, router_load_matrix, stat_tags
 from memlab.utils.hparams import metric_columns
 from memlab.utils.run_names import arm_name, swept_keys
@@ -51,6 +52,14 @@ def test_router_load_becomes_a_matrix_and_one_chart_per_layer() -> None:
         "train/loss",
         "perf/mfu",
     ]
+
+
+def test_mfu_counts_the_matmul_parameters_and_needs_a_known_peak() -> None:
+    tied = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    tied[1].weight = tied[0].weight
+    untied = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))
+    assert matmul_params(tied) == 40 and matmul_params(untied) == 15
+    assert peak_flops(torch.device("cpu")) is None  # no perf/mfu where the peak is unknown
 
 
 @pytest.fixture(scope="module")
