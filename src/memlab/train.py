@@ -22,7 +22,7 @@ from memlab.lit.callbacks import ExceptionCheckpoint
 from memlab.utils.checkpoint_match import check_same_network, check_same_optimiser
 from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
-from memlab.utils.hparams import flat_hparams
+from memlab.utils.hparams import log_hparams
 from memlab.utils.preflight import check_training_config
 from memlab.utils.results_table import print_results_table
 
@@ -119,7 +119,7 @@ def _report(trainer: Trainer, cfg: DictConfig, metrics: dict[str, float], failed
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     for logger in trainer.loggers:
-        logger.log_hyperparams(flat_hparams(cfg), {f"final/{k}": v for k, v in metrics.items()})
+        log_hparams(logger, cfg, metrics, failed)
         logger.finalize("failed" if failed else "success")
     print_results_table(metrics, title=cfg.run_name, caption=str(output_dir))
 

@@ -157,4 +157,4 @@ def test_short_run_logs_the_length_depth_grid(tmp_path: Path) -> None:
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     assert "test/passkey_heatmap" in events.Tags()["images"]
-    assert "memory/pool_fill/layer0" in events.Tags()["scalars"]
+    assert "pool/pool_fill/layer0" in events.Tags()["scalars"]

@@ -345,13 +345,13 @@ def test_stats_are_logged_under_their_documented_names() -> None:
     lm = LanguageModel(VOCAB, D, 2, lambda **kw: make_layer(**kw, cross_layer_period=2)).double()
     stats = stat_tags(lm(torch.randint(0, VOCAB, (2, 30))).stats)
     names = ["pool_fill", "priority", "gate", "gamma_tok", "attn_entropy", "attn_null"]
-    expected = {f"memory/{n}/layer{i}" for n in names for i in (0, 1)}
-    expected |= {f"memory/{n}/layer1" for n in ("gamma_lay", "layer_attn_entropy", "layer_attn_null")}
+    expected = {f"pool/{n}/layer{i}" for n in names for i in (0, 1)}
+    expected |= {f"pool/{n}/layer1" for n in ("gamma_lay", "layer_attn_entropy", "layer_attn_null")}
     assert set(stats) == expected
     # chunks of 4, 4, ..., 2 tokens whose pools hold 0, 1, 2, 3, 3, ... of K = 3 notes
-    torch.testing.assert_close(stats["memory/pool_fill/layer0"], torch.tensor((4 * 5 + 2) / 30))
-    assert all(0 < stats[f"memory/{n}/layer1"] < 1 for n in ("priority", "gate", "attn_null"))
-    assert stats["memory/attn_entropy/layer0"] > 0 and stats["memory/layer_attn_entropy/layer1"] > 0
+    torch.testing.assert_close(stats["pool/pool_fill/layer0"], torch.tensor((4 * 5 + 2) / 30))
+    assert all(0 < stats[f"pool/{n}/layer1"] < 1 for n in ("priority", "gate", "attn_null"))
+    assert stats["pool/attn_entropy/layer0"] > 0 and stats["pool/layer_attn_entropy/layer1"] > 0
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,9 @@ class CausalLMModule(LightningModule):
             warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # `name`: LearningRateMonitor's tag (train/lr/pg<i>), beside train/loss rather than first
+        lr_scheduler = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
 
 def _check_hparams(

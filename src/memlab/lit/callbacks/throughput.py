@@ -1,4 +1,4 @@
-"""Training throughput in tokens per second and peak memory, logged as ``perf/*``."""
+"""Training throughput in tokens per second, model FLOPs utilisation and peak memory, logged as ``perf/*``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ import time
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from torch import nn
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device name; the first entry the name contains wins.
+PEAK_BF16_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -18,8 +28,27 @@ def peak_memory_gib(device: torch.device) -> float:
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
 
 
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, or None where it is not known (CPUs included)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def matmul_params(net: nn.Module) -> int:
+    """Parameters a token multiplies by: all but the embedding tables (a lookup), unless tied
+    to a projection (the LM head)."""
+    modules = list(net.modules())
+    lookups = {id(m.weight) for m in modules if isinstance(m, nn.Embedding)}
+    lookups -= {id(m.weight) for m in modules if isinstance(m, nn.Linear)}
+    return sum(p.numel() for p in net.parameters() if id(p) not in lookups)
+
+
 class TokenThroughput(Callback):
-    """Logs ``perf/tokens_per_s`` (also on the progress bar) and ``perf/peak_mem_gib``.
+    """Logs ``perf/tokens_per_s`` (also on the progress bar), ``perf/peak_mem_gib`` and, on a GPU
+    whose peak is known, ``perf/mfu`` = 6 · N · tokens/s / (world size · peak bf16 FLOP/s), with
+    N = ``matmul_params`` (every memory counted, routed or not; attention's T² term left out).
 
     Tokens are the input_ids of a training batch times the world size; time is wall time
     between consecutive training batch ends, so data loading counts against throughput.
@@ -28,16 +57,22 @@ class TokenThroughput(Callback):
 
     def __init__(self) -> None:
         self._last: float | None = None
+        self._flops_per_token: float | None = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last = None
+        peak = peak_flops(pl_module.device)
+        net = getattr(pl_module, "net", pl_module)
+        self._flops_per_token = None if peak is None else 6 * matmul_params(net) / (peak * trainer.world_size)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: dict, batch_idx: int
     ) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            tokens = batch["input_ids"].numel() * trainer.world_size
-            pl_module.log("perf/tokens_per_s", tokens / max(now - self._last, 1e-9), prog_bar=True)
+            tokens_per_s = batch["input_ids"].numel() * trainer.world_size / max(now - self._last, 1e-9)
+            pl_module.log("perf/tokens_per_s", tokens_per_s, prog_bar=True)
             pl_module.log("perf/peak_mem_gib", peak_memory_gib(pl_module.device))
+            if self._flops_per_token is not None:
+                pl_module.log("perf/mfu", self._flops_per_token * tokens_per_s)
         self._last = now
