@@ -13,8 +13,9 @@ import pytest
 import torch
 from tensorboard import program
 
-from memlab.lit.callbacks.throughput import matmul_params, peak_flops
+from memlab.lit.callbacks.throughput import peak_flops
 from memlab.lit.stat_tags import layer_charts, router_load_matrix, stat_tags
+from memlab.models.flops import active_parameters
 from memlab.utils.hparams import metric_columns
 from memlab.utils.run_names import arm_name, swept_keys
 
@@ -58,7 +59,7 @@ def test_mfu_counts_the_matmul_parameters_and_needs_a_known_peak() -> None:
     tied = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
     tied[1].weight = tied[0].weight
     untied = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))
-    assert matmul_params(tied) == 40 and matmul_params(untied) == 15
+    assert active_parameters(tied) == 40 and active_parameters(untied) == 15
     assert peak_flops(torch.device("cpu")) is None  # no perf/mfu where the peak is unknown
 
 

@@ -12,18 +12,14 @@ from torch import nn
 
 
 def active_parameters(model: nn.Module) -> int:
-    """Parameters that work on every token: all of them but the input embedding (a lookup,
-    counted once as the LM head when tied), less what each mixer says idles per token
+    """Parameters that work on every token: all of them but embedding tables (a lookup, unless
+    tied to a projection such as the LM head), less what each module says idles per token
     (``idle_parameters()``: a MoM layer's memories a token is not routed to)."""
-    total = sum(p.numel() for p in model.parameters())
-    embed, head = getattr(model, "embed", None), getattr(model, "lm_head", None)
-    if embed is not None and (head is None or head.weight is not embed.weight):
-        total -= embed.weight.numel()
-    for module in model.modules():
-        idle = getattr(module, "idle_parameters", None)
-        if callable(idle):
-            total -= idle()
-    return total
+    modules = list(model.modules())
+    lookups = {id(m.weight) for m in modules if isinstance(m, nn.Embedding)}
+    lookups -= {id(m.weight) for m in modules if isinstance(m, nn.Linear)}
+    total = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+    return total - sum(m.idle_parameters() for m in modules if callable(getattr(m, "idle_parameters", None)))
 
 
 def training_flops_per_token(model: nn.Module) -> int:

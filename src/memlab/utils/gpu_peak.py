@@ -5,6 +5,7 @@ from __future__ import annotations
 # Matched in order against torch.cuda.get_device_name(); FLOP/s without sparsity.
 PEAK_BF16_FLOPS = (
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
     ("H100", 989e12),  # SXM and HBM3 boards
     ("GH200", 989e12),
     ("H200", 989e12),

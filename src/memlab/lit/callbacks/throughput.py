@@ -8,16 +8,9 @@ import time
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from torch import nn
 
-# Dense bf16 tensor-core peaks (FLOP/s) by device name; the first entry the name contains wins.
-PEAK_BF16_FLOPS = {
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-}
+from memlab.models.flops import training_flops_per_token
+from memlab.utils.gpu_peak import peak_bf16_flops
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -30,25 +23,14 @@ def peak_memory_gib(device: torch.device) -> float:
 
 def peak_flops(device: torch.device) -> float | None:
     """The device's dense bf16 peak in FLOP/s, or None where it is not known (CPUs included)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
-
-
-def matmul_params(net: nn.Module) -> int:
-    """Parameters a token multiplies by: all but the embedding tables (a lookup), unless tied
-    to a projection (the LM head)."""
-    modules = list(net.modules())
-    lookups = {id(m.weight) for m in modules if isinstance(m, nn.Embedding)}
-    lookups -= {id(m.weight) for m in modules if isinstance(m, nn.Linear)}
-    return sum(p.numel() for p in net.parameters() if id(p) not in lookups)
+    return peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 class TokenThroughput(Callback):
     """Logs ``perf/tokens_per_s`` (also on the progress bar), ``perf/peak_mem_gib`` and, on a GPU
     whose peak is known, ``perf/mfu`` = 6 · N · tokens/s / (world size · peak bf16 FLOP/s), with
-    N = ``matmul_params`` (every memory counted, routed or not; attention's T² term left out).
+    N the active parameters (memlab.models.flops: a MoM token's unrouted memories left out;
+    attention's T² term too).
 
     Tokens are the input_ids of a training batch times the world size; time is wall time
     between consecutive training batch ends, so data loading counts against throughput.
@@ -63,7 +45,9 @@ class TokenThroughput(Callback):
         self._last = None
         peak = peak_flops(pl_module.device)
         net = getattr(pl_module, "net", pl_module)
-        self._flops_per_token = None if peak is None else 6 * matmul_params(net) / (peak * trainer.world_size)
+        self._flops_per_token = (
+            None if peak is None else training_flops_per_token(net) / (peak * trainer.world_size)
+        )
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: dict, batch_idx: int
