@@ -16,10 +16,10 @@ from torch import nn
 
 from memlab.data.text import TextDataModule
 from memlab.errors import ConfigError
-from memlab.train import instantiate_group
 from memlab.utils.checkpoint_match import check_same_network
 from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
+from memlab.utils.instantiate import instantiate_group, instantiate_module
 from memlab.utils.results_table import print_results_table
 
 TASKS = ("mqar", "ppl_by_length", "passkey")
@@ -81,7 +81,7 @@ def eval_data_config(run_data: DictConfig, override: DictConfig) -> DictConfig:
 
 def _trainer_test(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
     datamodule = instantiate(run_cfg.data, _convert_="all")
-    module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
+    module = instantiate_module(run_cfg)
     check_same_network(load_checkpoint(ckpt_path), module, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
@@ -223,7 +223,7 @@ def _whole(key: str, value: Any, minimum: int = 1, optional: bool = False) -> in
 
 def load_network(run_cfg: DictConfig, ckpt_path: str, device: torch.device) -> nn.Module:
     """The run's network with the checkpoint's weights, in eval mode on ``device``."""
-    module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
+    module = instantiate_module(run_cfg)
     ckpt = load_checkpoint(ckpt_path)
     check_same_network(ckpt, module, ckpt_path)
     module.load_state_dict(ckpt["state_dict"])
