@@ -11,7 +11,17 @@ from memlab.train import train
 
 from .conftest import CONFIG_DIR, compose_config
 
-GROUPS = ["model", "data", "trainer", "logger", "callbacks", "debug", "hparams_search"]
+GROUPS = [
+    "model",
+    "optimizer",
+    "scheduler",
+    "data",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "hparams_search",
+]
 
 
 def options(group: str) -> list[str]:

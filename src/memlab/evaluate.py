@@ -20,6 +20,7 @@ from memlab.utils.checkpoint_match import check_same_network
 from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.instantiate import instantiate_group, instantiate_module
+from memlab.utils.moved_keys import upgraded_run_config
 from memlab.utils.results_table import print_results_table
 
 TASKS = ("mqar", "ppl_by_length", "passkey")
@@ -48,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
     if not run_config.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no training config at {run_config}")
-    run_cfg = OmegaConf.load(run_config)
+    run_cfg = upgraded_run_config(OmegaConf.load(run_config))
     # the network exactly as trained, whatever data config the task then reads (model keys such
     # as vocab_size interpolate the run's data config)
     run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)

@@ -91,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _report(trainer, cfg, metrics, failed=diverged is not None)
     if diverged is not None:
         raise NonFiniteError(
-            f"training diverged: {diverged}; {_kept(trainer)}; lower module.lr, or let "
+            f"training diverged: {diverged}; {_kept(trainer)}; lower optimizer.lr, or let "
             "callbacks.nonfinite.max_skips=N skip up to N such steps"
         ) from diverged
     return metrics
