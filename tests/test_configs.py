@@ -42,6 +42,17 @@ def test_every_model_instantiates(name: str, tmp_path: Path) -> None:
     assert sum(p.numel() for p in net.parameters()) > 0
 
 
+def test_mamba_130m_is_the_published_shape(tmp_path: Path) -> None:
+    """state-spaces/mamba-130m: 24 blocks of RMSNorm + Mamba mixer (no MLP), 768 wide, vocabulary
+    50280, tied embeddings: 129,135,360 parameters."""
+    cfg = compose_config(["model=mamba_130m"], tmp_path / "run")
+    with torch.device("meta"):
+        net = instantiate(cfg.model)
+    assert sum(p.numel() for p in net.parameters()) == 129_135_360
+    assert not [name for name, _ in net.named_parameters() if "mlp" in name]
+    assert net.lm_head.weight is net.embed.weight
+
+
 def test_eval_config_composes(tmp_path: Path) -> None:
     cfg = compose_config(["ckpt_path=x.ckpt"], tmp_path / "run", config_name="eval")
     assert cfg.task == "mqar" and cfg.ckpt_path == "x.ckpt"
