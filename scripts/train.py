@@ -20,6 +20,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from memlab.train import optimized_value, train  # noqa: E402
+from memlab.utils.moved_keys import renamed_overrides  # noqa: E402
 from memlab.utils.user_errors import exit_on_user_error  # noqa: E402
 
 
@@ -29,4 +30,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # keys that moved (module.lr is now optimizer.lr, ...) are still read, with a warning
+    sys.argv[1:], warnings = renamed_overrides(sys.argv[1:])
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     sys.exit(exit_on_user_error(main))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 def test_memlab_checkpoints_hold_weights_only(tiny_ckpt: Path) -> None:
     ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["lr"] == 3e-3
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["optimizer"]["lr"] == 3e-3
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path: Path) -> None:
@@ -75,7 +76,8 @@ def test_a_checkpoint_of_another_size_is_refused_at_start_up(tiny_ckpt: Path, tm
     "override,needle",
     [
         ("model=transformer", "the checkpoint holds another network: missing net."),
-        ("module.lr=1e-5", "module.lr=1e-05 differs from the checkpoint's 0.003"),
+        ("optimizer.lr=1e-5", "optimizer.lr=1e-05 differs from the checkpoint's 0.003"),
+        ("scheduler.warmup_steps=7", "scheduler.warmup_steps=7 differs from the checkpoint's 50"),
     ],
 )
 def test_a_resume_with_another_model_or_lr_is_refused(
@@ -86,6 +88,48 @@ def test_a_resume_with_another_model_or_lr_is_refused(
     with pytest.raises(ConfigError, match=re.escape(needle)):
         train(cfg)
     assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))
+
+
+@pytest.fixture
+def old_layout_ckpt(tiny_ckpt: Path, tmp_path: Path) -> Path:
+    """tiny_ckpt as runs before the optimizer and scheduler config groups left it: module.lr, ...
+    in the run's config, and flat in the checkpoint's hyper-parameters."""
+    run = tmp_path / "train" / "runs" / "mom_mqar_quick" / "1999-01-01_00-00-00"
+    shutil.copytree(tiny_ckpt.parents[1], run)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    moved = {
+        k: v for group in (cfg.optimizer, cfg.scheduler) for k, v in group.items() if not k.startswith("_")
+    }
+    cfg.module = {"_target_": "memlab.lit.CausalLMModule", **moved}
+    del cfg.optimizer, cfg.scheduler
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    ckpt["hyper_parameters"] = {
+        k: v for group in hparams.values() for k, v in group.items() if k != "_target_"
+    }
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_a_checkpoint_of_the_old_layout_evaluates_and_resumes(
+    old_layout_ckpt: Path, make_cfg, tmp_path: Path
+) -> None:
+    saved = torch.load(old_layout_ckpt, weights_only=True)["hyper_parameters"]
+    assert saved["lr"] == 3e-3 and "module" not in saved and "optimizer" not in saved
+    args = [f"ckpt_path={old_layout_ckpt}", "extras.print_config=false"]
+    cfg = compose_config(args, tmp_path / "eval", "eval")
+    assert "test/acc" in evaluate(cfg)
+    cfg = make_cfg([*QUICK, f"ckpt_path={old_layout_ckpt}", "optimizer.lr=1e-5"], run="lr")
+    with pytest.raises(
+        ConfigError, match=re.escape("optimizer.lr=1e-05 differs from the checkpoint's 0.003")
+    ):
+        train(cfg)
+    every = "callbacks.model_checkpoint.every_n_train_steps=1"
+    cfg = make_cfg([*QUICK, f"ckpt_path={old_layout_ckpt}", "trainer.max_steps=3", every], run="same")
+    train(cfg)
+    resumed = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 3
 
 
 def test_last_is_the_newest_of_last_and_on_exception_in_other_runs(tmp_path: Path) -> None:

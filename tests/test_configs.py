@@ -11,7 +11,17 @@ from memlab.train import train
 
 from .conftest import CONFIG_DIR, compose_config
 
-GROUPS = ["model", "data", "trainer", "logger", "callbacks", "debug", "hparams_search"]
+GROUPS = [
+    "model",
+    "optimizer",
+    "scheduler",
+    "data",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "hparams_search",
+]
 
 
 def options(group: str) -> list[str]:
@@ -30,6 +40,17 @@ def test_every_model_instantiates(name: str, tmp_path: Path) -> None:
     with torch.device("meta"):  # the paper-size configs build without allocating their weights
         net = instantiate(cfg.model)
     assert sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_mamba_130m_is_the_published_shape(tmp_path: Path) -> None:
+    """state-spaces/mamba-130m: 24 blocks of RMSNorm + Mamba mixer (no MLP), 768 wide, vocabulary
+    50280, tied embeddings: 129,135,360 parameters."""
+    cfg = compose_config(["model=mamba_130m"], tmp_path / "run")
+    with torch.device("meta"):
+        net = instantiate(cfg.model)
+    assert sum(p.numel() for p in net.parameters()) == 129_135_360
+    assert not [name for name, _ in net.named_parameters() if "mlp" in name]
+    assert net.lm_head.weight is net.embed.weight
 
 
 def test_eval_config_composes(tmp_path: Path) -> None:

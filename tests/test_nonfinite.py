@@ -29,14 +29,14 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_finite_checkpoints(tmp_pa
     # lr 1e3 from the first step: the loss of step 2 is NaN
     res = tiny_run(
         *SHORT,
-        "module.lr=1e3",
-        "module.warmup_steps=1",
+        "optimizer.lr=1e3",
+        "scheduler.warmup_steps=1",
         "callbacks.model_checkpoint.every_n_train_steps=1",
         f"paths.log_dir={tmp_path}",
     )
     assert res.returncode == 3, res.stderr[-3000:]
     line = error_line(res)
-    assert "non-finite loss" in line and "step 2" in line and "module.lr" in line, line
+    assert "non-finite loss" in line and "step 2" in line and "optimizer.lr" in line, line
     (run,) = (tmp_path / "train" / "runs" / "mom_mqar_quick").iterdir()
     ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
     assert {p.name for p in ckpts} == {"step_000001.ckpt", "last.ckpt", "on_exception.ckpt"}

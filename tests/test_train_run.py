@@ -176,7 +176,8 @@ def test_eval_reproduces_the_test_metrics_of_a_run(make_cfg, tmp_path: Path) -> 
         (["model.d_model=0"], "d_model"),
         (["ckpt_path=/no/such/file.ckpt"], "no such file"),
         (["trainer.max_steps=-1"], "trainer.max_steps=-1"),
-        (["module.lr=abc"], "module.lr"),
+        (["optimizer.lr=abc"], "optimizer.lr"),
+        (["scheduler.min_lr_ratio=2"], "scheduler.min_lr_ratio"),
         (["model.mixer.shared_mem=maybe"], "model.mixer.shared_mem"),
         (["model.mixer.backend=triton"], "model.mixer.backend=triton"),
     ],
@@ -194,16 +195,18 @@ def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str, tmp_pat
 @pytest.mark.parametrize(
     "override,needle",
     [
-        ("module.lr=-1", "module.lr must be a finite number > 0"),
-        ("module.betas=[0.9,1.5]", "module.betas must be two numbers in [0, 1)"),
-        ("module.warmup_steps=-1", "module.warmup_steps must be an integer >= 0"),
+        ("optimizer.lr=-1", "optimizer.lr must be > 0"),
+        ("optimizer.lr=inf", "optimizer.lr must be a finite number > 0"),
+        ("optimizer.betas=[0.9,1.5]", "optimizer.betas must be two numbers in [0, 1)"),
+        ("scheduler.warmup_steps=-1", "scheduler.warmup_steps must be >= 0"),
+        ("scheduler.warmup_steps=1.5", "scheduler.warmup_steps must be an integer"),
     ],
 )
-def test_module_settings_out_of_range_are_refused_before_training(
+def test_optimizer_settings_out_of_range_are_refused_before_training(
     override: str, needle: str, make_cfg
 ) -> None:
     cfg = make_cfg([*SHORT, override])
-    with pytest.raises(Exception) as info:  # Hydra wraps the module's ConfigError
+    with pytest.raises(Exception) as info:  # the start-up checks refuse it
         train(cfg)
     assert one_line(user_error(info.value)) == needle + f" (got {override.split('=')[1].replace(',', ', ')})"
     assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))

@@ -16,10 +16,11 @@ from torch import nn
 
 from memlab.data.text import TextDataModule
 from memlab.errors import ConfigError
-from memlab.train import instantiate_group
 from memlab.utils.checkpoint_match import check_same_network
 from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
+from memlab.utils.instantiate import instantiate_group, instantiate_module
+from memlab.utils.moved_keys import upgraded_run_config
 from memlab.utils.results_table import print_results_table
 
 TASKS = ("mqar", "ppl_by_length", "passkey", "lm_eval")
@@ -48,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
     if not run_config.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no training config at {run_config}")
-    run_cfg = OmegaConf.load(run_config)
+    run_cfg = upgraded_run_config(OmegaConf.load(run_config))
     # the network exactly as trained, whatever data config the task then reads (model keys such
     # as vocab_size interpolate the run's data config)
     run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)
@@ -85,7 +86,7 @@ def eval_data_config(run_data: DictConfig, override: DictConfig) -> DictConfig:
 
 def _trainer_test(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
     datamodule = instantiate(run_cfg.data, _convert_="all")
-    module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
+    module = instantiate_module(run_cfg)
     check_same_network(load_checkpoint(ckpt_path), module, ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
@@ -227,7 +228,7 @@ def _whole(key: str, value: Any, minimum: int = 1, optional: bool = False) -> in
 
 def load_network(run_cfg: DictConfig, ckpt_path: str, device: torch.device) -> nn.Module:
     """The run's network with the checkpoint's weights, in eval mode on ``device``."""
-    module = instantiate(run_cfg.module, net=instantiate(run_cfg.model, _convert_="all"), _convert_="all")
+    module = instantiate_module(run_cfg)
     ckpt = load_checkpoint(ckpt_path)
     check_same_network(ckpt, module, ckpt_path)
     module.load_state_dict(ckpt["state_dict"])

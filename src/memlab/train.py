@@ -23,17 +23,9 @@ from memlab.utils.checkpoint_match import check_same_network, check_same_optimis
 from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.hparams import log_hparams
+from memlab.utils.instantiate import instantiate_group, instantiate_module
 from memlab.utils.preflight import check_training_config
 from memlab.utils.results_table import print_results_table
-
-
-def instantiate_group(group: DictConfig | None) -> list:
-    """Instantiate every entry of a callbacks/logger group that has a ``_target_``."""
-    if not group:
-        return []
-    return [
-        instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
-    ]
 
 
 def _log_config(loggers: list[Logger], cfg: DictConfig) -> None:
@@ -76,7 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # plain Python containers, not OmegaConf ones, reach the objects (and their checkpoints)
     datamodule = instantiate(cfg.data, _convert_="all")
-    module = instantiate(cfg.module, net=instantiate(cfg.model, _convert_="all"), _convert_="all")
+    module = instantiate_module(cfg)
     if ckpt_path is not None:
         _check_checkpoint(ckpt_path, module, resuming=bool(cfg.get("train")))
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -99,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _report(trainer, cfg, metrics, failed=diverged is not None)
     if diverged is not None:
         raise NonFiniteError(
-            f"training diverged: {diverged}; {_kept(trainer)}; lower module.lr, or let "
+            f"training diverged: {diverged}; {_kept(trainer)}; lower optimizer.lr, or let "
             "callbacks.nonfinite.max_skips=N skip up to N such steps"
         ) from diverged
     return metrics

@@ -18,6 +18,7 @@ pytest.importorskip("datasets")
 from memlab.data.text import TextDataModule
 from memlab.errors import ConfigError
 from memlab.lit import CausalLMModule
+from memlab.lit.optim import warmup_cosine_schedule
 from memlab.models import LanguageModel
 from memlab.models.layers import Attention
 
@@ -61,7 +62,7 @@ def fit(
         callbacks=[record, every, *extra],
         default_root_dir=root,
     )
-    record.module = CausalLMModule(net, warmup_steps=1)
+    record.module = CausalLMModule(net, scheduler=functools.partial(warmup_cosine_schedule, warmup_steps=1))
     trainer.fit(record.module, datamodule=dm, ckpt_path=ckpt)
     return record
 

@@ -8,7 +8,7 @@ import torch
 
 from memlab.data.text import ByteTokenizer
 from memlab.errors import ConfigError
-from memlab.eval import passkey_text
+from memlab.eval import passkey
 from memlab.eval.chunked import greedy_continuation
 from memlab.eval.passkey_text import FILLER, QUESTION, TASK, answer_is_key, evaluate_passkey, passkey_prompt
 from memlab.models import LanguageModel
@@ -54,7 +54,7 @@ def test_grid_counts_exact_answers(monkeypatch) -> None:
         right = text.index("The pass key is") < len(text) / 2
         return torch.tensor([TOK.encode_batch([f" {key if right else '00000'}."])[0].tolist()])
 
-    monkeypatch.setattr(passkey_text, "greedy_continuation", decoder)
+    monkeypatch.setattr(passkey, "greedy_continuation", decoder)
     net = LanguageModel(257, 8, 1, MIXERS["attention"])
     result = evaluate_passkey(net, TOK, [600, 1200], [0.0, 0.25, 1.0], trials=3)
     assert result.accuracy == [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]

@@ -4,6 +4,7 @@ equals the full forward, packed documents do not see each other, generate() work
 import pytest
 import torch
 
+from memlab.errors import ConfigError
 from memlab.models import LanguageModel
 
 from .mixers import MIXERS
@@ -76,3 +77,13 @@ def test_runs_under_bf16_autocast(name: str) -> None:
         logits = lm(x).logits
     logits.float().sum().backward()
     assert torch.isfinite(logits.float()).all()
+
+
+def test_mlp_ratio_zero_means_blocks_of_norm_and_mixer_only() -> None:
+    torch.manual_seed(0)
+    lm = LanguageModel(VOCAB, D, n_layers=2, mixer=MIXERS["mamba"], mlp_ratio=0).double()
+    assert not [n for n, _ in lm.named_parameters() if "mlp" in n]
+    block, x = lm.layers[0], torch.randn(2, 9, D, dtype=torch.float64)
+    torch.testing.assert_close(block(x).hidden, x + block.mixer(block.mixer_norm(x)).hidden, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"model.mlp_ratio must be >= 0"):
+        LanguageModel(VOCAB, D, n_layers=1, mixer=MIXERS["mamba"], mlp_ratio=-1)

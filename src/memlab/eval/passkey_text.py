@@ -3,10 +3,10 @@ correct iff the greedy continuation of the question is exactly the key."""
 
 from __future__ import annotations
 
-import logging
+import functools
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +15,7 @@ from torch import nn
 
 from memlab.data.text.tokenizer import TextTokenizer
 from memlab.errors import ConfigError
-from memlab.eval.chunked import greedy_continuation
-
-log = logging.getLogger(__name__)
+from memlab.eval.passkey import Questions, grid_accuracy
 
 TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -85,29 +83,26 @@ def evaluate_passkey(
     autocast: torch.dtype | None = None,
 ) -> PasskeyResult:
     """Accuracy on the lengths × depths grid, ``trials`` random keys per cell (the same keys in
-    every cell). Prompts are read ``chunk_size`` tokens at a time with carried state, so a
-    recurrent model's memory stays flat at any length."""
+    every cell), one prompt at a time. Prompts are read ``chunk_size`` tokens at a time with
+    carried state, so a recurrent model's memory stays flat at any length; a length that runs out
+    of CUDA memory is left blank, with the longer ones."""
     for depth in depths:
         if isinstance(depth, bool) or not isinstance(depth, numbers.Real) or not 0.0 <= depth <= 1.0:
             raise ConfigError(f"passkey.depths: {depth!r} is not a fraction in [0, 1]")
-    device = next(net.parameters()).device
     keys = np.random.default_rng(seed).integers(10_000, 100_000, trials).tolist()
     new_tokens = max(len(tokenizer.encode_batch([f" {k}"])[0]) for k in keys) + 1
-    accuracy = [[float("nan")] * len(depths) for _ in lengths]
-    for i, length in enumerate(lengths):
-        try:
-            for j, depth in enumerate(depths):
-                correct = 0
-                for key in keys:
-                    prompt = torch.from_numpy(
-                        passkey_prompt(tokenizer, length, float(depth), key).astype(np.int64)
-                    )
-                    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                        out = greedy_continuation(net, prompt[None].to(device), new_tokens, chunk_size)
-                    correct += answer_is_key(tokenizer.decode(out[0].tolist()), key)
-                accuracy[i][j] = correct / len(keys)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            log.warning("passkey: length %d ran out of memory; it and longer lengths are left blank", length)
-            break
+
+    def cell(length: int, depth: float) -> Iterator[Questions]:
+        for key in keys:
+            prompt = torch.from_numpy(passkey_prompt(tokenizer, length, float(depth), key).astype(np.int64))
+            yield Questions(prompt[None], new_tokens, functools.partial(_marks, tokenizer, key))
+
+    device = next(net.parameters()).device
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        accuracy = grid_accuracy(net, lengths, depths, cell, chunk_size, skip_out_of_memory=True)
     return PasskeyResult([int(n) for n in lengths], [float(d) for d in depths], accuracy, trials)
+
+
+def _marks(tokenizer: TextTokenizer, key: int, answers: torch.Tensor) -> torch.Tensor:
+    """answers int64 [B, new_tokens] -> bool [B]: each decodes to exactly ``key``."""
+    return torch.tensor([answer_is_key(tokenizer.decode(row.tolist()), key) for row in answers])

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from memlab.data.labels import IGNORE_INDEX
 from memlab.errors import ConfigError
 from memlab.lit.metrics import GroupedAccuracy
-from memlab.lit.optim import warmup_cosine, weight_decay_groups
+from memlab.lit.optim import warmup_cosine_schedule, weight_decay_groups
 from memlab.lit.stat_tags import stat_tags
 
 
@@ -30,25 +33,33 @@ class CausalLMModule(LightningModule):
 
     Args:
         net: the language model (``memlab.models.LanguageModel``).
-        lr: peak learning rate.
-        weight_decay: AdamW decay for matrices (norms, biases, embeddings are not decayed).
-        betas: AdamW betas.
-        warmup_steps: linear warmup length in optimizer steps.
-        min_lr_ratio: the cosine schedule ends at lr · min_lr_ratio at the trainer's max_steps.
+        optimizer: builds the optimizer from parameter groups, e.g.
+            ``functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.1)``; its weight decay
+            applies to matrices only (norms, biases, embeddings are not decayed). Default: AdamW
+            with lr 1e-3, weight_decay 0.1, betas (0.9, 0.95).
+        scheduler: builds the per-step learning-rate scheduler as ``scheduler(optimizer,
+            total_steps=<the trainer's max_steps>)``. Default: ``warmup_cosine_schedule`` with
+            warmup_steps 100, min_lr_ratio 0.1.
+
+    The checkpoint's hyper-parameters record both as plain values, ``{"optimizer": {"_target_":
+    ..., "lr": ...}, "scheduler": {...}}``, for a resume to compare with its own.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., LRScheduler] | None = None,
     ) -> None:
         super().__init__()
-        _check_hparams(lr, weight_decay, betas, warmup_steps, min_lr_ratio)
-        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.make_optimizer = optimizer or functools.partial(
+            torch.optim.AdamW, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95)
+        )
+        self.make_scheduler = scheduler or functools.partial(
+            warmup_cosine_schedule, warmup_steps=100, min_lr_ratio=0.1
+        )
+        recorded = {"optimizer": _settings(self.make_optimizer), "scheduler": _settings(self.make_scheduler)}
+        self.save_hyperparameters(recorded, logger=False)
         self.net = net
         self.loss_mean = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self.acc_mean = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
@@ -109,45 +120,22 @@ class CausalLMModule(LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            weight_decay_groups(self.net, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas)
-        )
+        optimizer = self.make_optimizer(weight_decay_groups(self.net))
         total = (
             self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         )
         if not math.isfinite(total):
             # an endless stream without max_steps would train forever on a schedule of no length
             raise ConfigError("the learning-rate schedule ends at trainer.max_steps, which must be >= 1")
-        schedule = functools.partial(
-            warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total), min_lr_ratio=hp.min_lr_ratio
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = self.make_scheduler(optimizer, total_steps=int(total))
         # `name`: LearningRateMonitor's tag (train/lr/pg<i>), beside train/loss rather than first
         lr_scheduler = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
 
-def _check_hparams(
-    lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int, min_lr_ratio: float
-) -> None:
-    """Raise ConfigError naming the first ``module.*`` hyper-parameter outside its range (before
-    the optimizer, built inside fit, would fail on it)."""
-
-    def real(value: object) -> bool:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-    if not real(lr) or lr <= 0:
-        raise ConfigError(f"module.lr must be a finite number > 0 (got {lr!r})")
-    if not real(weight_decay) or weight_decay < 0:
-        raise ConfigError(f"module.weight_decay must be a finite number >= 0 (got {weight_decay!r})")
-    if (
-        not isinstance(betas, list | tuple)
-        or len(betas) != 2
-        or not all(real(b) and 0 <= b < 1 for b in betas)
-    ):
-        raise ConfigError(f"module.betas must be two numbers in [0, 1) (got {betas!r})")
-    if not isinstance(warmup_steps, numbers.Integral) or isinstance(warmup_steps, bool) or warmup_steps < 0:
-        raise ConfigError(f"module.warmup_steps must be an integer >= 0 (got {warmup_steps!r})")
-    if not real(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
-        raise ConfigError(f"module.min_lr_ratio must be a number in [0, 1] (got {min_lr_ratio!r})")
+def _settings(make: Callable) -> dict[str, Any]:
+    """What a partial (``functools.partial``, as Hydra's ``_partial_`` makes) builds, as plain
+    values: ``{"_target_": "torch.optim.adamw.AdamW", "lr": 0.003, ...}``."""
+    func = getattr(make, "func", make)
+    target = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', type(func).__name__)}"
+    return {"_target_": target, **getattr(make, "keywords", {})}

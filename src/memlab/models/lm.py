@@ -1,4 +1,4 @@
-"""A causal language model: embeddings, a stack of (mixer + SwiGLU) blocks, RMSNorm, LM head."""
+"""A causal language model: embeddings, a stack of (mixer + optional SwiGLU) blocks, RMSNorm, LM head."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class LanguageModel(nn.Module):
         d_model: residual width.
         n_layers: number of blocks.
         mixer: factory called as ``mixer(d_model=d_model, layer_idx=i)`` (a Hydra partial).
-        mlp_ratio: SwiGLU hidden width = int(mlp_ratio · d_model).
+        mlp_ratio: SwiGLU hidden width = int(mlp_ratio · d_model); 0 for blocks without an MLP.
         tie_embeddings: share the input embedding with the LM head.
         norm_eps: RMSNorm epsilon.
     """
@@ -50,8 +50,8 @@ class LanguageModel(nn.Module):
         for key, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
             if int(value) < 1:
                 raise ConfigError(f"model.{key} must be >= 1 (got {value})")
-        if mlp_ratio <= 0:
-            raise ConfigError(f"model.mlp_ratio must be > 0 (got {mlp_ratio})")
+        if mlp_ratio < 0:
+            raise ConfigError(f"model.mlp_ratio must be >= 0, 0 for no MLP (got {mlp_ratio})")
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(

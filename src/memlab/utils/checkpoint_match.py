@@ -1,5 +1,5 @@
 """What a checkpoint must share with the run that loads it: the network's parameter names and shapes
-and, to resume, the optimiser settings (``module.*``) that its optimizer state was built with."""
+and, to resume, the optimizer and schedule settings its optimizer state was built with."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from memlab.errors import ConfigError
+from memlab.utils.moved_keys import upgraded_hparams
 
 _SHOWN = 3
 
@@ -39,12 +40,13 @@ def check_same_network(ckpt: Mapping[str, Any], module: nn.Module, path: str) ->
 
 
 def check_same_optimiser(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], path: str) -> None:
-    """ConfigError if a ``module.*`` hyper-parameter differs from the checkpoint's: a resume
-    restores the optimizer and scheduler state, so a new value would be recorded but not applied."""
-    saved = ckpt.get("hyper_parameters") or {}
+    """ConfigError if an ``optimizer.*`` or ``scheduler.*`` setting differs from the checkpoint's: a
+    resume restores the optimizer and scheduler state, so a new value would be recorded but not
+    applied. ``hparams`` are the module's, as ``CausalLMModule`` records them."""
+    saved = _flat(upgraded_hparams(ckpt.get("hyper_parameters") or {}))
     changed = [
-        f"module.{key}={_plain(value)!r} differs from the checkpoint's {_plain(saved[key])!r}"
-        for key, value in hparams.items()
+        f"{key}={_plain(value)!r} differs from the checkpoint's {_plain(saved[key])!r}"
+        for key, value in _flat(hparams).items()
         if key in saved and _plain(value) != _plain(saved[key])
     ]
     if changed:
@@ -52,6 +54,16 @@ def check_same_optimiser(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], pa
             f"ckpt_path={path}: {'; '.join(changed)}: a resume continues the checkpoint's optimizer "
             "and schedule; resume with the same value, or start a new run"
         )
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _plain(value: Any) -> Any:

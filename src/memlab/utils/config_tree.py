@@ -9,7 +9,18 @@ import rich.syntax
 import rich.tree
 from omegaconf import DictConfig, OmegaConf
 
-FIRST = ("data", "model", "module", "trainer", "callbacks", "logger", "paths", "extras")
+FIRST = (
+    "data",
+    "model",
+    "module",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "extras",
+)
 
 
 def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:

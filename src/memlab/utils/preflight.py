@@ -1,7 +1,7 @@
 """Start-up checks of a training config that no single object can make, run before anything is
 built or trained: the step horizon, the kernel backend against the device, the declared types of
-the model's and module's arguments, the folders checkpoints go to, and whether the optimized
-metric can be logged at all."""
+the model's and module's arguments, the optimizer's and scheduler's options, the folders
+checkpoints go to, and whether the optimized metric can be logged at all."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
 
 from memlab.errors import ConfigError
+from memlab.lit.optim import OPTIONS
 from memlab.utils.checkpoints import LAST_NAMES
 from memlab.utils.declared_types import check_declared_types
 
@@ -25,6 +27,9 @@ def check_training_config(cfg: DictConfig) -> list[str]:
         _check_horizon(trainer.get("max_steps"))
     check_declared_types(cfg.model, "model")
     check_declared_types(cfg.module, "module")
+    for key in ("optimizer", "scheduler"):
+        if cfg.get(key):
+            _check_options(cfg[key], key)
     _check_backend(cfg.model, trainer.get("accelerator"))
     _check_checkpoint_dirs(
         cfg.get("callbacks") or {}, fresh=cfg.get("train") and cfg.get("ckpt_path") is None
@@ -38,6 +43,21 @@ def _check_horizon(max_steps: object) -> None:
             f"trainer.max_steps={max_steps}: training is step-based (endless data) and needs a "
             "horizon: an integer >= 1"
         )
+
+
+def _check_options(node: DictConfig, key: str) -> None:
+    """The options of a target memlab has a schema for (``memlab.lit.optim.OPTIONS``) through
+    that schema, those of any other target through the types its signature declares."""
+    options = OmegaConf.to_container(node, resolve=True)
+    try:
+        schema = OPTIONS.get(get_object(options.get("_target_")))
+    except Exception:
+        schema = None  # a target that cannot be found is reported by instantiating it
+    if schema is None:
+        check_declared_types(node, key)
+        return
+    # Hydra's own keys (_target_, _partial_, ...) are not the target's options
+    schema.build({k: v for k, v in options.items() if not (k.startswith("_") and k.endswith("_"))}, key)
 
 
 def _check_backend(model: DictConfig, accelerator: str | None) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from memlab.data.passkey import PasskeyDataModule
 from memlab.data.tasks.passkey import min_passkey_length
 from memlab.errors import ConfigError
-from memlab.eval.chunked import greedy_continuation
 from memlab.eval.heatmap import plot_heatmap
+from memlab.eval.passkey import Questions, grid_accuracy
 
 # Depths key the grid's data streams in millionths, so a cell's prompts depend only on its
 # (length, depth), not on the rest of the grid or on the batch size.
@@ -33,7 +34,7 @@ class PasskeyGrid(Callback):
     depth))``, so every model trained with the same data seed is asked the same questions.
     Prompts are read ``prefill_chunk`` tokens at a time through the decoding caches (a
     recurrent model's memory then stays flat in the length), then the needle's digits are
-    decoded greedily (``memlab.eval.chunked.greedy_continuation``). Under fast_dev_run only
+    decoded greedily (``memlab.eval.passkey``, as the text task does). Under fast_dev_run only
     the shortest length, the first and last depth and 2 samples per cell run.
 
     Args:
@@ -70,32 +71,27 @@ class PasskeyGrid(Callback):
         depths, samples = self.depths, self.num_samples
         if trainer.fast_dev_run:
             lengths, depths, samples = lengths[:1], sorted({depths[0], depths[-1]}), 2
-        accuracy = []
+        cell = functools.partial(self._questions, data, samples=samples)
         with trainer.precision_plugin.forward_context():
-            for length in lengths:
-                row = [self._cell_accuracy(data, pl_module, length, depth, samples) for depth in depths]
-                accuracy.append(row)
-                pl_module.log(f"test/passkey_acc/len{length}", sum(row) / len(row))
+            accuracy = grid_accuracy(pl_module.net, lengths, depths, cell, self.prefill_chunk)
+        for length, row in zip(lengths, accuracy, strict=True):
+            pl_module.log(f"test/passkey_acc/len{length}", sum(row) / len(row))
         pl_module.log("test/passkey_acc", sum(map(sum, accuracy)) / (len(lengths) * len(depths)))
         if trainer.is_global_zero:
             self._plot(trainer, accuracy, lengths, depths, data.seq_len)
 
-    def _cell_accuracy(
-        self, data: PasskeyDataModule, pl_module: LightningModule, length: int, depth: float, samples: int
-    ) -> float:
-        """Share of ``samples`` prompts of this length and depth answered with every digit right."""
+    def _questions(
+        self, data: PasskeyDataModule, length: int, depth: float, samples: int
+    ) -> Iterator[Questions]:
+        """The ``samples`` prompts of this length and depth, in batches; an answer is right when
+        every digit is."""
         n = data.needle_len
         ids, labels, _ = data.generate("grid", (length, round(depth * _DEPTH_UNITS)), samples, length, depth)
         prompts = torch.from_numpy(ids[:, : length - n + 1])  # up to and including QUERY
         answers = torch.from_numpy(labels[:, length - n :])
-        correct = 0
         for start in range(0, samples, self.batch_size):
             rows = slice(start, start + self.batch_size)
-            answer = greedy_continuation(
-                pl_module.net, prompts[rows].to(pl_module.device), n, self.prefill_chunk
-            )
-            correct += int((answer.cpu() == answers[rows]).all(-1).sum())
-        return correct / samples
+            yield Questions(prompts[rows], n, functools.partial(_all_digits_equal, answers[rows]))
 
     def _plot(
         self,
@@ -116,6 +112,11 @@ class PasskeyGrid(Callback):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def _all_digits_equal(expected: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """answers, expected int64 [B, n] -> bool [B]."""
+    return (answers == expected).all(-1)
 
 
 def _numbers(key: str, values: Any, rule: str, ok: Callable[[float], bool]) -> list[float]:
