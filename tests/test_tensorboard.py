@@ -26,8 +26,8 @@ ARMS = {"shared_mem=true", "shared_mem=false"}
 
 def test_swept_keys_come_from_the_sweeper_and_the_command_line() -> None:
     params = {"model.mixer.shared_mem": "true,false", "seed": 0}
-    overrides = ["experiment=ablate_shared", "module.lr=1e-3,3e-3", "+extra=range(2)", "trainer.max_steps=12"]
-    assert swept_keys(params, overrides) == {"model.mixer.shared_mem", "module.lr", "extra"}
+    overrides = ["experiment=ablate_shared", "optimizer.lr=1e-3,3e-3", "+extra=range(2)", "trainer.max_steps=12"]
+    assert swept_keys(params, overrides) == {"model.mixer.shared_mem", "optimizer.lr", "extra"}
 
 
 def test_arm_names_are_short_keys_and_lower_case_booleans() -> None:
@@ -113,7 +113,7 @@ def test_hparams_lead_with_the_swept_key_and_hold_the_final_metrics(server) -> N
     experiment = _get(url, "/data/plugin/hparams/experiment", {"experimentName": ""})
     names = [h["name"] for h in experiment["hparamInfos"]]
     assert names[0] == "model.mixer.shared_mem", names
-    assert {"model", "data", "model.d_model", "module.lr", "trainer.max_steps", "seed"} <= set(names)
+    assert {"model", "data", "model.d_model", "optimizer.lr", "trainer.max_steps", "seed"} <= set(names)
     assert len(names) < 15 and "data.num_workers" not in names  # not every flattened key
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics[:2] == ["val/acc", "val/acc_by_pairs/4"] and "test/acc" in metrics

@@ -25,7 +25,7 @@ CURATED = (
     "model.d_model",
     "model.n_layers",
     "data.batch_size",
-    "module.lr",
+    "optimizer.lr",
     "trainer.max_steps",
     "seed",
 )
@@ -34,7 +34,7 @@ _METRIC_ORDER = ("val/", "test/", "train/", "perf/")
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """{"model.d_model": 128, "module.lr": 0.003, ...}: scalar leaves as they are, anything else
+    """{"model.d_model": 128, "optimizer.lr": 0.003, ...}: scalar leaves as they are, anything else
     (None, lists, empty dicts) as its string."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, Any] = {}
