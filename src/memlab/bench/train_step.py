@@ -5,7 +5,8 @@ weights) of each language model, side by side in one process: the Transformer, G
 MoM's "340M" shape (``transformer_340m``, ``gdn_340m``, ``mom_340m``), Mamba and MemMamba at
 mamba-130m's (``mamba_130m``, ``memmamba_130m``), composed from configs/model/ as training
 builds them; and Hugging Face's Llama at the Transformer's shape when ``transformers`` is
-installed. Each at 4×2048, 1×8192 and 1×32768 tokens. MFU = 6 · active parameters · tokens/s over the
+installed. Each at 4×2048, 1×8192 and 1×32768 tokens, with and without activation
+checkpointing (``model.activation_checkpointing``). MFU = 6 · active parameters · tokens/s over the
 GPU's peak bf16 throughput (memlab.models.flops). Run by ``scripts/bench.py --suite
 train_step``, or alone with other choices by ``python -m memlab.bench.train_step``.
 """
@@ -36,7 +37,7 @@ MODELS = {
     "memmamba": "memmamba_130m",
 }
 SHAPES = ((4, 2048), (1, 8192), (1, 32768))
-CHECKPOINTING = ("none",)
+CHECKPOINTING = ("none", "every_block")
 
 
 def build(name: str, checkpointing: str = "none") -> nn.Module:
@@ -50,7 +51,7 @@ def build(name: str, checkpointing: str = "none") -> nn.Module:
 
     overrides = [f"model={MODELS[name]}"]
     if checkpointing != "none":
-        overrides.append(f"+model.activation_checkpointing={checkpointing}")
+        overrides.append(f"model.activation_checkpointing={checkpointing}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from memlab.errors import ConfigError
 from memlab.models.block import Block
@@ -34,6 +35,8 @@ class LanguageModel(nn.Module):
         mlp_ratio: SwiGLU hidden width = int(mlp_ratio · d_model); 0 for blocks without an MLP.
         tie_embeddings: share the input embedding with the LM head.
         norm_eps: RMSNorm epsilon.
+        activation_checkpointing: "none", "every_block", or n: every n-th block (1, n + 1, ...)
+            keeps only its input for the backward pass and runs its forward again there.
     """
 
     def __init__(
@@ -45,8 +48,10 @@ class LanguageModel(nn.Module):
         mlp_ratio: float = 4.0,
         tie_embeddings: bool = True,
         norm_eps: float = 1e-5,
+        activation_checkpointing: str | int = "none",
     ) -> None:
         super().__init__()
+        self.recomputed = _recomputed_blocks(activation_checkpointing, n_layers)
         for key, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
             if int(value) < 1:
                 raise ConfigError(f"model.{key} must be >= 1 (got {value})")
@@ -88,8 +93,13 @@ class LanguageModel(nn.Module):
         # mixers that declare ``reads_layer_memory`` are handed the list.
         memories: list[Any] = []
         for i, layer in enumerate(self.layers):
-            extra = {"layer_memory": memories} if getattr(layer.mixer, "reads_layer_memory", False) else {}
-            out = layer(h, state=None if states is None else states[i], cu_seqlens=cu_seqlens, **extra)
+            # a copy: a block recomputed in the backward pass must see the layers below it only
+            reads = getattr(layer.mixer, "reads_layer_memory", False)
+            extra = {"layer_memory": list(memories)} if reads else {}
+            if i in self.recomputed and states is None and torch.is_grad_enabled():
+                out = checkpoint(layer, h, cu_seqlens=cu_seqlens, use_reentrant=False, **extra)
+            else:
+                out = layer(h, state=None if states is None else states[i], cu_seqlens=cu_seqlens, **extra)
             memories.append(out.memory)
             h = out.hidden
             for name, value in out.aux_losses.items():
@@ -137,3 +147,17 @@ def _pick(
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def _recomputed_blocks(policy: str | int, n_layers: int) -> frozenset[int]:
+    """The blocks whose activations are recomputed in the backward pass (see LanguageModel)."""
+    if policy == "none":
+        return frozenset()
+    if policy == "every_block":
+        return frozenset(range(n_layers))
+    if isinstance(policy, int) and not isinstance(policy, bool) and policy >= 1:
+        return frozenset(range(0, n_layers, policy))
+    raise ConfigError(
+        "model.activation_checkpointing must be none, every_block or an integer n >= 1 (every "
+        f"n-th block) (got {policy!r})"
+    )
