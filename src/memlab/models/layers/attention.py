@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memlab.errors import ConfigError
 from memlab.models.mixer import MixerOutput
 from memlab.models.modules.rotary import apply_rotary, rotary_angles
 from memlab.models.modules.varlen import document_positions
+from memlab.models.schema import Schema, option
 
 
 @dataclass
@@ -29,6 +29,29 @@ class KVCache:
         return self.k.shape[2]
 
 
+@dataclass(frozen=True)
+class AttentionConfig(Schema):
+    """The options of an attention layer: heads of ``head_dim`` channels (None: d_model split
+    evenly over ``num_heads``), RoPE with base ``rope_theta``."""
+
+    d_model: int = option(128, ge=1)
+    num_heads: int = option(4, ge=1)
+    head_dim: int | None = option(None, ge=2)
+    rope_theta: float = option(10000.0, gt=0)
+
+    def check(self) -> None:
+        if self.head_dim is None:
+            self.require(
+                "num_heads", self.d_model % self.num_heads == 0, f"a divisor of d_model={self.d_model}"
+            )
+        else:
+            self.require("head_dim", self.head_dim % 2 == 0, "even for RoPE")
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
+
+
 class Attention(nn.Module):
     """Softmax attention mixer. x: [B, T, D] -> [B, T, D]; heads: ``num_heads`` × ``head_dim``."""
 
@@ -41,14 +64,8 @@ class Attention(nn.Module):
         rope_theta: float = 10000.0,
     ) -> None:
         super().__init__()
-        if num_heads < 1:
-            raise ConfigError(f"model.mixer.num_heads must be >= 1 (got {num_heads})")
-        if head_dim is None:
-            if d_model % num_heads:
-                raise ConfigError(f"model.mixer.num_heads={num_heads} must divide d_model={d_model}")
-            head_dim = d_model // num_heads
-        if head_dim % 2:
-            raise ConfigError(f"model.mixer.head_dim must be even for RoPE (got {head_dim})")
+        self.config = AttentionConfig(d_model, num_heads, head_dim, rope_theta)
+        head_dim = self.config.head_size
         self.layer_idx = layer_idx
         self.num_heads, self.head_dim, self.rope_theta = num_heads, head_dim, rope_theta
         self.qkv = nn.Linear(d_model, 3 * num_heads * head_dim, bias=False)
