@@ -26,7 +26,12 @@ ARMS = {"shared_mem=true", "shared_mem=false"}
 
 def test_swept_keys_come_from_the_sweeper_and_the_command_line() -> None:
     params = {"model.mixer.shared_mem": "true,false", "seed": 0}
-    overrides = ["experiment=ablate_shared", "optimizer.lr=1e-3,3e-3", "+extra=range(2)", "trainer.max_steps=12"]
+    overrides = [
+        "experiment=ablate_shared",
+        "optimizer.lr=1e-3,3e-3",
+        "+extra=range(2)",
+        "trainer.max_steps=12",
+    ]
     assert swept_keys(params, overrides) == {"model.mixer.shared_mem", "optimizer.lr", "extra"}
 
 
