@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from memlab.data.arguments import integer_argument
 from memlab.data.labels import IGNORE_INDEX
 from memlab.data.text.packing import Packer, collate_windows
+from memlab.data.text.positions import StreamPositions
 from memlab.data.text.sources import DocumentSource, open_files, open_hub
-from memlab.data.text.stream import STATE_KEY, DocumentStream, PackedStream, Slice
+from memlab.data.text.stream import DocumentStream, PackedStream, Slice
 from memlab.data.text.tokenizer import TextTokenizer, load_tokenizer
 from memlab.data.text.worker_signals import exit_on_parents_sigterm_only
 from memlab.errors import ConfigError
@@ -116,11 +115,7 @@ class TextDataModule(LightningDataModule):
         self._sources: dict[str, DocumentSource] = {}
         self._eval: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._loaded: dict[str, Any] | None = None
-        # batches trained on, each stream's position after them, and the positions of batches
-        # handed to training whose optimizer step has not completed yet
-        self._consumed = 0
-        self._states: dict[int, dict[str, int]] = {}
-        self._pending: deque[tuple[int, dict[str, int]]] = deque()
+        self._positions = StreamPositions()
         self._training = False
         self.save_hyperparameters(logger=False)
 
@@ -185,8 +180,7 @@ class TextDataModule(LightningDataModule):
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
         num_streams = max(1, self.num_workers)
-        self._consumed, self._states = self._resume(rank, world_size, num_streams)
-        self._pending.clear()
+        self._positions.start(self._loaded, rank, world_size, num_streams, self._stream_settings())
         self._training = True
         if self.num_workers > 0:
             # The tokenizer was already used in this process (evaluation windows); its thread pool
@@ -205,8 +199,8 @@ class TextDataModule(LightningDataModule):
             world_size=world_size,
             num_streams=num_streams,
             holdout=self.holdout,
-            rotation=self._consumed % num_streams,
-            states=self._states,
+            rotation=self._positions.consumed % num_streams,
+            states=self._positions.states,
         )
         return DataLoader(
             stream,
@@ -274,41 +268,21 @@ class TextDataModule(LightningDataModule):
         """Note where the stream that made this batch stands, now that training takes it (the
         loader runs ahead of training, so its own position would be too far); the position
         counts once the batch's optimizer step completes (``state_dict``)."""
-        if isinstance(batch, dict) and STATE_KEY in batch:
-            local, position = batch.pop(STATE_KEY)
-            self._pending.append((int(local), dict(position)))
-        return batch
-
-    def _commit_trained(self) -> None:
-        """Move the positions of batches whose optimizer step completed out of ``_pending``: a
-        checkpoint written in the middle of a step must resume at that step's first batch."""
-        trainer = self.trainer
-        trained = (
-            trainer.global_step * trainer.accumulate_grad_batches
-            if trainer is not None
-            else self._consumed + len(self._pending)
-        )
-        while self._consumed < trained and self._pending:
-            local, position = self._pending.popleft()
-            self._states[local] = position
-            self._consumed += 1
+        return self._positions.note(batch)
 
     def state_dict(self) -> dict[str, Any]:
-        """Every rank's stream positions (gathered from all ranks under DDP; rank 0 writes them)
-        and what they index (``stream``)."""
+        """Every rank's stream positions after the batches whose optimizer step completed
+        (gathered from all ranks under DDP; rank 0 writes them) and what they index (``stream``)."""
         if not self._training:
             return {}
-        self._commit_trained()
-        mine = {
-            "consumed": self._consumed,
-            "num_streams": max(1, self.num_workers),
-            "states": dict(self._states),
+        trainer = self.trainer
+        self._positions.commit(
+            None if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
+        )
+        return {
+            "ranks": self._positions.all_ranks(max(1, self.num_workers)),
+            "stream": self._stream_settings(),
         }
-        ranks = [mine]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            ranks = [None] * dist.get_world_size()
-            dist.all_gather_object(ranks, mine)
-        return {"ranks": ranks, "stream": self._stream_settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = state_dict
@@ -335,29 +309,3 @@ class TextDataModule(LightningDataModule):
             "shuffle_block": self.shuffle_block,
             "val_documents": self.holdout,
         }
-
-    def _resume(self, rank: int, world_size: int, num_streams: int) -> tuple[int, dict[int, dict[str, int]]]:
-        if not self._loaded:
-            return 0, {}
-        ranks = self._loaded["ranks"]
-        saved = ranks[rank] if len(ranks) == world_size else None
-        if saved is None or saved["num_streams"] != num_streams:
-            saved_workers = "?" if saved is None else saved["num_streams"]
-            raise ConfigError(
-                f"data: the checkpoint's stream positions are for {len(ranks)} rank(s) × {saved_workers} "
-                f"stream(s); resume with the same world size and data.num_workers (now {world_size} × "
-                f"{num_streams})"
-            )
-        now = self._stream_settings()
-        # checkpoints written before the settings were recorded have no "stream" entry
-        changed = [
-            f"data.{key}={value!r} (now {now[key]!r})"
-            for key, value in self._loaded.get("stream", {}).items()
-            if now.get(key) != value
-        ]
-        if changed:
-            raise ConfigError(
-                f"data: the checkpoint's stream positions index other data: it was saved with "
-                f"{'; '.join(changed)}; resume with the same settings, or start a new run"
-            )
-        return int(saved["consumed"]), {int(k): dict(v) for k, v in saved["states"].items()}
