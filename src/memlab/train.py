@@ -75,11 +75,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    state_size = state_size_metric(getattr(module, "net", None), datamodule)
     if trainer.is_global_zero:
         _log_config(trainer.loggers, cfg)
-        for logger in trainer.loggers:
-            logger.log_metrics(state_size, step=0)
 
     diverged = _fit(trainer, module, datamodule, ckpt_path) if cfg.get("train") else None
     metrics = _scalar_metrics(trainer.callback_metrics)
@@ -90,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with _sigterm_as_terminated(trainer):
             trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(_scalar_metrics(trainer.callback_metrics))
-    metrics.update(state_size)
+    metrics.update(state_size_metric(getattr(module, "net", None), datamodule))
 
     if trainer.is_global_zero:
         _report(trainer, cfg, metrics, failed=diverged is not None)

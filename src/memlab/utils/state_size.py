@@ -2,8 +2,9 @@
 
 Every mixer reports ``state_size(context_length)`` (its recurrent memory; attention's KV cache
 at that length) and ``LanguageModel.state_size`` sums them. A training run evaluates it at its
-training length and logs it once as ``model/state_size`` (metrics.json, TensorBoard), so that
-sweep summaries can put a metric against it (Zoology's recall-versus-state-size plots).
+training length and logs it once as ``model/state_size`` (in metrics.json, and as a column of
+TensorBoard's HPARAMS tab), so that sweep summaries can put a metric against it (Zoology's
+recall-versus-state-size plots).
 """
 
 from __future__ import annotations
