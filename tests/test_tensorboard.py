@@ -118,7 +118,15 @@ def test_hparams_lead_with_the_swept_key_and_hold_the_final_metrics(server) -> N
     experiment = _get(url, "/data/plugin/hparams/experiment", {"experimentName": ""})
     names = [h["name"] for h in experiment["hparamInfos"]]
     assert names[0] == "model.mixer.shared_mem", names
-    assert {"model", "data", "model.d_model", "optimizer.lr", "trainer.max_steps", "seed"} <= set(names)
+    assert {
+        "model",
+        "data",
+        "model.d_model",
+        "optimizer.lr",
+        "trainer.max_steps",
+        "seed",
+        "model/state_size",
+    } <= set(names)
     assert len(names) < 15 and "data.num_workers" not in names  # not every flattened key
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics[:2] == ["val/acc", "val/acc_by_pairs/4"] and "test/acc" in metrics

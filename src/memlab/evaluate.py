@@ -23,7 +23,7 @@ from memlab.utils.instantiate import instantiate_group, instantiate_module
 from memlab.utils.moved_keys import upgraded_run_config
 from memlab.utils.results_table import print_results_table
 
-TASKS = ("mqar", "ppl_by_length", "passkey", "lm_eval")
+TASKS = ("mqar", "ppl_by_length", "passkey", "lm_eval", "fidelity")
 _TEXT_DATA = "memlab.data.text.TextDataModule"
 # The text data keys that give a network's token ids their meaning.
 _TOKENIZER_KEYS = ("tokenizer", "eos_token", "vocab_size")
@@ -38,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ppl_by_length: perplexity overall, per position bucket and per length on the test documents
     of the run's text corpus, or of the corpus chosen with ``data=<name>`` (e.g. ``data=pg19``).
     passkey: text passkey retrieval on a length × depth grid, with the run's tokenizer.
+    fidelity: MemMamba's memory-fidelity metrics ETMF and ECLMF per layer on the test documents.
     """
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
@@ -106,6 +107,10 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
     # every option is checked before the corpus, tokenizer or network is opened
     if cfg.task == "ppl_by_length":
         task, options = _ppl_by_length, _ppl_options(cfg.ppl_by_length)
+    elif cfg.task == "fidelity":
+        from memlab.eval.fidelity_task import fidelity_options, run_fidelity
+
+        task, options = run_fidelity, fidelity_options(cfg.fidelity)
     else:
         task, options = _passkey, _passkey_options(cfg.passkey)
     if cfg.get("amp_dtype") not in _AMP:

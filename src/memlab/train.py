@@ -26,6 +26,7 @@ from memlab.utils.hparams import log_hparams
 from memlab.utils.instantiate import instantiate_group, instantiate_module
 from memlab.utils.preflight import check_training_config
 from memlab.utils.results_table import print_results_table
+from memlab.utils.state_size import state_size_metric
 
 
 def _log_config(loggers: list[Logger], cfg: DictConfig) -> None:
@@ -86,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with _sigterm_as_terminated(trainer):
             trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         metrics.update(_scalar_metrics(trainer.callback_metrics))
+    metrics.update(state_size_metric(getattr(module, "net", None), datamodule))
 
     if trainer.is_global_zero:
         _report(trainer, cfg, metrics, failed=diverged is not None)

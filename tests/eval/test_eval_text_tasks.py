@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,22 @@ def test_passkey_writes_a_heatmap(text_run, tmp_path: Path) -> None:
     assert (out / "passkey_heatmap.png").stat().st_size > 0 and "passkey" in tags(out)["images"]
 
 
+def test_fidelity_writes_table_plot_and_events(text_run, tmp_path: Path) -> None:
+    ckpt, _ = text_run
+    out = tmp_path / "fidelity"
+    metrics = run_eval(ckpt, out, "task=fidelity", "fidelity.length=32", "fidelity.max_blocks=2")
+    assert -1 <= metrics["fidelity/etmf/layer0"] <= 1
+    assert metrics["fidelity/etmf/mean"] == metrics["fidelity/etmf/layer0"]
+    # one layer: no pair of layers G apart
+    assert math.isnan(metrics["fidelity/eclmf/g2/mean"])
+    assert "ETMF pairing: position; 64 tokens" in (out / "fidelity.md").read_text()
+    assert (out / "fidelity.png").stat().st_size > 0 and "fidelity" in tags(out)["images"]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("task=fidelity fidelity.pairing=previous", "fidelity.pairing=previous: expected one of position"),
         ("task=ppl_by_length ppl_by_length.split=train", "ppl_by_length.split=train: expected val or test"),
         (
             "task=ppl_by_length ppl_by_length.chunk_size=0",

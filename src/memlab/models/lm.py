@@ -75,6 +75,11 @@ class LanguageModel(nn.Module):
         """One empty decoding cache per layer."""
         return [layer.mixer.init_state(batch_size, device, dtype) for layer in self.layers]
 
+    def state_size(self, context_length: int) -> int:
+        """Elements per sequence of the recurrent states of all layers after ``context_length``
+        tokens (the mixers' ``state_size``; attention's KV cache grows with the length)."""
+        return sum(layer.mixer.state_size(context_length) for layer in self.layers)
+
     def forward(
         self,
         input_ids: torch.Tensor,

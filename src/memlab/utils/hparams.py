@@ -15,6 +15,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from memlab.lit.stat_tags import is_stat_tag
 from memlab.utils.run_names import multirun_arm
+from memlab.utils.state_size import STATE_SIZE
 
 # groups that say where and how a run is logged rather than what it trains
 SKIPPED_GROUPS = ("hydra", "paths", "extras", "callbacks", "logger")
@@ -129,4 +130,7 @@ def log_hparams(logger: Logger, cfg: DictConfig, metrics: dict[str, float], fail
     if HydraConfig.initialized():
         runtime = HydraConfig.get().runtime.choices
         choices = {g: runtime[g] for g in ("model", "data") if runtime.get(g) is not None}
-    write_hparams(logger, session_hparams(cfg, swept, choices), swept, metric_columns(metrics), failed)
+    # the state size describes the model: a hyper-parameter column, not a scalar's
+    hparams = session_hparams(cfg, swept, choices) | {k: v for k, v in metrics.items() if k == STATE_SIZE}
+    columns = [m for m in metric_columns(metrics) if m != STATE_SIZE]
+    write_hparams(logger, hparams, swept, columns, failed)

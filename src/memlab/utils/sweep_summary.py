@@ -2,7 +2,13 @@
 
 Each job of a multirun leaves ``metrics.json`` and ``.hydra/overrides.yaml`` in its folder; the
 summary groups jobs by their overrides minus ``seed`` and writes ``summary.csv``,
-``summary.md`` and ``summary.png`` into the sweep folder.
+``summary.md`` and ``summary.png`` into the sweep folder. Arms are named as their TensorBoard
+runs (``memlab.utils.run_names.arm_name``).
+
+Two options serve the Zoology / MQAR protocol: ``best_lr`` keeps, of the arms that differ only
+in ``optimizer.lr``, the one whose optimised metric is best (its lr in an ``lr`` column), and
+``by_state_size`` also plots the metric against ``model/state_size`` in
+``summary_state_size.png``, one line per architecture (``memlab.utils.sweep_axes``).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +26,24 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from memlab.utils.moved_keys import MOVED
+from memlab.utils.run_names import arm_name
+from memlab.utils.state_size import STATE_SIZE
+from memlab.utils.sweep_axes import best_lr_records, plot_by_state_size
+
 SEED_KEYS = ("seed",)
+# what a record holds besides metrics
+_META = ("arm", "seed", "job", "swept", "lr")
 # passkey exact-match accuracy per context length: test/passkey_acc/len<n>
 _PASSKEY_BY_LENGTH = "test/passkey_acc/len"
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One record per job: {"arm", "seed", "job", metrics...}; jobs without metrics are skipped.
+    """One record per job: {"arm", "seed", "job", "swept", metrics...}; jobs without metrics are
+    skipped.
 
-    An arm is named by the overrides that tell its jobs apart from the others, seed excluded.
+    An arm is named by the overrides that tell its jobs apart from the others, seed excluded;
+    ``swept`` maps their keys (moved keys under their new names) to their values.
     """
     jobs = []
     for metrics_file in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: _job_number(p.parent.name)):
@@ -38,9 +54,18 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     records = []
     for name, overrides, metrics in jobs:
         seed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in SEED_KEYS), "")
-        arm = [o for o in overrides if o not in common and o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS]
-        records.append({"arm": " ".join(arm) or "(all jobs alike)", "seed": seed, "job": name, **metrics})
+        swept = dict(_key_value(o) for o in overrides if o not in common)
+        swept = {k: v for k, v in swept.items() if k not in SEED_KEYS}
+        arm = arm_name(swept) if swept else "(all jobs alike)"
+        records.append({"arm": arm, "seed": seed, "job": name, "swept": swept, **metrics})
     return records
+
+
+def _key_value(override: str) -> tuple[str, str]:
+    """``+optimizer.lr=1e-3`` -> ("optimizer.lr", "1e-3"); a moved key by its new name."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~")
+    return MOVED.get(key, key), value
 
 
 def _job_number(name: str) -> int:
@@ -49,13 +74,16 @@ def _job_number(name: str) -> int:
 
 
 def summarize(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
-    """Rows per arm in first-seen order: n seeds, then mean and std of each metric."""
+    """Rows per arm in first-seen order: n seeds (and the lr that ``best_lr_records`` kept),
+    then mean and std of each metric."""
     arms: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         arms.setdefault(record["arm"], []).append(record)
     rows = []
     for arm, runs in arms.items():
         row: dict[str, Any] = {"arm": arm, "seeds": len(runs)}
+        if "lr" in runs[0]:
+            row["lr"] = runs[0]["lr"]
         for name in metrics:
             values = [r[name] for r in runs if name in r]
             row[name] = statistics.fmean(values) if values else float("nan")
@@ -67,7 +95,7 @@ def summarize(records: list[dict[str, Any]], metrics: list[str]) -> list[dict[st
 def default_metrics(records: list[dict[str, Any]], optimized: str | None) -> list[str]:
     """The optimised metric first, then accuracies (overall, per number of pairs, passkey per
     context length), then speed."""
-    names = {k for r in records for k in r if k not in ("arm", "seed", "job")}
+    names = {k for r in records for k in r if k not in _META}
     by_pairs = sorted(
         (n for n in names if "acc_by_pairs/" in n and n.startswith("test/")),
         key=lambda n: int(n.rsplit("/", 1)[1]),
@@ -76,7 +104,7 @@ def default_metrics(records: list[dict[str, Any]], optimized: str | None) -> lis
         (n for n in names if n.startswith(_PASSKEY_BY_LENGTH)),
         key=lambda n: int(n[len(_PASSKEY_BY_LENGTH) :]),
     )
-    ordered = [optimized, "val/acc", "test/acc", *by_pairs, *by_length, "perf/tokens_per_s"]
+    ordered = [optimized, "val/acc", "test/acc", *by_pairs, *by_length, "perf/tokens_per_s", STATE_SIZE]
     out: list[str] = []
     for name in ordered:
         if name and name in names and name not in out:
@@ -84,24 +112,45 @@ def default_metrics(records: list[dict[str, Any]], optimized: str | None) -> lis
     return out
 
 
-def write_summary(sweep_dir: Path, optimized: str | None = None) -> list[dict[str, Any]]:
-    """Write summary.csv/.md/.png into ``sweep_dir``, print the table, and return its rows."""
+def write_summary(
+    sweep_dir: Path,
+    optimized: str | None = None,
+    best_lr: bool = False,
+    by_state_size: bool = False,
+    group_by: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Write summary.csv/.md/.png into ``sweep_dir``, print the table, and return its rows.
+
+    best_lr: one row per arm with the best ``optimizer.lr`` by the first metric (``optimized``
+    where the jobs logged it; see ``best_lr_records``). by_state_size: also
+    ``summary_state_size.png``, that metric against the state size, one line per value of the
+    ``group_by`` keys (default: the swept config groups, such as ``model``).
+    """
     records = collect(sweep_dir)
     if not records:
         return []
     metrics = default_metrics(records, optimized)
+    if best_lr:
+        records = best_lr_records(records, metrics[0])
     rows = summarize(records, metrics)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = ["arm", "seeds", *metrics]
+    lr = ["lr"] if best_lr else []
+    header = ["arm", "seeds", *lr, *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["arm"], str(row["seeds"])] + [f"{row[m]:.4f} ± {row[m + ' std']:.4f}" for m in metrics]
+        cells = [row["arm"], str(row["seeds"]), *(str(row.get("lr", "")) for _ in lr)]
+        cells += [_cell(row, m) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     _plot(rows, metrics, sweep_dir / "summary.png")
+    plotted = by_state_size and plot_by_state_size(
+        records, rows, metrics[0], group_by, sweep_dir / "summary_state_size.png"
+    )
+    if by_state_size and not plotted:
+        print(f"warning: no job of {sweep_dir} logged {STATE_SIZE}: no state-size plot", file=sys.stderr)
     table = Table(title=f"sweep summary — {sweep_dir}")
     for name in header:
         table.add_column(name, justify="left" if name == "arm" else "right")
@@ -109,6 +158,13 @@ def write_summary(sweep_dir: Path, optimized: str | None = None) -> list[dict[st
         table.add_row(*[c.strip() for c in line.strip("|").split("|")])
     Console(width=200).print(table)
     return rows
+
+
+def _cell(row: dict[str, Any], metric: str) -> str:
+    """``mean ± std``; the state size, the same for every seed, as a whole number."""
+    if metric == STATE_SIZE:
+        return f"{row[metric]:.0f}"
+    return f"{row[metric]:.4f} ± {row[metric + ' std']:.4f}"
 
 
 def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
@@ -151,7 +207,16 @@ def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, write and print the sweep's comparison table."""
+    """Hydra callback: at the end of a multirun, write and print the sweep's comparison table
+    (``best_lr``, ``by_state_size``: see ``write_summary``)."""
+
+    def __init__(self, best_lr: bool = False, by_state_size: bool = False) -> None:
+        self.best_lr, self.by_state_size = best_lr, by_state_size
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(Path(config.hydra.sweep.dir), config.get("optimized_metric"))
+        write_summary(
+            Path(config.hydra.sweep.dir),
+            config.get("optimized_metric"),
+            best_lr=self.best_lr,
+            by_state_size=self.by_state_size,
+        )

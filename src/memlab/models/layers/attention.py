@@ -75,6 +75,10 @@ class Attention(nn.Module):
         empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)
         return KVCache(empty, empty.clone())
 
+    def state_size(self, context_length: int) -> int:
+        """Elements per sequence of the KV cache after ``context_length`` tokens: 2 · H · head_dim · T."""
+        return 2 * self.num_heads * self.head_dim * context_length
+
     def forward(
         self, x: torch.Tensor, state: KVCache | None = None, cu_seqlens: torch.Tensor | None = None
     ) -> MixerOutput:

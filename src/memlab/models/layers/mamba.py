@@ -154,6 +154,11 @@ class Mamba(nn.Module):
             ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype),
         )
 
+    def state_size(self, context_length: int) -> int:
+        """Elements per sequence of the SSM state, E · N, whatever the context length (the conv's
+        tail, d_conv − 1 tokens wide, is not counted)."""
+        return self.d_inner * self.d_state
+
     def forward(
         self, x: torch.Tensor, state: MambaState | None = None, cu_seqlens: torch.Tensor | None = None
     ) -> MixerOutput:

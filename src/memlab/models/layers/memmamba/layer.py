@@ -117,6 +117,12 @@ class MemMamba(nn.Module):
             pool=self.pool.init_state(batch_size, device, dtype),
         )
 
+    def state_size(self, context_length: int) -> int:
+        """Elements per sequence: the backbone's state plus the pool's K + R notes, each a summary
+        and a priority; the running max-pool of the unfinished chunk is not counted."""
+        notes = (self.config.pool_size + self.config.recent_slots) * (self.config.summary_dim + 1)
+        return self.backbone.state_size(context_length) + notes
+
     def forward(
         self,
         x: torch.Tensor,

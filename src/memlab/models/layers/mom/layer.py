@@ -117,6 +117,11 @@ class MoMAttention(nn.Module):
         memories it is not sent to (for the FLOPs count, memlab.models.flops)."""
         return (self.num_memories - self.topk) * self.memory_proj[0].numel()
 
+    def state_size(self, context_length: int) -> int:
+        """Elements per sequence of the recurrent memories, M · H · K · V, whatever the context
+        length (the short convs' tails, a few tokens wide, are not counted)."""
+        return self.num_rows * self.num_heads * self.head_dim * self.value_dim
+
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MoMState:
         """An empty cache: zero memories (fp32, or fp64 for fp64) and zero conv tails (``dtype``)."""
         H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows

@@ -1,0 +1,105 @@
+"""The sweep summary over fabricated job folders: arms named as their TensorBoard runs, each
+arm at its best learning rate, a metric against the state size."""
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from memlab.utils.state_size import STATE_SIZE
+from memlab.utils.sweep_axes import best_lr_records, lower_is_better, state_size_lines
+from memlab.utils.sweep_summary import collect, default_metrics, summarize, write_summary
+
+# model × d_model × lr × seed; mom wins at lr 3e-3, gdn at 1e-3
+STATE = {("mom", 32): 4096, ("mom", 64): 8192, ("gdn", 32): 1024, ("gdn", 64): 2048}
+BEST_LR = {"mom": "3e-3", "gdn": "1e-3"}
+
+
+def _job(sweep: Path, num: int, overrides: list[str], metrics: dict) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _sweep(tmp_path: Path, lr_key: str = "optimizer.lr") -> Path:
+    grid = itertools.product(("mom", "gdn"), (32, 64), ("1e-3", "3e-3"), (0, 1))
+    for num, (model, width, lr, seed) in enumerate(grid):
+        acc = width / 100 + (0.2 if lr == BEST_LR[model] else 0.0) + seed / 100
+        overrides = [
+            f"model={model}",
+            f"model.d_model={width}",
+            f"{lr_key}={lr}",
+            f"seed={seed}",
+            "data=mqar",
+        ]
+        _job(tmp_path, num, overrides, {"val/acc": acc, "val/loss": 1 - acc, STATE_SIZE: STATE[model, width]})
+    return tmp_path
+
+
+def test_arms_are_named_as_their_tensorboard_runs(tmp_path: Path) -> None:
+    records = collect(_sweep(tmp_path))
+    assert records[0]["arm"] == "model=mom,d_model=32,lr=1e-3"
+    assert records[0]["swept"] == {"model": "mom", "model.d_model": "32", "optimizer.lr": "1e-3"}
+    rows = summarize(records, default_metrics(records, "val/acc"))
+    assert len(rows) == 8 and all(r["seeds"] == 2 for r in rows)
+
+
+def test_each_arm_keeps_its_best_lr(tmp_path: Path) -> None:
+    records = collect(_sweep(tmp_path))
+    rows = summarize(best_lr_records(records, "val/acc"), ["val/acc", STATE_SIZE])
+    assert [(r["arm"], r["lr"]) for r in rows] == [
+        ("model=mom,d_model=32", "3e-3"),
+        ("model=mom,d_model=64", "3e-3"),
+        ("model=gdn,d_model=32", "1e-3"),
+        ("model=gdn,d_model=64", "1e-3"),
+    ]
+    assert rows[0]["val/acc"] == pytest.approx(0.32 + 0.2 + 0.005) and rows[0]["seeds"] == 2
+    # a loss is minimised: the same winners
+    by_loss = summarize(best_lr_records(records, "val/loss"), ["val/loss"])
+    assert [r["lr"] for r in by_loss] == [r["lr"] for r in rows]
+    assert lower_is_better("val/loss") and lower_is_better("test/ppl") and not lower_is_better("val/acc")
+
+
+def test_old_lr_key_and_sweeps_without_lr(tmp_path: Path) -> None:
+    records = collect(_sweep(tmp_path / "old", lr_key="module.lr"))
+    assert {r["lr"] for r in best_lr_records(records, "val/acc")} == {"1e-3", "3e-3"}
+    _job(tmp_path / "nolr", 0, ["model=mom", "seed=0"], {"val/acc": 0.5})
+    _job(tmp_path / "nolr", 1, ["model=gdn", "seed=0"], {"val/acc": 0.4})
+    records = collect(tmp_path / "nolr")
+    assert best_lr_records(records, "val/acc") == records
+
+
+def test_lines_against_state_size_are_the_architectures(tmp_path: Path) -> None:
+    records = best_lr_records(collect(_sweep(tmp_path)), "val/acc")
+    rows = summarize(records, ["val/acc", STATE_SIZE])
+    lines = state_size_lines(records, rows, None)
+    assert {k: [r[STATE_SIZE] for r in v] for k, v in lines.items()} == {
+        "model=mom": [4096, 8192],
+        "model=gdn": [1024, 2048],
+    }
+    assert list(state_size_lines(records, rows, ["model.d_model"])) == ["d_model=32", "d_model=64"]
+
+
+def test_write_summary_with_best_lr_and_state_size(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path)
+    rows = write_summary(sweep, "val/acc", best_lr=True, by_state_size=True)
+    assert len(rows) == 4
+    assert (sweep / "summary_state_size.png").stat().st_size > 0
+    table = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert (table[0]["arm"], table[0]["lr"]) == ("model=mom,d_model=32", "3e-3")
+    md = (sweep / "summary.md").read_text().splitlines()
+    assert md[0] == f"| arm | seeds | lr | val/acc | {STATE_SIZE} |"
+    assert md[2].startswith("| model=mom,d_model=32 | 2 | 3e-3 | 0.5250 ± 0.0050 |")
+    assert md[2].endswith("| 4096 |")
+
+
+def test_state_size_plot_needs_the_metric(tmp_path: Path, capsys) -> None:
+    _job(tmp_path, 0, ["model=mom"], {"val/acc": 0.5})
+    _job(tmp_path, 1, ["model=gdn"], {"val/acc": 0.4})
+    assert len(write_summary(tmp_path, "val/acc", by_state_size=True)) == 2
+    assert not (tmp_path / "summary_state_size.png").exists()
+    assert f"no job of {tmp_path} logged {STATE_SIZE}" in capsys.readouterr().err
