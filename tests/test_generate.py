@@ -54,7 +54,7 @@ def text_run(tmp_path_factory) -> Path:
     return root / "run" / "checkpoints" / "last.ckpt"
 
 
-def run_generate(ckpt: Path, tmp_path: Path, *overrides: str) -> list[str]:
+def run_generate(ckpt: Path | str, tmp_path: Path, *overrides: str) -> list[str]:
     cfg = compose_config(
         [f"ckpt_path={ckpt}", "device=cpu", "max_new_tokens=8", *overrides], tmp_path / "out", "generate"
     )
@@ -90,6 +90,16 @@ def test_a_batch_of_unequal_prompts_keeps_its_order(text_run, tmp_path: Path, ca
     assert texts == [greedy(text_run, p) for p in prompts]
     out, _ = capsys.readouterr()
     assert out == "".join(f"{p}{t}\n\n" for p, t in zip(prompts, texts, strict=True))
+
+
+def test_ckpt_path_last_and_a_number_as_prompt(text_run, tmp_path: Path, capsys) -> None:
+    """``last`` finds the newest training run's last.ckpt under paths.log_dir; prompt=1234 is text."""
+    runs = tmp_path / "train" / "runs" / "text"
+    runs.mkdir(parents=True)
+    (runs / "2026-01-01_00-00-00").symlink_to(text_run.parent.parent, target_is_directory=True)
+    (text,) = run_generate("last", tmp_path, "prompt=1234")
+    assert text == greedy(text_run, "1234")
+    assert capsys.readouterr().out.startswith("1234")
 
 
 def test_sampling_is_seeded(text_run, tmp_path: Path) -> None:

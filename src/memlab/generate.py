@@ -42,18 +42,74 @@ class Timing:
         return f"prefill: {prefill}; decode: {decode}"
 
 
+@dataclass(frozen=True)
+class Options:
+    """What scripts/generate.py does, checked before the checkpoint is opened."""
+
+    prompts: list[str]
+    sampling: SamplingConfig
+    max_new_tokens: int
+    prefill_chunk: int | None
+    seed: int
+    device: torch.device
+    amp: torch.dtype | None
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Options:
+        if cfg.get("amp_dtype") not in _AMP:
+            raise ConfigError(f"amp_dtype={cfg.get('amp_dtype')}: expected bfloat16, float16 or null")
+        device = _device(cfg.get("device", "auto"))
+        return cls(
+            prompts=_prompts(cfg),
+            sampling=SamplingConfig.build(OmegaConf.to_container(cfg.sampling, resolve=True)),
+            max_new_tokens=_whole("max_new_tokens", cfg.max_new_tokens, minimum=0),
+            prefill_chunk=_whole("prefill_chunk", cfg.prefill_chunk, optional=True),
+            seed=_whole("seed", cfg.seed, minimum=0),
+            device=device,
+            amp=_AMP[cfg.get("amp_dtype")] if device.type == "cuda" else None,
+        )
+
+
 def generate(cfg: DictConfig) -> list[str]:
     """Continue ``cfg.prompt`` (a string or a list) or the lines of ``cfg.prompt_file`` with the
-    network of ``cfg.ckpt_path`` -> the continuations, in the prompts' order. Every option is
-    checked before the checkpoint is opened."""
-    prompts = _prompts(cfg)
-    sampling = SamplingConfig.build(OmegaConf.to_container(cfg.sampling, resolve=True))
-    max_new = _whole("max_new_tokens", cfg.max_new_tokens, minimum=0)
-    chunk = _whole("prefill_chunk", cfg.prefill_chunk, optional=True)
-    seed = _whole("seed", cfg.seed, minimum=0)
-    if cfg.get("amp_dtype") not in _AMP:
-        raise ConfigError(f"amp_dtype={cfg.get('amp_dtype')}: expected bfloat16, float16 or null")
-    device = _device(cfg.get("device", "auto"))
+    network of ``cfg.ckpt_path`` -> the continuations, in the prompts' order."""
+    opts = Options.of(cfg)
+    ckpt_path, run_cfg = _run(cfg)
+    tokenizer = _tokenizer(cfg.get("tokenizer"), run_cfg)
+    ids = [[int(t) for t in row] for row in tokenizer.encode_batch(opts.prompts)]
+    _check_lengths(ids, opts.prompts, run_cfg, opts.max_new_tokens)
+    net = load_network(run_cfg, ckpt_path, opts.device)
+    if tokenizer.vocab_size > net.vocab_size:
+        raise ConfigError(
+            f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocabulary ({net.vocab_size})"
+        )
+    generator = torch.Generator(opts.device).manual_seed(opts.seed)
+    timing = Timing()
+    stream = _Streamer(tokenizer) if len(opts.prompts) == 1 else None
+    if stream is not None:
+        print(opts.prompts[0], end="", flush=True)
+    outputs: dict[int, list[int]] = {}
+    with torch.autocast(opts.device.type, dtype=opts.amp) if opts.amp else contextlib.nullcontext():
+        # prompts of one length form one batch: the models take no padding
+        for length in sorted({len(row) for row in ids}):
+            group = [i for i, row in enumerate(ids) if len(row) == length]
+            batch = torch.tensor([ids[i] for i in group], dtype=torch.long, device=opts.device)
+            new = _decode(net, batch, opts, generator, tokenizer.eos_id, timing, stream)
+            outputs.update(zip(group, new, strict=True))
+    texts = [tokenizer.decode(outputs[i]) for i in range(len(opts.prompts))]
+    if stream is None:
+        for prompt, text in zip(opts.prompts, texts, strict=True):
+            print(f"{prompt}{text}\n", flush=True)
+    else:
+        stream.show(texts[0])
+        print(flush=True)
+    print(timing.line(), file=sys.stderr, flush=True)
+    return texts
+
+
+def _run(cfg: DictConfig) -> tuple[str, DictConfig]:
+    """(the checkpoint ``cfg.ckpt_path`` names, its training run's config with the model resolved)."""
     trained = Path(cfg.paths.log_dir) / "train"
     runs = [str(trained / "runs" / "*" / "*"), str(trained / "multiruns" / "*" / "*")]
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, runs, Path(cfg.paths.output_dir))
@@ -62,46 +118,13 @@ def generate(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no training config at {run_config}")
     run_cfg = upgraded_run_config(OmegaConf.load(run_config))
     run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)
-    tokenizer = _tokenizer(cfg.get("tokenizer"), run_cfg)
-    ids = [[int(t) for t in row] for row in tokenizer.encode_batch(prompts)]
-    _check_lengths(ids, prompts, run_cfg, max_new)
-    net = load_network(run_cfg, ckpt_path, device)
-    if tokenizer.vocab_size > net.vocab_size:
-        raise ConfigError(
-            f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than the model's "
-            f"vocabulary ({net.vocab_size})"
-        )
-    amp = _AMP[cfg.get("amp_dtype")] if device.type == "cuda" else None
-    generator = torch.Generator(device).manual_seed(seed)
-    timing = Timing()
-    decode = _Streamer(tokenizer) if len(prompts) == 1 else None
-    if decode is not None:
-        print(prompts[0], end="", flush=True)
-    outputs: dict[int, list[int]] = {}
-    with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-        # prompts of one length form one batch: the models take no padding
-        for length in sorted({len(row) for row in ids}):
-            group = [i for i, row in enumerate(ids) if len(row) == length]
-            batch = torch.tensor([ids[i] for i in group], dtype=torch.long, device=device)
-            new = _decode(net, batch, max_new, sampling, chunk, generator, tokenizer.eos_id, timing, decode)
-            outputs.update(zip(group, new, strict=True))
-    texts = [tokenizer.decode(outputs[i]) for i in range(len(prompts))]
-    if decode is None:
-        for prompt, text in zip(prompts, texts, strict=True):
-            print(f"{prompt}{text}\n", flush=True)
-    else:
-        decode.show(texts[0])
-        print(flush=True)
-    print(timing.line(), file=sys.stderr, flush=True)
-    return texts
+    return ckpt_path, run_cfg
 
 
 def _decode(
     net: torch.nn.Module,
     batch: torch.Tensor,
-    max_new: int,
-    sampling: SamplingConfig,
-    chunk: int | None,
+    opts: Options,
     generator: torch.Generator,
     eos_id: int,
     timing: Timing,
@@ -110,7 +133,13 @@ def _decode(
     """New token ids of each prompt of batch int64 [B, T], each cut before its end-of-text token;
     decoding stops once every row has ended. ``on_token`` sees row 0's ids after each token."""
     sync = torch.cuda.synchronize if batch.is_cuda else lambda: None
-    steps = net.stream(batch, max_new, sampling.temperature, sampling.top_k, generator, sampling.top_p, chunk)
+    steps = net.stream(
+        batch,
+        opts.max_new_tokens,
+        generator=generator,
+        prefill_chunk=opts.prefill_chunk,
+        **opts.sampling.to_dict(),
+    )
     start = time.perf_counter()
     next(steps)
     sync()
@@ -164,6 +193,8 @@ def _prompts(cfg: DictConfig) -> list[str]:
         prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
     else:
         prompts = list(prompt) if isinstance(prompt, ListConfig | list) else [prompt]
+        # what Hydra reads as a number or a boolean was meant as text: prompt=1234
+        prompts = [str(p) if isinstance(p, int | float) else p for p in prompts]
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ConfigError(f"prompt: expected one or more non-empty strings (got {prompts!r})")
     return prompts
