@@ -4,6 +4,7 @@ for every mixer: the same last logits, the same greedy continuation."""
 import pytest
 import torch
 
+from memlab.errors import ConfigError
 from memlab.models.chunked import prefill
 
 from .mixers import MIXERS
@@ -37,3 +38,9 @@ def test_no_new_tokens_returns_the_prompt() -> None:
     lm = make_lm("mamba")
     prompt = torch.randint(0, VOCAB, (1, 5))
     assert torch.equal(lm.generate(prompt, 0, prefill_chunk=2), prompt)
+
+
+def test_generate_refuses_bad_sampling_values() -> None:
+    lm = make_lm("mamba")
+    with pytest.raises(ConfigError, match=r"^sampling.top_p must be > 0 \(got 0.0\)$"):
+        lm.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=1.0, top_p=0.0)

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from memlab.errors import ConfigError
 from memlab.models.block import Block
 from memlab.models.chunked import prefill
-from memlab.models.sampling import sample
+from memlab.models.sampling import SamplingConfig, sample
 
 
 @dataclass
@@ -148,6 +148,7 @@ class LanguageModel(nn.Module):
     ) -> Iterator[torch.Tensor]:
         """As ``generate``, one piece at a time: the prompt input_ids [B, T] once it is read, then
         each new token int64 [B, 1] as soon as it is chosen."""
+        SamplingConfig(temperature, top_k, top_p)  # refuses bad values before any work
         param = next(self.parameters())
         states = self.init_states(input_ids.shape[0], param.device, param.dtype)
         logits = prefill(self, input_ids, prefill_chunk, states)
