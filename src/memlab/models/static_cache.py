@@ -7,12 +7,15 @@ masked out of the softmax."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from memlab.models.layers import Attention
 from memlab.models.modules.rotary import apply_rotary, rotary_angles
+
+if TYPE_CHECKING:  # the attention layer may one day hold this cache itself: no import cycle
+    from memlab.models.layers import Attention
 
 
 @dataclass
