@@ -1,37 +1,13 @@
-"""Long inputs through a language model in chunks, each continuing from the per-layer states the
-previous chunks left (recurrent state, or the KV cache of attention), so that peak activation
-memory follows the chunk, not the input; the result equals one pass over the whole input."""
+"""Evaluation over long inputs read in chunks with carried state (``memlab.models.chunked``): the
+next-token losses of a text, and the greedy continuation of a prompt."""
 
 from __future__ import annotations
-
-from collections import deque
-from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def chunks(
-    net: nn.Module, input_ids: torch.Tensor, chunk_size: int | None, states: list[Any] | None = None
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(start, logits)`` for consecutive chunks of input_ids int64 [B, T]: logits
-    [B, chunk, V] in the model dtype. ``chunk_size`` None is one pass without states. ``states``
-    (from ``net.init_states``) are continued and left updated; fresh ones are made if None."""
-    if chunk_size is not None and chunk_size < 1:
-        # a step <= 0 would yield no chunk at all, leaving the callers' outputs unwritten
-        raise ValueError(f"chunks: chunk_size must be >= 1 or None (got {chunk_size})")
-    B, T = input_ids.shape
-    if states is None and (chunk_size is None or chunk_size >= T):
-        yield 0, net(input_ids).logits
-        return
-    if states is None:
-        param = next(net.parameters())
-        states = net.init_states(B, param.device, param.dtype)
-    step = T if chunk_size is None else chunk_size
-    for start in range(0, T, step):
-        yield start, net(input_ids[:, start : start + step], states=states).logits
+from memlab.models.chunked import chunks, prefill
 
 
 @torch.no_grad()
@@ -55,13 +31,11 @@ def greedy_continuation(
     """Greedy decoding after a prompt int64 [B, T] read chunk by chunk: -> int64 [B, new_tokens]."""
     param = next(net.parameters())
     states = net.init_states(prompt.shape[0], param.device, param.dtype)
-    # Only the last chunk's logits matter; the earlier chunks only fill the states. Keeping
-    # just the last one bounds memory by one chunk's logits (B · chunk · V), not the prompt's.
-    ((_, logits),) = deque(chunks(net, prompt, chunk_size, states), maxlen=1)
+    logits = prefill(net, prompt, chunk_size, states)
     out = []
     for step in range(new_tokens):
-        nxt = logits[:, -1].float().argmax(dim=-1, keepdim=True)
+        nxt = logits.float().argmax(dim=-1, keepdim=True)
         out.append(nxt)
         if step + 1 < new_tokens:
-            logits = net(nxt, states=states).logits
+            logits = net(nxt, states=states).logits[:, -1]
     return torch.cat(out, dim=1)

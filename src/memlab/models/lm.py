@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,8 @@ from torch.utils.checkpoint import checkpoint
 
 from memlab.errors import ConfigError
 from memlab.models.block import Block
+from memlab.models.chunked import prefill
+from memlab.models.sampling import SamplingConfig, sample
 
 
 @dataclass
@@ -122,36 +124,45 @@ class LanguageModel(nn.Module):
         temperature: float = 0.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        prefill_chunk: int | None = None,
     ) -> torch.Tensor:
         """Continue prompts input_ids [B, T] by ``max_new_tokens`` tokens -> int64 [B, T + new].
 
-        The prompt goes through one chunked forward pass, then tokens are decoded one at a time
-        from the per-layer caches. temperature 0 is greedy; otherwise sample from the softmax
-        of logits / temperature, restricted to the ``top_k`` most likely tokens if given.
+        The prompt is read ``prefill_chunk`` tokens at a time (None: in one pass) into the
+        per-layer caches, then tokens are decoded one at a time from them. temperature 0 is
+        greedy; otherwise sample from the softmax of logits / temperature, restricted to the
+        ``top_k`` most likely tokens and to the nucleus of probability ``top_p`` if given
+        (``memlab.models.sampling``).
         """
+        return torch.cat(
+            list(self.stream(input_ids, max_new_tokens, temperature, top_k, generator, top_p, prefill_chunk)),
+            dim=1,
+        )
+
+    @torch.no_grad()
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        prefill_chunk: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """As ``generate``, one piece at a time: the prompt input_ids [B, T] once it is read, then
+        each new token int64 [B, 1] as soon as it is chosen."""
+        SamplingConfig(temperature, top_k, top_p)  # refuses bad values before any work
         param = next(self.parameters())
         states = self.init_states(input_ids.shape[0], param.device, param.dtype)
-        logits = self(input_ids, states=states).logits[:, -1]
-        tokens = [input_ids]
+        logits = prefill(self, input_ids, prefill_chunk, states)
+        yield input_ids
         for step in range(max_new_tokens):
-            nxt = _pick(logits.float(), temperature, top_k, generator)
-            tokens.append(nxt)
+            nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+            yield nxt
             if step + 1 < max_new_tokens:
                 logits = self(nxt, states=states).logits[:, -1]
-        return torch.cat(tokens, dim=1)
-
-
-def _pick(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Next token ids [B, 1] from fp32 logits [B, V]."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
 def _recomputed_blocks(policy: str | int, n_layers: int) -> frozenset[int]:
