@@ -15,7 +15,7 @@ from memlab.data.text.tokenizer import ByteTokenizer
 from memlab.errors import ConfigError
 from memlab.evaluate import load_network
 from memlab.generate import generate
-from memlab.train import train
+from tests.eval.text_run import train_text_run
 
 from .cli import error_line, run_cli
 from .conftest import compose_config
@@ -30,28 +30,7 @@ def text_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generate_run")
     docs = documents(80)
     files = [str(write_parquet(root / "a.parquet", docs[:50])), str(write_jsonl(root / "b.jsonl", docs[50:]))]
-    overrides = [
-        "data=text_files",
-        f"data.files=[{','.join(files)}]",
-        f"data.seq_len={SEQ_LEN}",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "data.val_windows=2",
-        "model=transformer",
-        "model.d_model=32",
-        "model.n_layers=1",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.accelerator=cpu",
-        "callbacks.model_checkpoint.every_n_train_steps=2",
-        "test=false",
-        "extras.print_config=false",
-    ]
-    cfg = compose_config(overrides, root / "run")
-    train(cfg)
-    (root / "run" / ".hydra").mkdir()
-    OmegaConf.save(cfg, root / "run" / ".hydra" / "config.yaml")  # as a CLI run leaves it
-    return root / "run" / "checkpoints" / "last.ckpt"
+    return train_text_run(root, files, "transformer", SEQ_LEN)
 
 
 def run_generate(ckpt: Path | str, tmp_path: Path, *overrides: str) -> list[str]:

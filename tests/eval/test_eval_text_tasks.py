@@ -15,6 +15,7 @@ pytest.importorskip("datasets")
 from memlab.errors import ConfigError
 from memlab.evaluate import eval_data_config, evaluate
 from memlab.train import train
+from tests.eval.text_run import train_text_run
 
 from ..conftest import compose_config
 from ..data.text_corpus import documents, write_jsonl, write_parquet
@@ -26,28 +27,7 @@ def text_run(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("text_run")
     docs = documents(80)
     files = [str(write_parquet(root / "a.parquet", docs[:50])), str(write_jsonl(root / "b.jsonl", docs[50:]))]
-    overrides = [
-        "data=text_files",
-        f"data.files=[{','.join(files)}]",
-        "data.seq_len=32",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "data.val_windows=2",
-        "model=mom",
-        "model.d_model=32",
-        "model.n_layers=1",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.accelerator=cpu",
-        "callbacks.model_checkpoint.every_n_train_steps=2",
-        "test=false",
-        "extras.print_config=false",
-    ]
-    cfg = compose_config(overrides, root / "run")
-    train(cfg)
-    (root / "run" / ".hydra").mkdir()
-    OmegaConf.save(cfg, root / "run" / ".hydra" / "config.yaml")  # as a CLI run leaves it
-    return root / "run" / "checkpoints" / "last.ckpt", files
+    return train_text_run(root, files, "mom", 32), files
 
 
 def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict[str, float]:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("datasets")
@@ -23,7 +22,7 @@ from memlab.data.text.tokenizer import ByteTokenizer
 from memlab.eval.chunked import token_nll
 from memlab.eval.lm_eval.model import MemlabLM
 from memlab.evaluate import evaluate
-from memlab.train import train
+from tests.eval.text_run import train_text_run
 
 from ..cli import error_line, run_cli
 from ..conftest import compose_config
@@ -119,29 +118,7 @@ def text_run(tmp_path_factory) -> Path:
     """A MoM trained for 2 steps on local text files, with its run config: its last.ckpt."""
     root = tmp_path_factory.mktemp("lm_eval_run")
     files = str(write_jsonl(root / "a.jsonl", documents(40)))
-    overrides = [
-        "data=text_files",
-        f"data.files=[{files}]",
-        "data.seq_len=64",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "data.val_windows=2",
-        "data.val_documents=4",
-        "model=mom",
-        "model.d_model=32",
-        "model.n_layers=1",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.accelerator=cpu",
-        "callbacks.model_checkpoint.every_n_train_steps=2",
-        "test=false",
-        "extras.print_config=false",
-    ]
-    cfg = compose_config(overrides, root / "run")
-    train(cfg)
-    (root / "run" / ".hydra").mkdir()
-    OmegaConf.save(cfg, root / "run" / ".hydra" / "config.yaml")
-    return root / "run" / "checkpoints" / "last.ckpt"
+    return train_text_run(root, [files], "mom", 64, "data.val_documents=4")
 
 
 @pytest.fixture(scope="module")
