@@ -13,8 +13,8 @@ pytest.importorskip("datasets")
 
 from memlab.data.text.tokenizer import ByteTokenizer
 from memlab.errors import ConfigError
-from memlab.evaluate import load_network
 from memlab.generate import generate
+from memlab.utils.trained_run import load_network
 from tests.eval.text_run import train_text_run
 
 from .cli import error_line, run_cli

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,16 @@ from torch import nn
 from memlab.data.text import TextDataModule
 from memlab.errors import ConfigError
 from memlab.utils.checkpoint_match import check_same_network
-from memlab.utils.checkpoints import load_checkpoint, resolve_ckpt_path
+from memlab.utils.checkpoints import load_checkpoint
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.instantiate import instantiate_group, instantiate_module
-from memlab.utils.moved_keys import upgraded_run_config
 from memlab.utils.results_table import print_results_table
+from memlab.utils.trained_run import AMP_DTYPES, load_network, torch_device, trained_run, whole_number
 
 TASKS = ("mqar", "ppl_by_length", "passkey", "lm_eval", "fidelity")
 _TEXT_DATA = "memlab.data.text.TextDataModule"
 # The text data keys that give a network's token ids their meaning.
 _TOKENIZER_KEYS = ("tokenizer", "eos_token", "vocab_size")
-_AMP = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -43,17 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
     output_dir = Path(cfg.paths.output_dir)
-    # `last`: the newest checkpoint of any training run (single runs and sweep jobs)
-    trained = Path(cfg.paths.log_dir) / "train"
-    runs = [str(trained / "runs" / "*" / "*"), str(trained / "multiruns" / "*" / "*")]
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, runs, output_dir)
-    run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
-    if not run_config.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no training config at {run_config}")
-    run_cfg = upgraded_run_config(OmegaConf.load(run_config))
-    # the network exactly as trained, whatever data config the task then reads (model keys such
-    # as vocab_size interpolate the run's data config)
-    run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)
+    # the network exactly as trained, whatever data config the task then reads
+    ckpt_path, run_cfg = trained_run(cfg)
     if cfg.get("data"):
         run_cfg.data = eval_data_config(run_cfg.data, cfg.data)
     if cfg.extras.get("print_config"):
@@ -113,9 +102,9 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
         task, options = run_fidelity, fidelity_options(cfg.fidelity)
     else:
         task, options = _passkey, _passkey_options(cfg.passkey)
-    if cfg.get("amp_dtype") not in _AMP:
+    if cfg.get("amp_dtype") not in AMP_DTYPES:
         raise ConfigError(f"amp_dtype={cfg.get('amp_dtype')}: expected bfloat16, float16 or null")
-    device = _device(cfg.get("device", "auto"))
+    device = torch_device(cfg.get("device", "auto"))
     datamodule = instantiate(run_cfg.data, _convert_="all")
     tokenizer = datamodule.tokenizer
     net = load_network(run_cfg, ckpt_path, device)
@@ -124,7 +113,7 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
             f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than the model's "
             f"vocabulary ({net.vocab_size})"
         )
-    amp = _AMP[cfg.get("amp_dtype")] if device.type == "cuda" else None
+    amp = AMP_DTYPES[cfg.get("amp_dtype")] if device.type == "cuda" else None
     title = f"{cfg.task} — {Path(ckpt_path).name}"
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics, figure, table = task(net, datamodule, options, amp, title, output_dir)
@@ -195,63 +184,30 @@ def _passkey(
 def _ppl_options(opts: DictConfig) -> dict[str, Any]:
     if opts.split not in ("val", "test"):
         raise ConfigError(f"ppl_by_length.split={opts.split}: expected val or test")
-    max_length = _whole("ppl_by_length.max_length", opts.max_length, optional=True)
-    lengths = sorted(_whole("ppl_by_length.lengths", n) for n in opts.lengths)
+    max_length = whole_number("ppl_by_length.max_length", opts.max_length, optional=True)
+    lengths = sorted(whole_number("ppl_by_length.lengths", n) for n in opts.lengths)
     lengths = [n for n in lengths if max_length is None or n <= max_length]
     if not lengths:
         raise ConfigError("ppl_by_length.lengths: no length left under ppl_by_length.max_length")
     return {
         "split": opts.split,
         "lengths": lengths,
-        "bucket": _whole("ppl_by_length.bucket", opts.bucket),
-        "max_blocks": _whole("ppl_by_length.max_blocks", opts.max_blocks),
-        "chunk_size": _whole("ppl_by_length.chunk_size", opts.chunk_size, optional=True),
-        "batch_size": _whole("ppl_by_length.batch_size", opts.batch_size),
+        "bucket": whole_number("ppl_by_length.bucket", opts.bucket),
+        "max_blocks": whole_number("ppl_by_length.max_blocks", opts.max_blocks),
+        "chunk_size": whole_number("ppl_by_length.chunk_size", opts.chunk_size, optional=True),
+        "batch_size": whole_number("ppl_by_length.batch_size", opts.batch_size),
     }
 
 
 def _passkey_options(opts: DictConfig) -> dict[str, Any]:
     # depths are checked by evaluate_passkey, which owns their meaning
     return {
-        "lengths": [_whole("passkey.lengths", n) for n in opts.lengths],
+        "lengths": [whole_number("passkey.lengths", n) for n in opts.lengths],
         "depths": list(opts.depths),
-        "trials": _whole("passkey.trials", opts.trials),
-        "seed": _whole("passkey.seed", opts.seed, minimum=0),
-        "chunk_size": _whole("passkey.chunk_size", opts.chunk_size, optional=True),
+        "trials": whole_number("passkey.trials", opts.trials),
+        "seed": whole_number("passkey.seed", opts.seed, minimum=0),
+        "chunk_size": whole_number("passkey.chunk_size", opts.chunk_size, optional=True),
     }
-
-
-def _whole(key: str, value: Any, minimum: int = 1, optional: bool = False) -> int | None:
-    """``value`` as an int >= ``minimum`` (or None where ``optional``); else a ConfigError naming ``key``."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        expected = f"an integer >= {minimum}" + (" or null" if optional else "")
-        raise ConfigError(f"{key}: expected {expected} (got {value!r})")
-    return int(value)
-
-
-def load_network(run_cfg: DictConfig, ckpt_path: str, device: torch.device) -> nn.Module:
-    """The run's network with the checkpoint's weights, in eval mode on ``device``."""
-    module = instantiate_module(run_cfg)
-    ckpt = load_checkpoint(ckpt_path)
-    check_same_network(ckpt, module, ckpt_path)
-    module.load_state_dict(ckpt["state_dict"])
-    return module.net.to(device).eval()
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device={name}: not a torch device ({exc})") from exc
-    if device.type == "cuda" and (
-        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
-    ):
-        raise ConfigError(f"device={name}: no such CUDA device here ({torch.cuda.device_count()} found)")
-    return device
 
 
 def _to_tensorboard(loggers: list[Logger], tag: str, figure: Any, table: str | None) -> None:

@@ -16,11 +16,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memlab.data.text.tokenizer import TextTokenizer, load_tokenizer
 from memlab.errors import ConfigError
-from memlab.evaluate import _AMP, _device, _whole, load_network
 from memlab.models.layers import Attention
 from memlab.models.sampling import SamplingConfig
-from memlab.utils.checkpoints import resolve_ckpt_path
-from memlab.utils.moved_keys import upgraded_run_config
+from memlab.utils.trained_run import AMP_DTYPES, load_network, torch_device, trained_run, whole_number
 
 _TEXT_DATA = "memlab.data.text.TextDataModule"
 
@@ -56,17 +54,17 @@ class Options:
 
     @classmethod
     def of(cls, cfg: DictConfig) -> Options:
-        if cfg.get("amp_dtype") not in _AMP:
+        if cfg.get("amp_dtype") not in AMP_DTYPES:
             raise ConfigError(f"amp_dtype={cfg.get('amp_dtype')}: expected bfloat16, float16 or null")
-        device = _device(cfg.get("device", "auto"))
+        device = torch_device(cfg.get("device", "auto"))
         return cls(
             prompts=_prompts(cfg),
             sampling=SamplingConfig.build(OmegaConf.to_container(cfg.sampling, resolve=True)),
-            max_new_tokens=_whole("max_new_tokens", cfg.max_new_tokens, minimum=0),
-            prefill_chunk=_whole("prefill_chunk", cfg.prefill_chunk, optional=True),
-            seed=_whole("seed", cfg.seed, minimum=0),
+            max_new_tokens=whole_number("max_new_tokens", cfg.max_new_tokens, minimum=0),
+            prefill_chunk=whole_number("prefill_chunk", cfg.prefill_chunk, optional=True),
+            seed=whole_number("seed", cfg.seed, minimum=0),
             device=device,
-            amp=_AMP[cfg.get("amp_dtype")] if device.type == "cuda" else None,
+            amp=AMP_DTYPES[cfg.get("amp_dtype")] if device.type == "cuda" else None,
         )
 
 
@@ -74,7 +72,7 @@ def generate(cfg: DictConfig) -> list[str]:
     """Continue ``cfg.prompt`` (a string or a list) or the lines of ``cfg.prompt_file`` with the
     network of ``cfg.ckpt_path`` -> the continuations, in the prompts' order."""
     opts = Options.of(cfg)
-    ckpt_path, run_cfg = _run(cfg)
+    ckpt_path, run_cfg = trained_run(cfg)
     tokenizer = _tokenizer(cfg.get("tokenizer"), run_cfg)
     ids = [[int(t) for t in row] for row in tokenizer.encode_batch(opts.prompts)]
     _check_lengths(ids, opts.prompts, run_cfg, opts.max_new_tokens)
@@ -106,19 +104,6 @@ def generate(cfg: DictConfig) -> list[str]:
         print(flush=True)
     print(timing.line(), file=sys.stderr, flush=True)
     return texts
-
-
-def _run(cfg: DictConfig) -> tuple[str, DictConfig]:
-    """(the checkpoint ``cfg.ckpt_path`` names, its training run's config with the model resolved)."""
-    trained = Path(cfg.paths.log_dir) / "train"
-    runs = [str(trained / "runs" / "*" / "*"), str(trained / "multiruns" / "*" / "*")]
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, runs, Path(cfg.paths.output_dir))
-    run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
-    if not run_config.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no training config at {run_config}")
-    run_cfg = upgraded_run_config(OmegaConf.load(run_config))
-    run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)
-    return ckpt_path, run_cfg
 
 
 def _decode(

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from memlab.data.text.tokenizer import TextTokenizer
 from memlab.errors import ConfigError
+from memlab.utils.trained_run import load_network, run_config_of
 
 _TEXT_DATA = "memlab.data.text.TextDataModule"
 
@@ -18,23 +19,15 @@ _TEXT_DATA = "memlab.data.text.TextDataModule"
 def run_config(ckpt_path: str) -> DictConfig:
     """The ``.hydra/config.yaml`` of the run whose ``checkpoints/`` folder holds ``ckpt_path``,
     with its model config resolved (model keys interpolate the run's data config)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
+    if not Path(ckpt_path).is_file():
         raise ConfigError(f"checkpoint={ckpt_path}: no such file")
-    config = path.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"checkpoint={ckpt_path}: no training config at {config}")
-    cfg = OmegaConf.load(config)
-    cfg.model = OmegaConf.to_container(cfg.model, resolve=True)
-    return cfg
+    return run_config_of(ckpt_path, f"checkpoint={ckpt_path}")
 
 
 def load_text_model(
     run_cfg: DictConfig, ckpt_path: str, device: torch.device
 ) -> tuple[nn.Module, TextTokenizer, int | None]:
     """(network in eval mode on ``device``, the run's tokenizer, the run's data.seq_len)."""
-    from memlab.evaluate import load_network
-
     if run_cfg.data.get("_target_") != _TEXT_DATA:
         raise ConfigError(
             f"lm_eval needs a model trained on text: the run trained on {run_cfg.data.get('_target_')}"

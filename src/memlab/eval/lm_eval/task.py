@@ -19,15 +19,16 @@ from memlab.eval.lm_eval.harness import TASKS_DIR, require_harness
 def run_lm_eval(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
     """``task=lm_eval`` of scripts/eval.py on the network of ``run_cfg`` with ``ckpt_path``'s weights."""
     from memlab.eval.lm_eval.loading import load_text_model
-    from memlab.evaluate import _device, _report
+    from memlab.evaluate import _report
     from memlab.train import instantiate_group
+    from memlab.utils.trained_run import torch_device
 
     options = lm_eval_options(cfg.lm_eval)
     manager = task_manager(options["include_path"])
     check_task_names(manager, options["tasks"])
     from memlab.eval.lm_eval.model import MemlabLM
 
-    net, tokenizer, seq_len = load_text_model(run_cfg, ckpt_path, _device(cfg.get("device", "auto")))
+    net, tokenizer, seq_len = load_text_model(run_cfg, ckpt_path, torch_device(cfg.get("device", "auto")))
     lm = MemlabLM(
         net=net,
         tokenizer=tokenizer,
