@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memlab.data.text.tokenizer import TextTokenizer, load_tokenizer
 from memlab.errors import ConfigError
+from memlab.models.captured_step import NotCapturable
 from memlab.models.layers import Attention
 from memlab.models.sampling import SamplingConfig
 from memlab.utils.trained_run import AMP_DTYPES, load_network, torch_device, trained_run, whole_number
@@ -51,12 +52,18 @@ class Options:
     seed: int
     device: torch.device
     amp: torch.dtype | None
+    cuda_graph: bool | None  # None: where the device and the model allow
 
     @classmethod
     def of(cls, cfg: DictConfig) -> Options:
         if cfg.get("amp_dtype") not in AMP_DTYPES:
             raise ConfigError(f"amp_dtype={cfg.get('amp_dtype')}: expected bfloat16, float16 or null")
         device = torch_device(cfg.get("device", "auto"))
+        graph = cfg.get("cuda_graph", "auto")
+        if graph not in ("auto", True, False):
+            raise ConfigError(f"cuda_graph={graph}: expected auto, true or false")
+        if graph is True and device.type != "cuda":
+            raise ConfigError(f"cuda_graph=true needs a CUDA device (device={device})")
         return cls(
             prompts=_prompts(cfg),
             sampling=SamplingConfig.build(OmegaConf.to_container(cfg.sampling, resolve=True)),
@@ -65,6 +72,7 @@ class Options:
             seed=whole_number("seed", cfg.seed, minimum=0),
             device=device,
             amp=AMP_DTYPES[cfg.get("amp_dtype")] if device.type == "cuda" else None,
+            cuda_graph=None if graph == "auto" else graph,
         )
 
 
@@ -118,15 +126,16 @@ def _decode(
     """New token ids of each prompt of batch int64 [B, T], each cut before its end-of-text token;
     decoding stops once every row has ended. ``on_token`` sees row 0's ids after each token."""
     sync = torch.cuda.synchronize if batch.is_cuda else lambda: None
-    steps = net.stream(
-        batch,
-        opts.max_new_tokens,
-        generator=generator,
-        prefill_chunk=opts.prefill_chunk,
-        **opts.sampling.to_dict(),
-    )
+    graph = batch.is_cuda if opts.cuda_graph is None else opts.cuda_graph
     start = time.perf_counter()
-    next(steps)
+    try:
+        steps = _stream(net, batch, opts, generator, graph)
+    except NotCapturable as err:
+        if opts.cuda_graph:
+            raise ConfigError(f"cuda_graph=true: {err}") from None
+        print(f"note: decoding eagerly: {err}", file=sys.stderr)
+        start = time.perf_counter()
+        steps = _stream(net, batch, opts, generator, False)
     sync()
     prefilled = time.perf_counter()
     timing.prefill_tokens += batch.numel()
@@ -145,6 +154,22 @@ def _decode(
             break
     timing.decode_s += time.perf_counter() - prefilled
     return new
+
+
+def _stream(
+    net: torch.nn.Module, batch: torch.Tensor, opts: Options, generator: torch.Generator, graph: bool
+) -> Iterator[torch.Tensor]:
+    """``net.stream`` past the prompt (which is where a CUDA graph is captured)."""
+    steps = net.stream(
+        batch,
+        opts.max_new_tokens,
+        generator=generator,
+        prefill_chunk=opts.prefill_chunk,
+        cuda_graph=graph,
+        **opts.sampling.to_dict(),
+    )
+    next(steps)
+    return steps
 
 
 class _Streamer:

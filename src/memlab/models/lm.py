@@ -12,8 +12,13 @@ from torch.utils.checkpoint import checkpoint
 
 from memlab.errors import ConfigError
 from memlab.models.block import Block
+from memlab.models.captured_step import CapturedStep
 from memlab.models.chunked import prefill
 from memlab.models.sampling import SamplingConfig, sample
+
+# Captured decoding steps are shared by all lengths up to a multiple of this (attention's
+# preallocated cache is that long).
+GRAPH_LENGTH_BUCKET = 256
 
 
 @dataclass
@@ -73,9 +78,12 @@ class LanguageModel(nn.Module):
         else:
             nn.init.normal_(self.lm_head.weight, std=0.02)
 
-    def init_states(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> list[Any]:
-        """One empty decoding cache per layer."""
-        return [layer.mixer.init_state(batch_size, device, dtype) for layer in self.layers]
+    def init_states(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_len: int | None = None
+    ) -> list[Any]:
+        """One empty decoding cache per layer; with ``max_len`` (tokens in all) every cache has a
+        fixed size, attention's preallocated, as CUDA-graph decoding needs."""
+        return [layer.mixer.init_state(batch_size, device, dtype, max_len=max_len) for layer in self.layers]
 
     def state_size(self, context_length: int) -> int:
         """Elements per sequence of the recurrent states of all layers after ``context_length``
@@ -126,6 +134,7 @@ class LanguageModel(nn.Module):
         generator: torch.Generator | None = None,
         top_p: float | None = None,
         prefill_chunk: int | None = None,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """Continue prompts input_ids [B, T] by ``max_new_tokens`` tokens -> int64 [B, T + new].
 
@@ -133,12 +142,13 @@ class LanguageModel(nn.Module):
         per-layer caches, then tokens are decoded one at a time from them. temperature 0 is
         greedy; otherwise sample from the softmax of logits / temperature, restricted to the
         ``top_k`` most likely tokens and to the nucleus of probability ``top_p`` if given
-        (``memlab.models.sampling``).
+        (``memlab.models.sampling``). ``cuda_graph``: replay the decoding step from a CUDA graph
+        (``memlab.models.captured_step``; the same tokens, without the launch overhead).
         """
-        return torch.cat(
-            list(self.stream(input_ids, max_new_tokens, temperature, top_k, generator, top_p, prefill_chunk)),
-            dim=1,
+        pieces = self.stream(
+            input_ids, max_new_tokens, temperature, top_k, generator, top_p, prefill_chunk, cuda_graph
         )
+        return torch.cat(list(pieces), dim=1)
 
     @torch.no_grad()
     def stream(
@@ -150,19 +160,45 @@ class LanguageModel(nn.Module):
         generator: torch.Generator | None = None,
         top_p: float | None = None,
         prefill_chunk: int | None = None,
+        cuda_graph: bool = False,
     ) -> Iterator[torch.Tensor]:
         """As ``generate``, one piece at a time: the prompt input_ids [B, T] once it is read, then
         each new token int64 [B, 1] as soon as it is chosen."""
         SamplingConfig(temperature, top_k, top_p)  # refuses bad values before any work
         param = next(self.parameters())
-        states = self.init_states(input_ids.shape[0], param.device, param.dtype)
-        logits = prefill(self, input_ids, prefill_chunk, states)
+        B, T = input_ids.shape
+        if cuda_graph:
+            step = self.captured_step(B, T + max_new_tokens, param.device, param.dtype)
+            step.reset()
+            logits = prefill(self, input_ids, prefill_chunk, step.states)
+            step.reclaim()
+        else:
+            states = self.init_states(B, param.device, param.dtype)
+            logits = prefill(self, input_ids, prefill_chunk, states)
         yield input_ids
-        for step in range(max_new_tokens):
+        for i in range(max_new_tokens):
             nxt = sample(logits.float(), temperature, top_k, top_p, generator)
             yield nxt
-            if step + 1 < max_new_tokens:
+            if i + 1 == max_new_tokens:
+                break
+            if cuda_graph:
+                step.token.copy_(nxt)
+                logits = step.replay()
+            else:
                 logits = self(nxt, states=states).logits[:, -1]
+
+    def captured_step(
+        self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> CapturedStep:
+        """The decoding step for ``batch_size`` sequences of up to ``max_len`` tokens, captured
+        once per (batch size, length bucket, device, dtype) and kept for later calls."""
+        max_len = -(-max_len // GRAPH_LENGTH_BUCKET) * GRAPH_LENGTH_BUCKET
+        key = (batch_size, max_len, str(device), dtype, self.embed.weight.data_ptr())
+        steps = self.__dict__.setdefault("_captured_steps", {})
+        if key not in steps:
+            steps.clear()  # one at a time: each holds its own caches
+            steps[key] = CapturedStep(self, batch_size, max_len, device, dtype)
+        return steps[key]
 
 
 def _recomputed_blocks(policy: str | int, n_layers: int) -> frozenset[int]:

@@ -7,7 +7,9 @@ language model a partial) with
   dtype. With a ``state`` (from ``init_state``) the mixer continues from it and updates it in
   place, which is how decoding works; ``cu_seqlens`` (int [N+1], B == 1) marks packed documents
   whose boundaries no information may cross.
-- ``init_state(batch_size, device, dtype)``: an empty per-layer decoding cache.
+- ``init_state(batch_size, device, dtype, max_len=None)``: an empty per-layer decoding cache;
+  with ``max_len`` one whose tensors keep their shapes for up to that many tokens (recurrent
+  caches always do), so that a decoding step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations

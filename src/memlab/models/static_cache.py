@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from memlab.models.modules.rotary import apply_rotary, rotary_angles
 
-if TYPE_CHECKING:  # the attention layer may one day hold this cache itself: no import cycle
+if TYPE_CHECKING:  # the attention layer imports this module
     from memlab.models.layers import Attention
 
 

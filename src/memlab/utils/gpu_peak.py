@@ -1,4 +1,5 @@
-"""Peak dense bf16 tensor throughput of the GPUs memlab reports MFU for (vendor data sheets)."""
+"""Peak dense bf16 tensor throughput and memory bandwidth of the GPUs memlab reports MFU and
+decoding floors for (vendor data sheets)."""
 
 from __future__ import annotations
 
@@ -18,4 +19,23 @@ def peak_bf16_flops(device_name: str) -> float | None:
     for key, flops in PEAK_BF16_FLOPS:
         if key in device_name:
             return flops
+    return None
+
+
+# Bytes/s of device memory, matched in order like PEAK_BF16_FLOPS.
+MEMORY_BANDWIDTH = (
+    ("H100 PCIe", 2.0e12),
+    ("H100 NVL", 3.9e12),
+    ("H100", 3.35e12),
+    ("GH200", 4.0e12),
+    ("H200", 4.8e12),
+    ("A100", 2.0e12),
+)
+
+
+def memory_bandwidth(device_name: str) -> float | None:
+    """The memory bandwidth of ``device_name`` in bytes/s, or None for a GPU not in the table."""
+    for key, bandwidth in MEMORY_BANDWIDTH:
+        if key in device_name:
+            return bandwidth
     return None

@@ -12,6 +12,7 @@ from memlab.models.mixer import MixerOutput
 from memlab.models.modules.rotary import apply_rotary, rotary_angles
 from memlab.models.modules.varlen import document_positions
 from memlab.models.schema import Schema, option
+from memlab.models.static_cache import StaticKVCache, attend
 
 
 @dataclass
@@ -71,7 +72,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * num_heads * head_dim, bias=False)
         self.out = nn.Linear(num_heads * head_dim, d_model, bias=False)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_len: int | None = None
+    ) -> KVCache | StaticKVCache:
+        """An empty cache that grows with the context, or with ``max_len`` a preallocated
+        ``StaticKVCache`` of that many positions (fixed shapes, for CUDA-graph decoding)."""
+        if max_len is not None:
+            return StaticKVCache.empty(self, batch_size, max_len, device, dtype)
         empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)
         return KVCache(empty, empty.clone())
 
@@ -80,8 +87,13 @@ class Attention(nn.Module):
         return 2 * self.num_heads * self.head_dim * context_length
 
     def forward(
-        self, x: torch.Tensor, state: KVCache | None = None, cu_seqlens: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: KVCache | StaticKVCache | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> MixerOutput:
+        if isinstance(state, StaticKVCache):
+            return MixerOutput(attend(self, x, state))
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         offset = state.length if state is not None else 0

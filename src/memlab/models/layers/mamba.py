@@ -146,7 +146,9 @@ class Mamba(nn.Module):
         for p in (self.A_log, self.D):
             p._no_weight_decay = True  # decay rates and a skip gain, not weights
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MambaState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_len: int | None = None
+    ) -> MambaState:
         """An empty cache: a zero conv tail (``dtype``) and a zero SSM state (fp32, fp64 for fp64)."""
         state_dtype = torch.promote_types(dtype, torch.float32)
         return MambaState(

@@ -110,7 +110,9 @@ class MemMamba(nn.Module):
         """The layer reads a pool (cross-token or cross-layer attention)."""
         return self.token_attn is not None or self.layer_attn is not None
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MemMambaState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_len: int | None = None
+    ) -> MemMambaState:
         """An empty cache: the backbone's and the note pool's."""
         return MemMambaState(
             backbone=self.backbone.init_state(batch_size, device, dtype),

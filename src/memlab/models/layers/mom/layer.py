@@ -122,7 +122,9 @@ class MoMAttention(nn.Module):
         length (the short convs' tails, a few tokens wide, are not counted)."""
         return self.num_rows * self.num_heads * self.head_dim * self.value_dim
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MoMState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_len: int | None = None
+    ) -> MoMState:
         """An empty cache: zero memories (fp32, or fp64 for fp64) and zero conv tails (``dtype``)."""
         H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows
         state_dtype = torch.promote_types(dtype, torch.float32)

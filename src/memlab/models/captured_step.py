@@ -1,0 +1,135 @@
+"""The one-token decoding step of a language model, captured once in a CUDA graph and replayed.
+
+A recurrent model's decoding state has a fixed size, so its decoding step has fixed shapes: the
+whole stack of kernel launches can be recorded once per (batch size, dtype) and replayed for
+every token, which removes the Python and launch overhead that otherwise bounds decoding at
+small batches. Attention joins in with its preallocated ``StaticKVCache``.
+
+A CUDA graph reads and writes fixed addresses, while the mixers' ``forward`` may put new tensors
+into their decoding caches (``state.ssm = ...``). So the step is written as: run the model on a
+static token buffer, then copy every tensor the step put into the caches back into the buffers
+the caches started with and point the caches at them again. Captured, those copies are part of
+the graph; on a CPU (no graphs) the same step runs eagerly, which is how the CPU tests check the
+bookkeeping. A cache that keeps something other than tensors and changes it per token (a host
+counter) cannot be replayed from a graph: capturing such a model raises ``NotCapturable``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+Path = tuple[str | int, ...]  # attribute names and list indices from the list of layer caches
+
+
+class NotCapturable(RuntimeError):
+    """The model's decoding step cannot be replayed from a CUDA graph."""
+
+
+def _leaves(item: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
+    """(path, value) of every leaf of nested dataclasses, lists and tuples."""
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        for f in dataclasses.fields(item):
+            yield from _leaves(getattr(item, f.name), (*path, f.name))
+    elif isinstance(item, list | tuple):
+        for i, sub in enumerate(item):
+            yield from _leaves(sub, (*path, i))
+    else:
+        yield path, item
+
+
+def _get(root: Any, path: Path) -> Any:
+    for key in path:
+        root = root[key] if isinstance(key, int) else getattr(root, key)
+    return root
+
+
+def _set(root: Any, path: Path, value: Any) -> None:
+    parent, key = _get(root, path[:-1]), path[-1]
+    if isinstance(key, int):
+        parent[key] = value
+    else:
+        object.__setattr__(parent, key, value)  # also for frozen dataclasses
+
+
+class CapturedStep:
+    """The decoding step of ``model`` for ``batch_size`` sequences in ``dtype``, up to ``max_len``
+    tokens in all (what attention's cache holds; the recurrent caches ignore it).
+
+    ``states``: the per-layer caches the step reads and updates (static buffers); ``token``:
+    int64 [batch_size, 1], the input of the next step; ``logits``: [batch_size, vocab] in the
+    model dtype, the output of the last step. Usage: ``reset()``, fill ``states`` (a prefill
+    through the model, then ``reclaim()``), then per token: write ``token``, ``replay()``, read
+    ``logits``. On CUDA the step is captured at construction; elsewhere ``replay`` runs it.
+    """
+
+    def __init__(
+        self, model: nn.Module, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.model = model
+        self.states = model.init_states(batch_size, device, dtype, max_len=max_len)
+        leaves = list(_leaves(self.states))
+        self.buffers = {p: v for p, v in leaves if isinstance(v, torch.Tensor)}
+        self.host = {p: v for p, v in leaves if not isinstance(v, torch.Tensor)}
+        self.initial = {p: t.clone() for p, t in self.buffers.items()}
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.logits: torch.Tensor | None = None
+        self.graph = self._capture() if torch.device(device).type == "cuda" else None
+
+    def _step(self) -> torch.Tensor:
+        logits = self.model(self.token, states=self.states).logits[:, -1]
+        self.reclaim()
+        return logits
+
+    def reclaim(self) -> None:
+        """Copy the tensors that a pass through the model put into ``states`` into the static
+        buffers, and point ``states`` at the buffers again."""
+        for path, buffer in self.buffers.items():
+            current = _get(self.states, path)
+            if current is not buffer:
+                buffer.copy_(current)
+                _set(self.states, path, buffer)
+
+    def reset(self) -> None:
+        """Empty caches, in the same buffers."""
+        for path, buffer in self.buffers.items():
+            buffer.copy_(self.initial[path])
+        for path, value in self.host.items():
+            _set(self.states, path, value)
+
+    def replay(self) -> torch.Tensor:
+        """Run the step on ``token`` -> logits [batch_size, vocab]."""
+        if self.graph is None:
+            self.logits = self._step()
+        else:
+            self.graph.replay()
+        return self.logits
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        # Warm-up passes (kernel compilation, library workspaces) on a side stream, as capture
+        # requires; then the caches are emptied again and the step recorded.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.reset()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self._step()
+        self.check_host_values()
+        self.reset()
+        return graph
+
+    def check_host_values(self) -> None:
+        """Raise NotCapturable if a step changed a cache's non-tensor value (a token count kept on
+        the host): a graph would replay the value it saw at capture."""
+        changed = [p for p, v in self.host.items() if _get(self.states, p) != v]
+        if changed:
+            names = ", ".join(".".join(map(str, p)) for p in changed)
+            raise NotCapturable(f"the decoding caches keep host values that change per token ({names})")

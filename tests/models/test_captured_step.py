@@ -1,0 +1,66 @@
+"""Decoding through ``CapturedStep`` (the step a CUDA graph replays; run eagerly on the CPU)
+gives the tokens of eager decoding for every mixer, keeps its caches in the same buffers, and
+starts every generation from empty caches."""
+
+import functools
+
+import pytest
+import torch
+
+from memlab.models import LanguageModel
+from memlab.models.captured_step import CapturedStep, NotCapturable, _leaves
+from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
+
+MIXERS = {
+    "attention": functools.partial(Attention, num_heads=2),
+    "mamba": functools.partial(Mamba, d_state=4),
+    "mom": functools.partial(MoMAttention, num_heads=2, head_dim=8, num_memories=3, topk=2),
+    "memmamba": functools.partial(MemMamba, chunk_size=4, pool_size=2, summary_dim=8, head_dim=8),
+}
+CPU = torch.device("cpu")
+
+
+def model(name: str) -> LanguageModel:
+    torch.manual_seed(0)
+    return LanguageModel(40, 16, 2, MIXERS[name], mlp_ratio=2).double().eval()
+
+
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_captured_decoding_equals_eager(name: str) -> None:
+    lm = model(name)
+    ids = torch.randint(40, (2, 6))
+    eager = lm.generate(ids, 9, prefill_chunk=4)
+    assert torch.equal(lm.generate(ids, 9, prefill_chunk=4, cuda_graph=True), eager)
+    assert torch.equal(lm.generate(ids, 9, prefill_chunk=4, cuda_graph=True), eager)  # reused, reset
+    gen = [torch.Generator().manual_seed(3) for _ in range(2)]
+    sampled = lm.generate(ids, 9, temperature=1.0, top_k=5, generator=gen[0])
+    graphed = lm.generate(ids, 9, temperature=1.0, top_k=5, generator=gen[1], cuda_graph=True)
+    assert torch.equal(graphed, sampled)
+
+
+def test_the_step_keeps_its_buffers() -> None:
+    lm = model("mamba")
+    step = CapturedStep(lm, 2, 16, CPU, torch.float64)
+    before = {p: t.data_ptr() for p, t in _leaves(step.states) if isinstance(t, torch.Tensor)}
+    for token in range(3):
+        step.token.fill_(token)
+        step.replay()
+    after = {p: t.data_ptr() for p, t in _leaves(step.states) if isinstance(t, torch.Tensor)}
+    assert after == before
+    assert step.logits.shape == (2, 40)
+
+
+def test_one_step_is_kept_per_shape() -> None:
+    lm = model("attention")
+    first = lm.captured_step(1, 10, CPU, torch.float64)
+    assert lm.captured_step(1, 200, CPU, torch.float64) is first  # the same length bucket
+    assert lm.captured_step(2, 10, CPU, torch.float64) is not first
+
+
+def test_host_counters_cannot_be_captured() -> None:
+    """A cache that counts tokens on the host would replay a stale count from a graph."""
+    lm = model("memmamba")
+    step = CapturedStep(lm, 1, 16, CPU, torch.float64)
+    step.replay()
+    with pytest.raises(NotCapturable, match=r"pool\.position"):
+        step.check_host_values()
