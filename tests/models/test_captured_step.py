@@ -57,10 +57,10 @@ def test_one_step_is_kept_per_shape() -> None:
     assert lm.captured_step(2, 10, CPU, torch.float64) is not first
 
 
-def test_host_counters_cannot_be_captured() -> None:
-    """A cache that counts tokens on the host would replay a stale count from a graph."""
-    lm = model("memmamba")
-    step = CapturedStep(lm, 1, 16, CPU, torch.float64)
-    step.replay()
-    with pytest.raises(NotCapturable, match=r"pool\.position"):
+def test_host_values_that_change_cannot_be_captured() -> None:
+    """A cache value kept on the host would be replayed stale from a graph: refused by name."""
+    step = CapturedStep(model("mom"), 1, 16, CPU, torch.float64)
+    step.check_host_values()  # MoM's only host value, its number of memories, never changes
+    step.states[1].num_routed += 1
+    with pytest.raises(NotCapturable, match=r"1\.num_routed"):
         step.check_host_values()

@@ -17,7 +17,7 @@ from memlab.errors import ConfigError
 from memlab.lit.stat_tags import stat_tags
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba
-from memlab.models.layers.memmamba.chunk_layout import chunk_layout, group_by_chunk, ungroup
+from memlab.models.layers.memmamba.chunk_layout import chunk_layout, group_by_chunk, step_layout, ungroup
 from memlab.models.layers.memmamba.note_pool import select_pools
 from tests.models.pool_reference import read
 
@@ -117,7 +117,7 @@ def test_chunk_layout_documents_and_offsets() -> None:
     assert layout.chunk_index.tolist() == [0, 1, 0, 0, 1, 2]
     assert layout.complete.tolist() == [True, True, False, True, True, False]
     assert layout.older[5].tolist() == [False, False, False, True, True, False]  # own document only
-    assert not layout.older[2].any() and not layout.recent.any() and not layout.ends_chunk
+    assert not layout.older[2].any() and not layout.recent.any() and not layout.complete[-1]
     assert layout.query_index.tolist() == [0, 1, 0, 0, 1, 2, 2]  # the last chunk continues
     # a grid of 4 columns; the continued chunk's 2 tokens take its first two
     assert layout.width == 4 and layout.token_flat[:7].tolist() == [0, 1, 4, 5, 6, 7, 8]
@@ -126,6 +126,18 @@ def test_chunk_layout_documents_and_offsets() -> None:
     fifo = chunk_layout(4, [(0, 6, 2), (6, 7, 0), (7, 16, 0)], recent_slots=1)
     assert fifo.recent[5].tolist() == [False, False, False, False, True, False]
     assert fifo.older[5].tolist() == [False, False, False, True, False, False]
+
+
+@pytest.mark.parametrize("recent_slots", [0, 2])
+def test_step_layout_equals_the_host_layout(recent_slots: int) -> None:
+    """A decoding step's layout built on the device from the position tensor is the host one."""
+    for position in range(13):
+        host = chunk_layout(4, [(0, 1, position)], recent_slots)
+        device = step_layout(4, recent_slots, torch.tensor(position))
+        assert (host.width, host.dense) == (device.width, device.dense)
+        names = ("token_flat", "token_chunk", "chunk_index", "complete", "query_index", "older", "recent")
+        for name in names:
+            assert torch.equal(getattr(host, name), getattr(device, name)), (position, name)
 
 
 @pytest.mark.parametrize("w,R", [(4, 0), (5, 2)])

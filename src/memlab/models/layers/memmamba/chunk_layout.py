@@ -35,7 +35,6 @@ class ChunkLayout:
         of the same document, and before q's FIFO window).
     recent: bool [C + 1, C], recent[q, j]: chunk j is in pool q's FIFO window (complete, of the
         same document, among the ``recent_slots`` chunks just before q).
-    ends_chunk: the last token of the pass completes its chunk (known on the host).
     dense: every cell of the grid holds a token, in time order (token_flat is 0..T−1): the
         grid is then a view of the tokens, which ``group_by_chunk`` and ``ungroup`` need not
         copy (a training pass whose documents are whole chunks).
@@ -49,7 +48,6 @@ class ChunkLayout:
     query_index: torch.Tensor
     older: torch.Tensor
     recent: torch.Tensor
-    ends_chunk: bool
     dense: bool
 
     @property
@@ -87,6 +85,30 @@ def chunk_layout(
     return _cached_layout(w, key, R, device)
 
 
+def step_layout(chunk_size: int, recent_slots: int, position: torch.Tensor) -> ChunkLayout:
+    """``chunk_layout`` of a decoding step: one token at ``position`` (int64 [] on the device) of
+    one document, built by device ops from that tensor, so that the step reads no host value
+    and can be replayed from a CUDA graph."""
+    w, R = chunk_size, recent_slots
+    index = (position // w).reshape(1)
+    done = ((position + 1) % w == 0).reshape(1)
+    query_index = torch.cat([index, index + done.long()])
+    earlier = done[None, :] & (index[None, :] < query_index[:, None])  # [2, 1]
+    older = earlier & (index[None, :] < query_index[:, None] - R)
+    zero = torch.zeros(1, dtype=torch.long, device=position.device)
+    return ChunkLayout(
+        width=1,
+        token_flat=zero,
+        token_chunk=zero,
+        chunk_index=index,
+        complete=done,
+        query_index=query_index,
+        older=older,
+        recent=earlier & ~older,
+        dense=True,
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _cached_layout(
     chunk_size: int, segments: tuple[tuple[int, int, int], ...], recent_slots: int, device: torch.device
@@ -110,7 +132,7 @@ def _cached_layout(
                 "recent",
             )
         }
-        return ChunkLayout(width=layout.width, ends_chunk=layout.ends_chunk, dense=layout.dense, **fields)
+        return ChunkLayout(width=layout.width, dense=layout.dense, **fields)
 
 
 def _build_layout(
@@ -151,7 +173,6 @@ def _build_layout(
         query_index=query_index,
         older=older,
         recent=earlier & ~older,
-        ends_chunk=bool(done[-1]),
         dense=token_flat.numel() == index.numel() * width
         and bool((token_flat == torch.arange(token_flat.numel())).all()),
     )

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memlab.models.layers.memmamba.chunk_layout import ChunkLayout, chunk_layout, group_by_chunk
+from memlab.models.layers.memmamba.chunk_layout import ChunkLayout, chunk_layout, group_by_chunk, step_layout
 from memlab.models.layers.memmamba.config import MemMambaConfig
 from memlab.models.modules.varlen import check_packed, document_bounds
 
@@ -56,11 +56,12 @@ class PoolState(PoolSlots):
     for the chunk the next token falls in, plus
 
     chunk_max: [B, D] model dtype, running max-pool of the unfinished chunk (−inf when empty).
-    position: tokens seen so far.
+    position: int64 [] on the device, tokens seen so far (a device value, so that a decoding
+        step reads no host value).
     """
 
     chunk_max: torch.Tensor
-    position: int = 0
+    position: torch.Tensor
 
 
 @dataclass
@@ -128,7 +129,10 @@ class NotePool(nn.Module):
         """An empty cache: the empty pool and an empty running max-pool."""
         d_model = self.summary_proj.in_features
         chunk_max = torch.full((batch_size, d_model), float("-inf"), device=device, dtype=dtype)
-        return PoolState(**vars(self.empty(batch_size, device, dtype)), chunk_max=chunk_max)
+        position = torch.zeros((), dtype=torch.long, device=device)
+        return PoolState(
+            **vars(self.empty(batch_size, device, dtype)), chunk_max=chunk_max, position=position
+        )
 
     def forward(
         self, x: torch.Tensor, state: PoolState | None = None, cu_seqlens: torch.Tensor | None = None
@@ -138,11 +142,14 @@ class NotePool(nn.Module):
         chunks and pools. Returns the pass's ``Pools``."""
         B, T, _ = x.shape
         check_packed("MemMamba", B, cu_seqlens, state)
-        if cu_seqlens is not None:
-            segments = [(s, e, 0) for s, e in document_bounds("MemMamba", cu_seqlens, T) if e > s]
+        if state is not None and T == 1:
+            layout = step_layout(self.chunk_size, self.recent_slots, state.position)
         else:
-            segments = [(0, T, 0 if state is None else state.position)]
-        layout = chunk_layout(self.chunk_size, segments, self.recent_slots, x.device)
+            if cu_seqlens is not None:
+                segments = [(s, e, 0) for s, e in document_bounds("MemMamba", cu_seqlens, T) if e > s]
+            else:  # a prefill piece reads the position once
+                segments = [(0, T, 0 if state is None else int(state.position))]
+            layout = chunk_layout(self.chunk_size, segments, self.recent_slots, x.device)
         chunk_max, summary, log_priority = self._notes(x, layout, state)
 
         # The pool before the pass: the state's, or the empty one a document starts with.
@@ -159,8 +166,8 @@ class NotePool(nn.Module):
             state.valid = valid[:, C].clone()
             if self.recent_slots:
                 state.recent_index = gather_slots(chunk, index[:, C:, self.pool_size :])[:, 0]
-            empty = torch.full_like(state.chunk_max, float("-inf"))
-            state.chunk_max = empty if layout.ends_chunk else chunk_max[:, -1].clone()
+            ends_chunk = layout.complete[-1]
+            state.chunk_max = chunk_max[:, -1].masked_fill(ends_chunk, float("-inf"))
             state.position += T
         return Pools(layout, PoolView(pool_summary[:, :C], pool_priority[:, :C]), valid[:, :C], log_priority)
 
