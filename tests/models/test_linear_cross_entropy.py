@@ -58,3 +58,23 @@ def test_no_target_gives_zero_loss_and_zero_gradients() -> None:
     assert loss.item() == 0.0
     dh, dw = torch.autograd.grad(loss, (hidden, weight))
     assert not dh.any() and not dw.any()
+
+
+def test_the_language_model_computes_its_loss_in_chunks() -> None:
+    """forward(targets=...) gives the loss and hits of the logits path, and the same gradients."""
+    from memlab.models import LanguageModel
+    from memlab.models.layers import Mamba
+
+    torch.manual_seed(0)
+    lm = LanguageModel(30, 16, 2, lambda d_model, layer_idx: Mamba(d_model, layer_idx, d_state=4)).double()
+    ids, labels = torch.randint(30, (2, 9)), torch.randint(30, (2, 9))
+    mask = torch.rand(2, 9) < 0.7
+    logits = lm(ids, logits_mask=mask).logits
+    want = F.cross_entropy(logits, labels[mask])
+    out = lm(ids, logits_mask=mask, targets=labels[mask])
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out.correct, logits.argmax(-1) == labels[mask])
+    params = list(lm.parameters())
+    for a, b in zip(torch.autograd.grad(out.loss, params), torch.autograd.grad(want, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -1,6 +1,7 @@
 """Benchmark: whole-model training steps at the papers' shapes — tokens/s, MFU, peak memory.
 
-One plain PyTorch step (forward, cross-entropy, backward, fused AdamW; bf16 autocast over fp32
+One plain PyTorch step (forward, cross-entropy — memlab's chunked from the hidden states, as
+its training computes it, Llama's from the logits — backward, fused AdamW; bf16 autocast over fp32
 weights) of each language model, side by side in one process: the Transformer, GDN and MoM at
 MoM's "340M" shape (``transformer_340m``, ``gdn_340m``, ``mom_340m``), Mamba and MemMamba at
 mamba-130m's (``mamba_130m``, ``memmamba_130m``), composed from configs/model/ as training
@@ -25,6 +26,7 @@ from torch import nn
 from memlab.bench.cli import require_cuda
 from memlab.bench.table import cell, report
 from memlab.bench.timing import time_ms
+from memlab.models import LanguageModel
 from memlab.models.flops import active_parameters
 from memlab.utils.gpu_peak import peak_bf16_flops
 
@@ -79,10 +81,14 @@ def train_step(model: nn.Module, batch: int, length: int) -> Callable[[], None]:
     inputs, labels = ids[:, :-1], ids[:, 1:]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
+    chunked = isinstance(model, LanguageModel)  # memlab's models compute the loss as training does
+
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(inputs).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            if chunked:
+                loss = model(inputs, targets=labels.flatten()).loss
+            else:
+                loss = F.cross_entropy(model(inputs).logits.float().flatten(0, 1), labels.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -78,11 +78,16 @@ class CausalLMModule(LightningModule):
         return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets, mask, out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses, correct, _, out = self._token_losses(batch)
-        ce = losses.mean()
+        # The loss comes from the network chunk by chunk: no [tokens, vocab] logits in memory.
+        labels = batch["labels"]
+        mask = labels != IGNORE_INDEX
+        out = self.net(
+            batch["input_ids"], cu_seqlens=batch.get("cu_seqlens"), logits_mask=mask, targets=labels[mask]
+        )
+        ce = out.loss
         loss = ce + sum(out.aux_losses.values(), torch.zeros((), device=ce.device))
         self.log("train/loss", ce, prog_bar=True)
-        self.log("train/acc", correct.float().mean())
+        self.log("train/acc", out.correct.float().mean())
         for name, value in out.aux_losses.items():
             self.log(f"train/aux/{name}", value)
         for tag, value in stat_tags(out.stats).items():

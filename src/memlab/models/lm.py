@@ -14,6 +14,7 @@ from memlab.errors import ConfigError
 from memlab.models.block import Block
 from memlab.models.captured_step import CapturedStep
 from memlab.models.chunked import prefill
+from memlab.models.modules.linear_cross_entropy import linear_cross_entropy
 from memlab.models.sampling import SamplingConfig, sample
 
 # Captured decoding steps are shared by all lengths up to a multiple of this (attention's
@@ -23,12 +24,16 @@ GRAPH_LENGTH_BUCKET = 256
 
 @dataclass
 class LMOutput:
-    """logits: [B, T, vocab_size] (model dtype); aux_losses summed over layers; stats: each
-    layer's mixer statistics (MixerOutput.stats), one dict per layer."""
+    """logits: [B, T, vocab_size] (model dtype), None when the model computed the loss itself;
+    aux_losses summed over layers; stats: each layer's mixer statistics (MixerOutput.stats),
+    one dict per layer; loss (fp32 scalar) and correct (bool [N]): the mean cross-entropy and
+    the argmax hits against the ``targets`` given to ``forward``."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    loss: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
 
 
 class LanguageModel(nn.Module):
@@ -96,11 +101,15 @@ class LanguageModel(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         states: list[Any] | None = None,
         logits_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> LMOutput:
         """input_ids: int64 [B, T]; cu_seqlens: int [N+1] for packed documents (B == 1);
         states: per-layer caches from ``init_states``, continued and updated in place;
         logits_mask: bool [B, T] — if given, logits are computed only there, as [N_selected, V]
-        (the LM head dominates the cost of tasks with few labelled positions, such as MQAR)."""
+        (the LM head dominates the cost of tasks with few labelled positions, such as MQAR);
+        targets: int64 [N_selected] — if given, the loss against them is computed chunk by
+        chunk instead of the logits (``linear_cross_entropy``: the [N, V] logits never exist
+        whole, the largest activation of a long-context step)."""
         h = self.embed(input_ids)
         aux: dict[str, torch.Tensor] = {}
         stats: list[dict[str, torch.Tensor]] = []
@@ -122,7 +131,11 @@ class LanguageModel(nn.Module):
             stats.append(out.stats)
         if logits_mask is not None:
             h = h[logits_mask]
-        return LMOutput(self.lm_head(self.norm(h)), aux, stats)
+        if targets is None:
+            return LMOutput(self.lm_head(self.norm(h)), aux, stats)
+        h = self.norm(h).flatten(0, -2)
+        loss, correct = linear_cross_entropy(h, self.lm_head.weight, targets.flatten(), return_correct=True)
+        return LMOutput(None, aux, stats, loss, correct)
 
     @torch.no_grad()
     def generate(

@@ -28,10 +28,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=acc)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
+        correct = torch.empty_like(valid)
         for start in range(0, hidden.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             h = hidden[rows]
             logits = (h @ w.T).to(acc)  # [n, vocab]
+            correct[rows] = logits.argmax(-1) == targets[rows]
             lse = logits.logsumexp(-1)
             keep = valid[rows]
             total += torch.where(keep, lse - logits.gather(-1, safe[rows])[:, 0], 0.0).sum()
@@ -45,10 +47,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_weight += (grad.T @ h).to(acc)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
-        return total / count
+        ctx.mark_non_differentiable(correct)
+        return total / count, correct
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, _grad_correct):
         grad_hidden, grad_weight = ctx.saved_tensors
         dh = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
         dw = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
@@ -61,16 +64,19 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     ignore_index: int = -100,
     chunk_rows: int | None = None,
-) -> torch.Tensor:
+    return_correct: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets`` over the rows whose
     target is not ``ignore_index`` (0 when there are none), as
     ``F.cross_entropy(F.linear(hidden, weight).float(), targets)``.
 
     hidden: [N, D] in the compute dtype (bf16 under autocast, else the model's); weight:
     [vocab, D] (fp32 master weights are cast to hidden's dtype for the matmuls); targets:
-    int64 [N]. Returns an fp32 scalar (fp64 for fp64 inputs); its gradients are computed
-    during the forward pass, so it supports one backward.
+    int64 [N]. Returns an fp32 scalar (fp64 for fp64 inputs), and with ``return_correct``
+    also bool [N], whether each row's most likely token is its target. The gradients are
+    computed during the forward pass, so the loss supports one backward.
     """
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows)
+    loss, correct = _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_rows)
+    return (loss, correct) if return_correct else loss
