@@ -1,0 +1,62 @@
+"""One rank of a CPU DDP run (gloo), started by tests/test_scale_out.py as torchrun or SLURM start
+ranks (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set): for each data module, a tiny model trained to
+step 6, then the same run resumed from its step-3 checkpoint.
+
+    python -m tests.ddp_job ROOT TEXT_FILE...
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from memlab.train import train
+from tests.conftest import TINY, compose_config
+
+COMMON = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy=ddp",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=6",
+    "+trainer.limit_val_batches=0",
+    "callbacks.model_checkpoint.every_n_train_steps=3",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.rich_model_summary=null",
+    "callbacks.learning_rate_monitor=null",
+    "callbacks.layer_charts=null",
+    "callbacks.throughput=null",
+    "~logger",
+    "test=false",
+    "extras.print_config=false",
+    "model.d_model=32",
+    "model.n_layers=1",
+]
+
+
+def runs(files: list[str]) -> dict[str, list[str]]:
+    """The overrides of each data module's run: 2 loader workers per rank."""
+    text = [
+        "data=text_files",
+        f"data.files=[{','.join(files)}]",
+        "data.seq_len=16",
+        "data.batch_size=2",
+        "data.val_documents=2",
+        "data.shuffle_block=3",
+        "data.num_workers=2",
+        "model=transformer",
+        "model.mixer.num_heads=2",
+    ]
+    return {"mqar": [*TINY, "data.num_workers=2"], "text": text}
+
+
+def main(root: Path, files: list[str]) -> None:
+    for name, overrides in runs(files).items():
+        base = [*COMMON, *overrides]
+        train(compose_config(base, root / name / "straight"))
+        ckpt = root / name / "straight" / "checkpoints" / "step_000003.ckpt"
+        train(compose_config([*base, f"ckpt_path={ckpt}"], root / name / "resumed"))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])
