@@ -1,6 +1,7 @@
-"""One rank of a CPU DDP run (gloo), started by tests/test_scale_out.py as torchrun or SLURM start
-ranks (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set): for each data module, a tiny model trained to
-step 6, then the same run resumed from its step-3 checkpoint.
+"""One rank of a 2-process CPU run (gloo), started by tests/test_scale_out.py as torchrun or SLURM
+start ranks (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set): for each case (DDP on MQAR and on a
+text corpus, FSDP2 on MQAR), a tiny model trained to step 6, then the same run resumed from its
+step-3 checkpoint.
 
     python -m tests.ddp_job ROOT TEXT_FILE...
 """
@@ -16,7 +17,6 @@ from tests.conftest import TINY, compose_config
 COMMON = [
     "trainer.accelerator=cpu",
     "trainer.devices=2",
-    "trainer.strategy=ddp",
     "trainer.max_steps=6",
     "trainer.val_check_interval=6",
     "+trainer.limit_val_batches=0",
@@ -35,7 +35,7 @@ COMMON = [
 
 
 def runs(files: list[str]) -> dict[str, list[str]]:
-    """The overrides of each data module's run: 2 loader workers per rank."""
+    """The overrides of each case: 2 loader workers per rank."""
     text = [
         "data=text_files",
         f"data.files=[{','.join(files)}]",
@@ -47,12 +47,17 @@ def runs(files: list[str]) -> dict[str, list[str]]:
         "model=transformer",
         "model.mixer.num_heads=2",
     ]
-    return {"mqar": [*TINY, "data.num_workers=2"], "text": text}
+    mqar = [*TINY, "data.num_workers=2"]
+    return {
+        "mqar": ["trainer.strategy=ddp", *mqar],
+        "text": ["trainer.strategy=ddp", *text],
+        "fsdp": ["trainer=fsdp", *mqar],
+    }
 
 
 def main(root: Path, files: list[str]) -> None:
     for name, overrides in runs(files).items():
-        base = [*COMMON, *overrides]
+        base = [*overrides, *COMMON]
         train(compose_config(base, root / name / "straight"))
         ckpt = root / name / "straight" / "checkpoints" / "step_000003.ckpt"
         train(compose_config([*base, f"ckpt_path={ckpt}"], root / name / "resumed"))
