@@ -1,7 +1,7 @@
 """One rank of a 2-process CPU run (gloo), started by tests/test_scale_out.py as torchrun or SLURM
 start ranks (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set): for each case (DDP on MQAR and on a
-text corpus, FSDP2 on MQAR), a tiny model trained to step 6, then the same run resumed from its
-step-3 checkpoint.
+text corpus, FSDP2 with activation checkpointing on MQAR), a tiny model trained to step 6, then
+the same run resumed from its step-3 checkpoint.
 
     python -m tests.ddp_job ROOT TEXT_FILE...
 """
@@ -51,7 +51,7 @@ def runs(files: list[str]) -> dict[str, list[str]]:
     return {
         "mqar": ["trainer.strategy=ddp", *mqar],
         "text": ["trainer.strategy=ddp", *text],
-        "fsdp": ["trainer=fsdp", *mqar],
+        "fsdp": ["trainer=fsdp", *mqar, "model.activation_checkpointing=every_block"],
     }
 
 

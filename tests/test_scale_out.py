@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from hydra.utils import instantiate
 from lightning import Callback
 from omegaconf import DictConfig
 
+from memlab.data import MQARDataModule
+from memlab.data.passkey import PasskeyDataModule
 from memlab.errors import ConfigError, Terminated
 from memlab.lit.fsdp import FSDP2Strategy
 from memlab.models.block import Block
@@ -65,9 +68,10 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_at_step_k_across_ranks_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    """2 ranks × 2 loader workers, DDP on MQAR and on a text corpus, FSDP2 (bf16-mixed) on MQAR:
-    resumed from step 3, each run ends with the weights of the run that was never stopped (every
-    rank's streams continued exactly; FSDP2's gathered checkpoint restores the shards)."""
+    """2 ranks × 2 loader workers: DDP on MQAR and on a text corpus, FSDP2 on MQAR (bf16-mixed,
+    every block recomputed in the backward). Resumed from step 3, each run ends with the weights
+    of the run never stopped: every rank's streams continued exactly, and FSDP2's gathered
+    checkpoint restored the shards."""
     pytest.importorskip("datasets")
     docs = documents(60)
     files = [
@@ -255,3 +259,32 @@ def test_gpu_pool_sizes_the_pool_and_gives_each_job_a_gpu(monkeypatch, tmp_path:
         release_gpu()
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert visible_devices(lambda: 3) == ["0", "1", "2"]
+
+
+SEGMENTS = [{"seq_len": 16, "num_kv_pairs": 2, "num_examples": 32}]
+TASKS = {
+    "mqar": lambda **kw: MQARDataModule(16, SEGMENTS, SEGMENTS, batch_size=4, **kw),
+    "passkey": lambda **kw: PasskeyDataModule(16, seq_len=32, batch_size=4, **kw),
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize(
+    "world_size,change,needle",
+    [(1, {}, None), (2, {}, "same world size"), (1, {"seed": 1}, "data.seed=0")],
+)
+def test_generated_tasks_refuse_another_world_size_or_other_data(task, world_size, change, needle) -> None:
+    """MQAR and passkey keep their position with the world size and the settings of their order."""
+    saved = TASKS[task]()
+    saved.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=2, world_size=1, global_rank=0)
+    dm = TASKS[task](**change)
+    dm.load_state_dict(saved.state_dict())
+    dm.trainer = SimpleNamespace(
+        global_step=3, accumulate_grad_batches=2, world_size=world_size, global_rank=0
+    )
+    if needle is None:
+        stream = dm.train_dataloader().dataset
+        assert getattr(stream, "sampler", stream).start_batch == 6
+        return
+    with pytest.raises(ConfigError, match=needle):
+        dm.train_dataloader()
