@@ -1,7 +1,7 @@
 """One rank of a 2-process CPU run (gloo), started by tests/test_scale_out.py as torchrun or SLURM
 start ranks (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set): for each case (DDP on MQAR and on a
-text corpus, FSDP2 with activation checkpointing on MQAR), a tiny model trained to step 6, then
-the same run resumed from its step-3 checkpoint.
+text corpus, FSDP2 with activation checkpointing on MQAR), a tiny model trained to step 4, then
+the same run resumed from its step-2 checkpoint.
 
     python -m tests.ddp_job ROOT TEXT_FILE...
 """
@@ -17,10 +17,10 @@ from tests.conftest import TINY, compose_config
 COMMON = [
     "trainer.accelerator=cpu",
     "trainer.devices=2",
-    "trainer.max_steps=6",
-    "trainer.val_check_interval=6",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
     "+trainer.limit_val_batches=0",
-    "callbacks.model_checkpoint.every_n_train_steps=3",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
     "callbacks.rich_progress_bar=null",
     "callbacks.rich_model_summary=null",
     "callbacks.learning_rate_monitor=null",
@@ -59,7 +59,7 @@ def main(root: Path, files: list[str]) -> None:
     for name, overrides in runs(files).items():
         base = [*overrides, *COMMON]
         train(compose_config(base, root / name / "straight"))
-        ckpt = root / name / "straight" / "checkpoints" / "step_000003.ckpt"
+        ckpt = root / name / "straight" / "checkpoints" / "step_000002.ckpt"
         train(compose_config([*base, f"ckpt_path={ckpt}"], root / name / "resumed"))
 
 

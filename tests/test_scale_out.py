@@ -69,7 +69,7 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_at_step_k_across_ranks_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     """2 ranks × 2 loader workers: DDP on MQAR and on a text corpus, FSDP2 on MQAR (bf16-mixed,
-    every block recomputed in the backward). Resumed from step 3, each run ends with the weights
+    every block recomputed in the backward). Resumed from step 2, each run ends with the weights
     of the run never stopped: every rank's streams continued exactly, and FSDP2's gathered
     checkpoint restored the shards."""
     pytest.importorskip("datasets")
@@ -88,11 +88,11 @@ def test_resume_at_step_k_across_ranks_equals_the_uninterrupted_run(tmp_path: Pa
         assert rank.returncode == 0, output[-4000:]
     for data in ("mqar", "text", "fsdp"):
         runs = tmp_path / "runs" / data
-        state = torch.load(runs / "straight/checkpoints/step_000003.ckpt", weights_only=True)
-        assert state["global_step"] == 3
+        state = torch.load(runs / "straight/checkpoints/step_000002.ckpt", weights_only=True)
+        assert state["global_step"] == 2
         if data == "text":  # both ranks' positions, two streams each
             saved = state["TextDataModule"]["ranks"]
-            assert [(r["consumed"], r["num_streams"]) for r in saved] == [(3, 2), (3, 2)]
+            assert [(r["consumed"], r["num_streams"]) for r in saved] == [(2, 2), (2, 2)]
             assert saved[0]["states"] != saved[1]["states"]
         want = _weights(runs / "straight/checkpoints/last.ckpt")
         got = _weights(runs / "resumed/checkpoints/last.ckpt")
@@ -126,9 +126,11 @@ def _adding(callback: Callback):
 
 
 QUIET = [
-    "trainer.max_steps=6",
-    "trainer.val_check_interval=6",
-    "callbacks.model_checkpoint.every_n_train_steps=3",
+    "model=transformer",
+    "model.n_layers=1",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "callbacks.model_checkpoint.every_n_train_steps=4",
     "callbacks.rich_progress_bar=null",
     "callbacks.rich_model_summary=null",
     "test=false",
@@ -137,7 +139,7 @@ QUIET = [
 
 def test_a_requeued_job_resumes_from_its_own_folder(make_cfg, monkeypatch, tmp_path: Path) -> None:
     """The requeued job (same command, same folder, SLURM_RESTART_COUNT=1) passes over the
-    on_exception.ckpt its kill cut short, resumes from Lightning's hpc checkpoint at step 4 and
+    on_exception.ckpt its kill cut short, resumes from Lightning's hpc checkpoint at step 1 and
     ends with the weights of a run never stopped; the hpc checkpoint is gone after its fit."""
     straight = make_cfg(QUIET, run="straight")
     train(straight)
@@ -149,15 +151,16 @@ def test_a_requeued_job_resumes_from_its_own_folder(make_cfg, monkeypatch, tmp_p
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     job = make_cfg(QUIET, run="job")
-    monkeypatch.setattr("memlab.train.instantiate_group", _adding(SlurmRequeueAt(4)))
+    monkeypatch.setattr("memlab.train.instantiate_group", _adding(SlurmRequeueAt(1)))
     with pytest.raises(Terminated):
         train(job.copy())
     monkeypatch.setattr("memlab.train.instantiate_group", instantiate_group)
     assert (bin_dir / "requeued").read_text().split() == ["requeue", "4242"]
     folder = Path(job.paths.output_dir)
     hpc = folder / "hpc_ckpt_1.ckpt"
-    assert torch.load(hpc, weights_only=True)["global_step"] == 4
-    killed = folder / "checkpoints" / "on_exception.ckpt"
+    assert torch.load(hpc, weights_only=True)["global_step"] == 1
+    killed = folder / "checkpoints" / "on_exception.ckpt"  # SIGTERM ends the job after step 2
+    assert torch.load(killed, weights_only=True)["global_step"] == 2
     killed.write_bytes(killed.read_bytes()[:100])  # cut short by the kill
     assert requeued_checkpoint([folder]) is None  # a first attempt starts as configured
 
