@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,7 +57,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.extras.get("print_config"):
+    # one tree per run, not one per process of a multi-GPU run (ranks are known from the environment)
+    if cfg.extras.get("print_config") and rank_zero_only.rank == 0:
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
     if cfg.get("train"):
         # a job the cluster requeued continues from the newest checkpoint of its own folder
