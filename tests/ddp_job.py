@@ -8,6 +8,7 @@ the same run resumed from its step-2 checkpoint.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from memlab.train import train
 from tests.conftest import TINY, compose_config
 
 COMMON = [
-    "trainer.accelerator=cpu",
+    # MEMLAB_TEST_ACCELERATOR=gpu runs the same cases on two GPUs (NCCL)
+    f"trainer.accelerator={os.environ.get('MEMLAB_TEST_ACCELERATOR', 'cpu')}",
     "trainer.devices=2",
     "trainer.max_steps=4",
     "trainer.val_check_interval=4",

@@ -71,7 +71,8 @@ def test_resume_at_step_k_across_ranks_equals_the_uninterrupted_run(tmp_path: Pa
     """2 ranks × 2 loader workers: DDP on MQAR and on a text corpus, FSDP2 on MQAR (bf16-mixed,
     every block recomputed in the backward). Resumed from step 2, each run ends with the weights
     of the run never stopped: every rank's streams continued exactly, and FSDP2's gathered
-    checkpoint restored the shards."""
+    checkpoint restored the shards. On a host with two GPUs, MEMLAB_TEST_ACCELERATOR=gpu runs
+    the same on them."""
     pytest.importorskip("datasets")
     docs = documents(60)
     files = [
