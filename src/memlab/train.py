@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +26,7 @@ from memlab.utils.config_tree import print_config_tree
 from memlab.utils.hparams import log_hparams
 from memlab.utils.instantiate import instantiate_group, instantiate_module
 from memlab.utils.preflight import check_training_config
+from memlab.utils.requeue import checkpoint_folders, drop_hpc_checkpoints, requeued_checkpoint
 from memlab.utils.results_table import print_results_table
 from memlab.utils.state_size import state_size_metric
 
@@ -55,8 +57,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.extras.get("print_config"):
+    # one tree per run, not one per process of a multi-GPU run (ranks are known from the environment)
+    if cfg.extras.get("print_config") and rank_zero_only.rank == 0:
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
+    if cfg.get("train"):
+        # a job the cluster requeued continues from the newest checkpoint of its own folder
+        requeued = requeued_checkpoint(checkpoint_folders(cfg))
+        if requeued is not None:
+            cfg.ckpt_path = requeued
     for warning in check_training_config(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / cfg.run_name / "*"
@@ -79,6 +87,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         _log_config(trainer.loggers, cfg)
 
     diverged = _fit(trainer, module, datamodule, ckpt_path) if cfg.get("train") else None
+    if cfg.get("train"):
+        drop_hpc_checkpoints(trainer.default_root_dir)
+        trainer.strategy.barrier("memlab.drop_hpc_checkpoints")
     metrics = _scalar_metrics(trainer.callback_metrics)
     if diverged is not None and diverged.loss is not None:
         metrics["train/loss"] = diverged.loss  # the step it stopped at never published its metrics

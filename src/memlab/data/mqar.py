@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from memlab.data.arguments import integer_argument
-from memlab.data.step_sampler import StepBatchSampler
+from memlab.data.step_sampler import StepBatchSampler, resume_start, saved_position
 from memlab.data.tasks.mqar import make_mqar
 from memlab.errors import ConfigError
 
@@ -126,7 +126,9 @@ class MQARDataModule(LightningDataModule):
     Training is step-based: the train loader is endless (no length; bound the run with
     ``trainer.max_steps``) and starts at batch ``global_step * accumulate_grad_batches`` of
     its rank, so a run resumed from a checkpoint sees exactly the batches an uninterrupted
-    run would. Validation and test loaders walk every example once, segment by segment.
+    run would; the checkpoint records that position with the world size and the settings the
+    order depends on, and a resume with any of them changed is a ConfigError. Validation and
+    test loaders walk every example once, segment by segment.
     ``test_segments`` defaults to ``val_segments`` (with its own, disjoint seed).
     """
 
@@ -174,6 +176,7 @@ class MQARDataModule(LightningDataModule):
                     f"data.batch_size={self.batch_size}, or the segment never fills a batch"
                 )
         self._data: dict[str, list[_Segment]] = {}
+        self._loaded: dict[str, Any] | None = None
         self.save_hyperparameters(
             {
                 "vocab_size": self.vocab_size,
@@ -200,6 +203,7 @@ class MQARDataModule(LightningDataModule):
             # loader, so global_step already counts the optimizer steps taken before the resume.
             start_batch = self.trainer.global_step * self.trainer.accumulate_grad_batches
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
+            start_batch = resume_start(self._loaded, start_batch, world_size, self._stream_settings())
         segments = self._split("train")
         sampler = StepBatchSampler(
             [len(s.input_ids) for s in segments],
@@ -215,6 +219,28 @@ class MQARDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position (batches each rank consumed, the world size) and what
+        it indexes; a resume with another world size or other data is refused."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        consumed = trainer.global_step * trainer.accumulate_grad_batches
+        return saved_position(consumed, trainer.world_size, self._stream_settings())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def _stream_settings(self) -> dict[str, Any]:
+        """The settings the training batch order depends on, by the ``data.<key>`` that sets them."""
+        return {
+            "train_segments": [vars(s) for s in self.segments["train"]],
+            "batch_size": self.batch_size,
+            "vocab_size": self.vocab_size,
+            "seed": self.seed,
+            "power_a": self.power_a,
+        }
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

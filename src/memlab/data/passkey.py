@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from memlab.data.arguments import integer_argument
+from memlab.data.step_sampler import resume_start, saved_position
 from memlab.data.tasks.passkey import MIN_VOCAB, make_passkey, min_passkey_length
 from memlab.errors import ConfigError
 
@@ -66,10 +68,12 @@ class PasskeyDataModule(LightningDataModule):
     ``SeedSequence((seed, split, batch))`` behind a stream tag: the data never repeat, need no
     download or cache, and the train loader (endless; bound the run by ``trainer.max_steps``)
     starts at batch ``global_step · accumulate_grad_batches`` of its rank, so a resumed run
-    continues exactly. Validation and test are fixed sets of ``num_val_examples`` /
-    ``num_test_examples`` at the training length with random depths (disjoint seeds); the
-    length × depth grid far beyond it is the ``PasskeyGrid`` callback's, through ``generate``
-    (split "grid", one stream per (length, depth) cell).
+    continues exactly (the checkpoint records that position with the world size and the
+    settings the batches depend on; a resume with any of them changed is a ConfigError).
+    Validation and test are fixed sets of ``num_val_examples`` / ``num_test_examples`` at the
+    training length with random depths (disjoint seeds); the length × depth grid far beyond it
+    is the ``PasskeyGrid`` callback's, through ``generate`` (split "grid", one stream per
+    (length, depth) cell).
 
     Batches are dicts of ``input_ids`` and ``labels`` int64 [B, seq_len] (the n answer digits
     labelled, −100 elsewhere), so test/acc is the per-digit accuracy.
@@ -115,6 +119,7 @@ class PasskeyDataModule(LightningDataModule):
         self.num_workers = integer_argument("num_workers", num_workers, 0)
         self.pin_memory = bool(pin_memory)
         self._eval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._loaded: dict[str, Any] | None = None
         self.save_hyperparameters(logger=False)
 
     def generate(
@@ -142,12 +147,30 @@ class PasskeyDataModule(LightningDataModule):
             # loader, so global_step already counts the optimizer steps taken before the resume.
             start_batch = self.trainer.global_step * self.trainer.accumulate_grad_batches
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
+            start_batch = resume_start(self._loaded, start_batch, world_size, self._stream_settings())
         return DataLoader(
             _TrainStream(self, start_batch, rank, world_size),
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position (batches each rank consumed, the world size) and what
+        it indexes; a resume with another world size or other data is refused."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        consumed = trainer.global_step * trainer.accumulate_grad_batches
+        return saved_position(consumed, trainer.world_size, self._stream_settings())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def _stream_settings(self) -> dict[str, Any]:
+        """The settings the training batches depend on, by the ``data.<key>`` that sets them."""
+        keys = ("vocab_size", "seq_len", "needle_len", "batch_size", "seed")
+        return {key: getattr(self, key) for key in keys}
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val", self.num_val_examples)

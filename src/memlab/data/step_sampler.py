@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from memlab.errors import ConfigError
 
 # Leads the seed words so this stream can never coincide with another memlab numpy stream:
 # SeedSequence pads entropy with zeros, so e.g. (seed, 0) and (seed, 0, 0) would collide.
@@ -94,3 +97,37 @@ class StepBatchSampler(Sampler[list[int]]):
             self._cached_table = table[rng.permutation(len(table))]
             self._cached_epoch = epoch
         return self._cached_table
+
+
+def resume_start(
+    saved: dict[str, Any] | None, consumed: int, world_size: int, settings: dict[str, Any]
+) -> int:
+    """The ``start_batch`` of a training stream resumed from a checkpoint's ``saved`` position
+    (``{"consumed", "world_size", "stream"}``, see :func:`saved_position`); ``consumed`` (batches
+    per rank before the resume) when there is none. ConfigError if it was saved with another
+    world size or with other ``settings`` (the ``data.<key>`` values the batch order depends
+    on): the resumed run would not see the batches the uninterrupted one would have."""
+    if not saved:
+        return consumed
+    if saved["world_size"] != world_size:
+        raise ConfigError(
+            f"data: the checkpoint's stream position is for {saved['world_size']} rank(s); resume "
+            f"with the same world size (now {world_size})"
+        )
+    changed = [
+        f"data.{key}={value!r} (now {settings.get(key)!r})"
+        for key, value in saved["stream"].items()
+        if settings.get(key) != value
+    ]
+    if changed:
+        raise ConfigError(
+            f"data: the checkpoint's stream position indexes other data: it was saved with "
+            f"{'; '.join(changed)}; resume with the same settings, or start a new run"
+        )
+    return int(saved["consumed"])
+
+
+def saved_position(consumed: int, world_size: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint keeps of a step-based stream: batches each rank consumed, the world size
+    (rank r's next batch follows from both) and the settings the order depends on."""
+    return {"consumed": int(consumed), "world_size": int(world_size), "stream": settings}

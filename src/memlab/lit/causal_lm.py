@@ -124,6 +124,13 @@ class CausalLMModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def configure_model(self) -> None:
+        """Under a sharding strategy (``trainer=fsdp``: ``memlab.lit.fsdp.FSDP2Strategy``) the
+        strategy shards the network; under any other the network stays whole."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if callable(shard):
+            shard(self.net)
+
     def configure_optimizers(self) -> dict:
         optimizer = self.make_optimizer(weight_decay_groups(self.net))
         total = (

@@ -35,7 +35,9 @@ class ExceptionCheckpoint(OnExceptionCheckpoint):
         self.saved = None
         if self._first_step is None or trainer.global_step <= self._first_step:
             return
-        if not finite_weights(trainer.lightning_module):
+        # sharded weights (trainer=fsdp) are checked shard by shard: every rank must agree
+        finite = trainer.strategy.reduce_boolean_decision(finite_weights(trainer.lightning_module), all=True)
+        if not finite:
             log.warning("not writing %s: the weights are not finite", self.ckpt_path)
             return
         super().on_exception(trainer, *args, **kwargs)

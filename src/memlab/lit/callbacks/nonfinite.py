@@ -19,13 +19,19 @@ log = logging.getLogger(__name__)
 
 def _all_finite(tensors: Any, device: torch.device | None = None) -> torch.Tensor:
     """A bool tensor on ``device`` (else the tensors'): every floating-point value among ``tensors``
-    is finite."""
-    floats = [t.detach() for t in tensors if t.is_floating_point()]
+    is finite (of a sharded DTensor, the values this rank holds)."""
+    floats = [_local(t.detach()) for t in tensors if t.is_floating_point()]
     if not floats:
         return torch.ones((), dtype=torch.bool, device=device)
     # the largest magnitude of each tensor: inf or NaN exactly when the tensor holds one
     norms = torch.stack([n.float() for n in torch._foreach_norm(floats, math.inf)])
     return norms.isfinite().all().to(device or norms.device)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    # FSDP2 parameters and gradients are DTensors: each rank checks its own shard
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 def finite_tensors(tensors: Any) -> bool:
