@@ -118,10 +118,12 @@ def _value(value: Any) -> struct_pb2.Value:
 
 def log_hparams(logger: Logger, cfg: DictConfig, metrics: dict[str, float], failed: bool) -> None:
     """The run's hyper-parameters with its final metrics: for TensorBoard its HPARAMS session
-    (all flattened keys still go to hparams.yaml); other loggers get every flattened key and
-    ``final/<metric>``."""
+    (all flattened keys still go to hparams.yaml); other loggers (CSV, W&B, MLflow) get every
+    flattened key and the metrics as ``final/<metric>``."""
     if not isinstance(logger, TensorBoardLogger):
-        logger.log_hyperparams(flat_hparams(cfg), {f"final/{k}": v for k, v in metrics.items()})
+        # their log_hyperparams takes no metrics (TensorBoard's alone does)
+        logger.log_hyperparams(flat_hparams(cfg))
+        logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
         return
     logger.log_hyperparams(flat_hparams(cfg))
     arm = multirun_arm()
