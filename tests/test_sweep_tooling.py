@@ -13,16 +13,19 @@ import hydra
 import pytest
 import torch
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from memlab.train import optimized_value, train
 from memlab.utils.preflight import check_training_config
 from memlab.utils.state_size import STATE_SIZE
+from memlab.utils.sweep_axes import state_size_lines
+from memlab.utils.sweep_summary import collect, summarize
 
 from .conftest import CONFIG_DIR, TINY, compose_config
 
@@ -30,6 +33,14 @@ ARMS = ["mom4", "mom8", "gdn", "mamba", "memmamba", "transformer"]
 HEAD_SIZES = [16, 32, 64]
 LRS = ["1e-4", "4.64e-4", "2.15e-3", "1e-2"]
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+# multirun jobs as cheap as can still make a table: the recurrent arms' PyTorch twins loop over
+# sequences, and the Trainer's own callbacks cost more than two steps
+CHEAP = [
+    "data.batch_size=2",
+    "data.val_segments=[{seq_len:32,num_kv_pairs:4,num_examples:8}]",
+    "test=false",
+    *(f"callbacks.{name}=null" for name in ("model_checkpoint", "layer_charts", "learning_rate_monitor")),
+]
 needs = {
     name: pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"needs {name}: {extra}")
     for name, module, extra in (
@@ -39,33 +50,27 @@ needs = {
 }
 
 
-def _jobs(experiment: str, tmp_path: Path) -> tuple[list[list[str]], object]:
-    """The job overrides the experiment's multirun launches (as Hydra's basic sweeper splits
-    them), and its composed config with the `hydra` node."""
+def _jobs(experiment: str) -> tuple[list[dict[str, str]], DictConfig]:
+    """The jobs the experiment's multirun launches, each as {key: value} of its overrides (as
+    Hydra's basic sweeper splits them), and the experiment's config with its `hydra` node."""
     GlobalHydra.instance().clear()
     with hydra.initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra.compose("train", [f"experiment={experiment}"], return_hydra_config=True)
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
-    return batch, cfg
+    return [dict(o.split("=", 1) for o in job) for job in batch], cfg
 
 
 @needs["joblib"]
-def test_state_study_runs_every_arm_at_every_state_and_lr(tmp_path: Path) -> None:
-    jobs, cfg = _jobs("mqar_state_study", tmp_path)
+def test_state_study_runs_every_arm_at_every_state_and_lr() -> None:
+    jobs, cfg = _jobs("mqar_state_study")
     assert len(jobs) == len(ARMS) * len(HEAD_SIZES) * len(LRS) * 2
-    swept = {o.split("=")[0]: set() for o in jobs[0]}
-    for job in jobs:
-        for o in job:
-            swept[o.split("=")[0]].add(o.split("=")[1])
-    lrs = {str(float(lr)) for lr in LRS}
+    swept = {key: {job[key] for job in jobs} for key in jobs[0]}
     assert swept == {
         "arm": set(ARMS),
-        "head_size": {"16", "32", "64"},
+        "head_size": {str(h) for h in HEAD_SIZES},
         "seed": {"0", "1"},
-        "optimizer.lr": lrs,
+        "optimizer.lr": {str(float(lr)) for lr in LRS},
     }
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs > 1
     summary = cfg.hydra.callbacks.sweep_summary
@@ -95,11 +100,10 @@ def test_every_state_study_job_passes_the_schemas(arm: str, tmp_path: Path) -> N
 def test_memmamba_vs_mamba_arms(tmp_path: Path) -> None:
     """Passkey to 32x the training length, 4 seeds; MemMamba, Mamba, and MemMamba with a larger
     pool and without cross-layer attention."""
-    jobs, cfg = _jobs("memmamba_vs_mamba", tmp_path)
+    jobs, cfg = _jobs("memmamba_vs_mamba")
     arms = ["memmamba", "mamba", "memmamba_pool200", "memmamba_no_cross_layer"]
-    assert len(jobs) == 16 and {o for j in jobs for o in j if o.startswith("arm=")} == {
-        f"arm={a}" for a in arms
-    }
+    assert len(jobs) == 16 and {job["arm"] for job in jobs} == set(arms)
+    assert {job["seed"] for job in jobs} == {"0", "1", "2", "3"}
     assert max(cfg.callbacks.passkey_grid.length_multiples) == 32
     mixers = {}
     for arm in arms:
@@ -121,7 +125,7 @@ def _multirun(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
         return optimized_value(train(cfg), cfg.get("optimized_metric"))
 
     quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none", *QUIET]
-    monkeypatch.setattr(sys, "argv", ["train.py", "-m", *TINY, *quiet, *args])
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", *TINY, *quiet, *CHEAP, *args])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     try:
         main()
@@ -131,22 +135,13 @@ def _multirun(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_tiny_state_study_ends_with_its_plot_and_table(tmp_path: Path, monkeypatch) -> None:
-    """Two arms at two head sizes and two lrs, one seed, two steps each (each job stopped early at
-    its first validation): the table at each arm's best lr and the plot against the state size,
-    in the sweep folder and in TensorBoard."""
+    """Two arms at two head sizes, one lr and seed, two steps each (each job stopped early at its
+    first validation): the table and the plot against the state size, one line per arm, in the
+    sweep folder and in TensorBoard (the best-lr choice: tests/test_sweep_summary.py)."""
     sweep = tmp_path / "sweep"
     args = ["experiment=mqar_state_study", "hydra/launcher=basic", f"hydra.sweep.dir={sweep}"]
-    args += [f"paths.log_dir={tmp_path}", "arm=gdn,transformer", "head_size=8,16", "optimizer.lr=1e-3,1e-2"]
+    args += [f"paths.log_dir={tmp_path}", "arm=gdn,transformer", "head_size=8,16", "optimizer.lr=1e-3"]
     args += ["seed=0", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"]
-    # the recurrent arms' PyTorch twins loop over sequences: as few as can make a table
-    args += [
-        "data.batch_size=2",
-        "data.val_segments=[{seq_len:32,num_kv_pairs:4,num_examples:8}]",
-        "test=false",
-    ]
-    args += [
-        f"callbacks.{name}=null" for name in ("model_checkpoint", "layer_charts", "learning_rate_monitor")
-    ]
     # every accuracy passes -1: each job stops at its first validation, after 2 of its 4 steps
     _multirun([*args, "callbacks.early_stopping.stopping_threshold=-1"], monkeypatch)
 
@@ -154,11 +149,15 @@ def test_tiny_state_study_ends_with_its_plot_and_table(tmp_path: Path, monkeypat
     assert [r["arm"] for r in rows] == [
         f"arm={a},head_size={h}" for a in ("gdn", "transformer") for h in (8, 16)
     ]
-    assert all(r["lr"] in ("0.001", "0.01") and r["seeds"] == "1" for r in rows)
+    assert all(r["seeds"] == "1" for r in rows)
     assert float(rows[0][STATE_SIZE]) < float(rows[1][STATE_SIZE])
+    assert state_size_lines(collect(sweep), summarize(collect(sweep), [STATE_SIZE]), ["arm"]).keys() == {
+        "arm=gdn",
+        "arm=transformer",
+    }
     assert (sweep / "summary_state_size.png").stat().st_size > 0
     table = (sweep / "summary.md").read_text()
-    assert table.startswith("| arm | seeds | lr | val/acc |") and len(table.splitlines()) == 6
+    assert table.startswith("| arm | seeds | val/acc |") and len(table.splitlines()) == 6
 
     summary = EventAccumulator(str(sweep / "summary"))
     summary.Reload()
@@ -178,12 +177,8 @@ def test_early_stopping_stops_at_the_threshold_or_without_progress(tmp_path: Pat
     assert not stop._evaluate_stopping_criteria(torch.tensor(0.99))[0]
     assert stop._evaluate_stopping_criteria(torch.tensor(0.995))[0]  # past Zoology's 0.99
     stale = make(patience=2)
-    assert [stale._evaluate_stopping_criteria(torch.tensor(a))[0] for a in (0.3, 0.5, 0.5, 0.4)] == [
-        False,
-        False,
-        False,
-        True,
-    ]
+    stops = [stale._evaluate_stopping_criteria(torch.tensor(acc))[0] for acc in (0.3, 0.5, 0.5, 0.4)]
+    assert stops == [False, False, False, True]  # two validations without a gain
 
 
 @needs["optuna"]

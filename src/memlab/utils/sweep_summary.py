@@ -141,7 +141,8 @@ def write_summary(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lr = ["lr"] if best_lr else []
+    # the lr column where best_lr chose among swept lrs
+    lr = ["lr"] if any("lr" in row for row in rows) else []
     header = ["arm", "seeds", *lr, *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
