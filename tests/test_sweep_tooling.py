@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from memlab.train import optimized_value, train
+from memlab.utils.hparams import log_hparams
+from memlab.utils.instantiate import instantiate_group
 from memlab.utils.preflight import check_training_config
 from memlab.utils.state_size import STATE_SIZE
 from memlab.utils.sweep_axes import state_size_lines
@@ -196,6 +198,17 @@ def test_optuna_searches_the_learning_rate(tmp_path: Path, monkeypatch) -> None:
     assert f"optimizer.lr={lr}" in overrides
     (row,) = csv.DictReader((sweep / "summary.csv").open())
     assert float(row["val/acc"]) == pytest.approx(result["best_value"])
+
+
+def test_loggers_other_than_tensorboard_get_the_config_and_final_metrics(make_cfg) -> None:
+    cfg = make_cfg(["logger=csv"])
+    (logger,) = instantiate_group(cfg.logger)
+    log_hparams(logger, cfg, {"val/acc": 0.5}, failed=False)
+    logger.save()
+    folder = Path(logger.log_dir)
+    assert yaml.safe_load((folder / "hparams.yaml").read_text())["model.d_model"] == 32
+    (row,) = csv.DictReader((folder / "metrics.csv").open())
+    assert float(row["final/val/acc"]) == 0.5
 
 
 TRACKERS = [name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is not None]
