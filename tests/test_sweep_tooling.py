@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from memlab.train import optimized_value, train
 from memlab.utils.hparams import log_hparams
@@ -169,6 +170,15 @@ def test_tiny_state_study_ends_with_its_plot_and_table(tmp_path: Path, monkeypat
     arm = EventAccumulator(str(sweep / "arm=gdn,head_size=8,seed=0,lr=0.001"))
     arm.Reload()
     assert [e.step for e in arm.Scalars("train/loss")][-1] == 1  # steps 0 and 1: stopped at 2 of 4
+    # HPARAMS: the swept arm and head size first, the arm by its option's name
+    content = {
+        k: plugin_data_pb2.HParamsPluginData.FromString(v)
+        for k, v in arm.PluginTagToContent("hparams").items()
+    }
+    infos = content["_hparams_/experiment"].experiment.hparam_infos
+    assert [i.name for i in infos[:2]] == ["arm", "head_size"]
+    hparams = content["_hparams_/session_start_info"].session_start_info.hparams
+    assert (hparams["arm"].string_value, hparams["head_size"].number_value) == ("gdn", 8)
 
 
 def test_early_stopping_stops_at_the_threshold_or_without_progress(tmp_path: Path) -> None:

@@ -131,7 +131,8 @@ def log_hparams(logger: Logger, cfg: DictConfig, metrics: dict[str, float], fail
     choices = {}
     if HydraConfig.initialized():
         runtime = HydraConfig.get().runtime.choices
-        choices = {g: runtime[g] for g in ("model", "data") if runtime.get(g) is not None}
+        # a swept config group (arm=gdn,mom4) is a column of its own, by its option's name
+        choices = {g: runtime[g] for g in ("model", "data", *swept) if runtime.get(g) is not None}
     # the state size describes the model: a hyper-parameter column, not a scalar's
     hparams = session_hparams(cfg, swept, choices) | {k: v for k, v in metrics.items() if k == STATE_SIZE}
     columns = [m for m in metric_columns(metrics) if m != STATE_SIZE]
