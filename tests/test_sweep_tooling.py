@@ -79,6 +79,8 @@ def test_state_study_runs_every_arm_at_every_state_and_lr() -> None:
     summary = cfg.hydra.callbacks.sweep_summary
     assert summary.best_lr and summary.by_state_size and list(summary.group_by) == ["arm"]
     assert cfg.optimized_metric == "val/acc" and cfg.callbacks.early_stopping.stopping_threshold == 0.99
+    # a diverging lr skips steps instead of failing the sweep before its summary
+    assert cfg.callbacks.nonfinite.max_skips == cfg.trainer.max_steps
     assert [s.seq_len for s in cfg.data.train_segments] == [256] * 3
     assert [s.num_kv_pairs for s in cfg.data.train_segments] == [16, 32, 64]
 
