@@ -22,6 +22,8 @@ from memlab.utils.run_names import arm_name, swept_keys
 from .cli import tiny_run
 
 ARMS = {"shared_mem=true", "shared_mem=false"}
+# beside the arms, the sweep's comparison table and plot (memlab.utils.sweep_tensorboard)
+RUNS = ARMS | {"summary"}
 
 
 def test_swept_keys_come_from_the_sweeper_and_the_command_line() -> None:
@@ -90,7 +92,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     tb.configure(logdir=str(sweep), host="127.0.0.1", port=0, load_fast="false", reload_interval=1)
     url = tb.launch().rstrip("/")
     deadline = time.monotonic() + 120
-    while set(_get(url, "/data/runs")) != ARMS and time.monotonic() < deadline:
+    while set(_get(url, "/data/runs")) != RUNS and time.monotonic() < deadline:
         time.sleep(0.5)
     return url, sweep
 
@@ -105,7 +107,7 @@ def _get(url: str, path: str, body: dict | None = None):
 
 def test_runs_are_named_by_their_arm_and_jobs_keep_their_folders(server) -> None:
     url, sweep = server
-    assert set(_get(url, "/data/runs")) == ARMS
+    assert set(_get(url, "/data/runs")) == RUNS
     for job in ("0", "1"):
         assert (sweep / job / "metrics.json").is_file() and (
             sweep / job / "checkpoints" / "last.ckpt"
@@ -158,7 +160,15 @@ def test_custom_scalars_chart_router_load_per_layer(server) -> None:
 
 def test_router_load_heatmap_is_an_image_every_validation(server) -> None:
     url, _ = server
-    for run, tags in _get(url, "/data/plugin/images/tags").items():
-        assert "router/load_heatmap" in tags, run
+    images = _get(url, "/data/plugin/images/tags")
+    assert set(images) == RUNS
+    for run in ARMS:
+        assert "router/load_heatmap" in images[run], run
         steps = _get(url, f"/data/plugin/images/images?run={urllib.parse.quote(run)}&tag=router/load_heatmap")
         assert [s["step"] for s in steps] == [2, 4]
+
+
+def test_the_sweep_summary_is_a_run_of_its_own(server) -> None:
+    url, _ = server
+    assert set(_get(url, "/data/plugin/images/tags")["summary"]) == {"summary/summary"}
+    assert set(_get(url, "/data/plugin/text/tags")["summary"]) == {"summary/table"}

@@ -118,10 +118,12 @@ def _value(value: Any) -> struct_pb2.Value:
 
 def log_hparams(logger: Logger, cfg: DictConfig, metrics: dict[str, float], failed: bool) -> None:
     """The run's hyper-parameters with its final metrics: for TensorBoard its HPARAMS session
-    (all flattened keys still go to hparams.yaml); other loggers get every flattened key and
-    ``final/<metric>``."""
+    (all flattened keys still go to hparams.yaml); other loggers (CSV, W&B, MLflow) get every
+    flattened key and the metrics as ``final/<metric>``."""
     if not isinstance(logger, TensorBoardLogger):
-        logger.log_hyperparams(flat_hparams(cfg), {f"final/{k}": v for k, v in metrics.items()})
+        # their log_hyperparams takes no metrics (TensorBoard's alone does)
+        logger.log_hyperparams(flat_hparams(cfg))
+        logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
         return
     logger.log_hyperparams(flat_hparams(cfg))
     arm = multirun_arm()
@@ -129,7 +131,8 @@ def log_hparams(logger: Logger, cfg: DictConfig, metrics: dict[str, float], fail
     choices = {}
     if HydraConfig.initialized():
         runtime = HydraConfig.get().runtime.choices
-        choices = {g: runtime[g] for g in ("model", "data") if runtime.get(g) is not None}
+        # a swept config group (arm=gdn,mom4) is a column of its own, by its option's name
+        choices = {g: runtime[g] for g in ("model", "data", *swept) if runtime.get(g) is not None}
     # the state size describes the model: a hyper-parameter column, not a scalar's
     hparams = session_hparams(cfg, swept, choices) | {k: v for k, v in metrics.items() if k == STATE_SIZE}
     columns = [m for m in metric_columns(metrics) if m != STATE_SIZE]

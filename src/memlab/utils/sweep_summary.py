@@ -9,6 +9,8 @@ Two options serve the Zoology / MQAR protocol: ``best_lr`` keeps, of the arms th
 in ``optimizer.lr``, the one whose optimised metric is best (its lr in an ``lr`` column), and
 ``by_state_size`` also plots the metric against ``model/state_size`` in
 ``summary_state_size.png``, one line per architecture (``memlab.utils.sweep_axes``).
+The table and the plots also go to TensorBoard, as the sweep folder's run ``summary``
+(``memlab.utils.sweep_tensorboard``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from memlab.utils.moved_keys import MOVED
 from memlab.utils.run_names import arm_name
 from memlab.utils.state_size import STATE_SIZE
 from memlab.utils.sweep_axes import best_lr_records, plot_by_state_size
+from memlab.utils.sweep_tensorboard import write_tensorboard_summary
 
 SEED_KEYS = ("seed",)
 # what a record holds besides metrics
@@ -119,7 +122,8 @@ def write_summary(
     by_state_size: bool = False,
     group_by: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write summary.csv/.md/.png into ``sweep_dir``, print the table, and return its rows.
+    """Write summary.csv/.md/.png into ``sweep_dir`` and TensorBoard (``<sweep_dir>/summary``),
+    print the table, and return its rows.
 
     best_lr: one row per arm with the best ``optimizer.lr`` by the first metric (``optimized``
     where the jobs logged it; see ``best_lr_records``). by_state_size: also
@@ -137,7 +141,8 @@ def write_summary(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lr = ["lr"] if best_lr else []
+    # the lr column where best_lr chose among swept lrs
+    lr = ["lr"] if any("lr" in row for row in rows) else []
     header = ["arm", "seeds", *lr, *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -151,6 +156,8 @@ def write_summary(
     )
     if by_state_size and not plotted:
         print(f"warning: no job of {sweep_dir} logged {STATE_SIZE}: no state-size plot", file=sys.stderr)
+    plots = [sweep_dir / "summary.png", *([sweep_dir / "summary_state_size.png"] if plotted else [])]
+    write_tensorboard_summary(sweep_dir, "\n".join(lines) + "\n", plots)
     table = Table(title=f"sweep summary — {sweep_dir}")
     for name in header:
         table.add_column(name, justify="left" if name == "arm" else "right")
@@ -208,10 +215,13 @@ def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
 
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, write and print the sweep's comparison table
-    (``best_lr``, ``by_state_size``: see ``write_summary``)."""
+    (``best_lr``, ``by_state_size``, ``group_by``: see ``write_summary``)."""
 
-    def __init__(self, best_lr: bool = False, by_state_size: bool = False) -> None:
+    def __init__(
+        self, best_lr: bool = False, by_state_size: bool = False, group_by: list[str] | None = None
+    ) -> None:
         self.best_lr, self.by_state_size = best_lr, by_state_size
+        self.group_by = list(group_by) if group_by else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_summary(
@@ -219,4 +229,5 @@ class SweepSummary(Callback):
             config.get("optimized_metric"),
             best_lr=self.best_lr,
             by_state_size=self.by_state_size,
+            group_by=self.group_by,
         )
