@@ -38,6 +38,11 @@ class Rule:
     rule: str
 
 
+def accepts_only(*allowed: Any) -> Callable[[Any, Config], bool]:
+    """A Rule's ``accepts`` for a fixed set of values."""
+    return lambda value, config: value in allowed
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A memlab setting the target cannot express: an export is refused unless ``ok(spec)``."""
