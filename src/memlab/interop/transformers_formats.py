@@ -122,6 +122,8 @@ LLAMA = Format(
             lambda value, config: value in (None, config["num_attention_heads"]),
             "num_attention_heads (memlab's attention has no grouped keys and values)",
         ),
+        # what transformers 4 reads (5 reads rope_parameters, and an import reads that first)
+        Rule("rope_theta", lambda spec: spec["mixer.rope_theta"], lambda value, config: True, "any"),
         Rule("hidden_act", "silu", accepts_only("silu"), "silu"),
         Rule("attention_bias", False, accepts_only(False), "false"),
         Rule("mlp_bias", False, accepts_only(False), "false"),
