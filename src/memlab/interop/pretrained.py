@@ -68,6 +68,7 @@ def load_pretrained(net: LanguageModel, source: str) -> None:
     """Load the weights of ``source`` (a checkpoint folder, or a Hub name) into ``net``, after
     checking that its config.json describes this network; ConfigError (one line, naming the
     key) otherwise."""
+    source = str(source)  # what Hydra read as a number is a folder name too
     where = f"model.init_from={source}"
     folder = files.resolve(source)
     config = files.read_config(folder, where)

@@ -1,4 +1,4 @@
-"""Keep the import name ``kernels`` for the PyPI package of that name.
+"""Keep the import name ``kernels`` for the PyPI package of that name (run on ``import memlab``).
 
 memlab's Triton kernels live in a top-level ``kernels/`` folder installed as ``memlab.kernels``.
 Where the repository root is on ``sys.path`` (tests, ``PYTHONPATH=.``) that folder is also found
