@@ -26,7 +26,7 @@ def choose_format(spec: dict[str, Any], name: str = "auto") -> Format | None:
     natural = next((fmt for fmt in FORMATS if fmt.matches(spec)), None)
     if name == MEMLAB or (name == "auto" and natural is None):
         return None
-    if name not in ("auto", MEMLAB) and (natural is None or name != natural.name):
+    if name != "auto" and (natural is None or name != natural.name):
         options = ["auto", MEMLAB, *([natural.name] if natural else [])]
         raise ConfigError(f"format={name}: a {spec['mixer']} network exports as one of: {', '.join(options)}")
     return natural
