@@ -29,7 +29,8 @@ MAMBA = Format(
         Field("mlp_hidden", "", read=lambda config: 0),  # a Mamba block has no MLP
         Field("mixer.d_state", "state_size"),
         Field("mixer.d_conv", "conv_kernel"),
-        Field("mixer.expand", "expand"),
+        # an integer where it is one: MambaConfig declares expand an int
+        Field("mixer.expand", "expand", write=lambda e: int(e) if float(e).is_integer() else e),
         Field("mixer.dt_rank", "time_step_rank", read=_time_step_rank),
         Field("mixer.conv_bias", "use_conv_bias"),
         Field("mixer.bias", "use_bias"),
