@@ -20,7 +20,14 @@ from memlab.utils.checkpoints import load_checkpoint
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.instantiate import instantiate_group, instantiate_module
 from memlab.utils.results_table import print_results_table
-from memlab.utils.trained_run import AMP_DTYPES, load_network, torch_device, trained_run, whole_number
+from memlab.utils.trained_run import (
+    AMP_DTYPES,
+    load_network,
+    released_run,
+    torch_device,
+    trained_run,
+    whole_number,
+)
 
 TASKS = ("mqar", "ppl_by_length", "passkey", "lm_eval", "fidelity")
 _TEXT_DATA = "memlab.data.text.TextDataModule"
@@ -37,12 +44,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     of the run's text corpus, or of the corpus chosen with ``data=<name>`` (e.g. ``data=pg19``).
     passkey: text passkey retrieval on a length × depth grid, with the run's tokenizer.
     fidelity: MemMamba's memory-fidelity metrics ETMF and ECLMF per layer on the test documents.
+    A released model, ``model=<name> model.init_from=<folder | Hub name>`` in place of
+    ``ckpt_path``, takes the text tasks on the corpus of ``data=<name>`` (memlab.interop).
     """
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task} is not one of: {', '.join(TASKS)}")
     output_dir = Path(cfg.paths.output_dir)
-    # the network exactly as trained, whatever data config the task then reads
-    ckpt_path, run_cfg = trained_run(cfg)
+    # the network exactly as trained (or released), whatever data config the task then reads
+    ckpt_path, run_cfg = released_run(cfg) or trained_run(cfg)
+    if ckpt_path is None and cfg.task == "mqar":
+        raise ConfigError("task=mqar tests a trained run on its own MQAR split: give ckpt_path=<.ckpt>")
     if cfg.get("data"):
         run_cfg.data = eval_data_config(run_cfg.data, cfg.data)
     if cfg.extras.get("print_config"):
@@ -114,7 +125,7 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
             f"vocabulary ({net.vocab_size})"
         )
     amp = AMP_DTYPES[cfg.get("amp_dtype")] if device.type == "cuda" else None
-    title = f"{cfg.task} — {Path(ckpt_path).name}"
+    title = f"{cfg.task} — {Path(ckpt_path or run_cfg.model.init_from).name}"
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics, figure, table = task(net, datamodule, options, amp, title, output_dir)
     loggers = instantiate_group(cfg.get("logger"))

@@ -49,6 +49,8 @@ class LanguageModel(nn.Module):
         norm_eps: RMSNorm epsilon.
         activation_checkpointing: "none", "every_block", or n: every n-th block (1, n + 1, ...)
             keeps only its input for the backward pass and runs its forward again there.
+        init_from: a checkpoint folder or Hugging Face Hub name whose weights the model starts
+            from (``memlab.interop``: transformers', flash-linear-attention's or memlab's format).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class LanguageModel(nn.Module):
         tie_embeddings: bool = True,
         norm_eps: float = 1e-5,
         activation_checkpointing: str | int = "none",
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.recomputed = _recomputed_blocks(activation_checkpointing, n_layers)
@@ -82,6 +85,10 @@ class LanguageModel(nn.Module):
             self.lm_head.weight = self.embed.weight
         else:
             nn.init.normal_(self.lm_head.weight, std=0.02)
+        if init_from is not None:
+            from memlab.interop import load_pretrained  # reads safetensors: an optional dependency
+
+            load_pretrained(self, init_from)
 
     def init_states(
         self, batch_size: int, device: torch.device, dtype: torch.dtype, max_len: int | None = None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -31,6 +32,18 @@ def trained_run(cfg: DictConfig) -> tuple[str, DictConfig]:
     return ckpt_path, run_config_of(ckpt_path, f"ckpt_path={cfg.ckpt_path}")
 
 
+def released_run(cfg: DictConfig) -> tuple[None, DictConfig] | None:
+    """For ``model=<name> model.init_from=<folder | Hub name>`` in place of ``ckpt_path`` (a
+    released model): no checkpoint, and the run config it stands for (that model, the data config
+    given); None where ``model.init_from`` is not set."""
+    if not (cfg.get("model") or {}).get("init_from"):
+        return None
+    if not OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("give ckpt_path (a trained run) or model.init_from (a released model), not both")
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "data")}
+    return None, OmegaConf.create(parts)
+
+
 def run_config_of(ckpt_path: str, named: str) -> DictConfig:
     """The ``.hydra/config.yaml`` of the run whose ``checkpoints/`` folder holds ``ckpt_path``,
     keys moved since upgraded, the model resolved (its keys interpolate the run's data config,
@@ -40,11 +53,16 @@ def run_config_of(ckpt_path: str, named: str) -> DictConfig:
         raise ConfigError(f"{named}: no training config at {config}")
     run_cfg = upgraded_run_config(OmegaConf.load(config))
     run_cfg.model = OmegaConf.to_container(run_cfg.model, resolve=True)
+    if run_cfg.model.get("init_from"):  # the weights it started from: the checkpoint replaces them
+        run_cfg.model.init_from = None
     return run_cfg
 
 
-def load_network(run_cfg: DictConfig, ckpt_path: str, device: torch.device) -> nn.Module:
-    """The run's network with the checkpoint's weights, in eval mode on ``device``."""
+def load_network(run_cfg: DictConfig, ckpt_path: str | None, device: torch.device) -> nn.Module:
+    """The run's network with the checkpoint's weights, in eval mode on ``device``; without a
+    checkpoint, with those of ``model.init_from`` (a released model)."""
+    if ckpt_path is None:
+        return instantiate(run_cfg.model, _convert_="all").to(device).eval()
     module = instantiate_module(run_cfg)
     ckpt = load_checkpoint(ckpt_path)
     check_same_network(ckpt, module, ckpt_path)

@@ -16,8 +16,11 @@ from memlab.errors import ConfigError
 from memlab.eval.lm_eval.harness import TASKS_DIR, require_harness
 
 
-def run_lm_eval(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir: Path) -> dict[str, float]:
-    """``task=lm_eval`` of scripts/eval.py on the network of ``run_cfg`` with ``ckpt_path``'s weights."""
+def run_lm_eval(
+    cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str | None, output_dir: Path
+) -> dict[str, float]:
+    """``task=lm_eval`` of scripts/eval.py on the network of ``run_cfg`` with ``ckpt_path``'s weights
+    (None: those of ``model.init_from``)."""
     from memlab.eval.lm_eval.loading import load_text_model
     from memlab.evaluate import _report
     from memlab.train import instantiate_group
@@ -45,7 +48,8 @@ def run_lm_eval(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "add_text"):
             logger.experiment.add_text("lm_eval/table", table)
         logger.finalize("success")
-    _report(metrics, output_dir, f"lm_eval — {Path(ckpt_path).name} (tokenizer {tokenizer.name})")
+    name = Path(ckpt_path or run_cfg.model.init_from).name
+    _report(metrics, output_dir, f"lm_eval — {name} (tokenizer {tokenizer.name})")
     return metrics
 
 
