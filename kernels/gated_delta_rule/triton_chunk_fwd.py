@@ -45,8 +45,10 @@ MAX_BLOCK_V_OUTPUT = 128
 MAX_BLOCK_V_STATE_PASS = 64
 MAX_BLOCK_V_SERIAL = 32
 NARROW_HEAD = 128
-# Tiles of 16 in fp32 read out of bounds on an H100 with Triton 3.6 (K = 16, any V).
-MIN_TILE = 32
+# Smaller tiles miscompile on an H100 with Triton 3.6: 16 in fp32 reads out of bounds (K = 16,
+# any V), and V tiles of 32 beside K blocks of 64 in 16-bit give wrong u and o (prepare and
+# output kernels) or an illegal access (the backward's state pass). Small heads are padded.
+MIN_TILE = 64
 
 
 def dot_precision(dtype: torch.dtype) -> str:
