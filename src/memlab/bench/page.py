@@ -18,6 +18,9 @@ from typing import Any
 ABOUT = {
     "decode": "Greedy decoding after contexts of 1K to 64K tokens: tokens/s, cache and peak memory "
     "(d_model 768, 4 layers, bf16, batch 1; `memlab.bench.decode`).",
+    "decode_speed": "Generation at the 340M and 130M shapes, eager decoding against CUDA-graph "
+    "decoding: prefill and decode tokens/s, batch included, and the share of the weight-read floor "
+    "(bf16 weights, prompt 512; `memlab.bench.decode_speed`).",
     "gated_delta_rule": "The chunked gated delta rule: our Triton kernels, the PyTorch twin and "
     "flash-linear-attention (bf16, H 16, K = V = 128, 32768 tokens per call; "
     "`memlab.bench.gated_delta_rule`).",
@@ -25,6 +28,9 @@ ABOUT = {
     "32768 tokens per call, bf16 autocast; `memlab.bench.layers`).",
     "mom": "The MoM layer against our GDN layer, SDPA attention and flash-linear-attention's layers, "
     "forward+backward (D 1024, 4 heads × 256, bf16, 32768 tokens per call; `memlab.bench.mom`).",
+    "train_step": "Whole training steps at the 340M and 130M shapes: ms/step, tokens/s, MFU over "
+    "active parameters and peak memory, against memlab's Transformer (bf16 autocast over fp32 weights, "
+    "fused AdamW; `memlab.bench.train_step`).",
     "training": "Throughput of the text loader and of training runs (recorded only; not a "
     "`scripts/bench.py` suite).",
     "selective_scan": "The selective scan: our Triton kernels, the PyTorch twin and mamba-ssm's CUDA "
