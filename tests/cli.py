@@ -16,6 +16,19 @@ def run_cli(*args: str, script: str = "train.py", timeout: float = 300) -> subpr
     return subprocess.run(_command(script, args), capture_output=True, text=True, timeout=timeout, **_how())
 
 
+def run_cli_all(
+    runs: dict[str, tuple[str, ...]], script: str = "train.py", timeout: float = 300
+) -> dict[str, subprocess.CompletedProcess]:
+    """run_cli for each named argument list, the processes started all at once and run side by
+    side (a batch of start-up failures spends its time importing, which overlaps)."""
+    started = {name: start_cli(*args, script=script) for name, args in runs.items()}
+    done = {}
+    for name, process in started.items():
+        out, err = process.communicate(timeout=timeout)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
+
+
 def start_cli(*args: str, script: str = "train.py") -> subprocess.Popen:
     """As run_cli, started in the background in a process group of its own (a shell's job), which
     a test can signal as a scheduler signals a job: ``os.killpg(process.pid, ...)``."""

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from memlab.train import train
 from memlab.utils.user_errors import one_line, user_error
 
-from .cli import error_line, run_cli, tiny_run
+from .cli import error_line, run_cli, run_cli_all, tiny_run
 from .faults import FailAtStart
 
 SHORT = [
@@ -164,26 +164,37 @@ def test_eval_reproduces_the_test_metrics_of_a_run(make_cfg, tmp_path: Path) -> 
     assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["trainer.nonexistent_key=1"], "nonexistent_key"),
-        (["model=no_such_model"], "no_such_model"),
-        (["seed=[unbalanced"], "unbalanced"),
-        (["seed=abc"], "seed"),
-        (["trainer.max_steps=abc"], "max_steps"),
-        (["data.batch_size=0"], "batch_size"),
-        (["model.d_model=0"], "d_model"),
-        (["ckpt_path=/no/such/file.ckpt"], "no such file"),
-        (["trainer.max_steps=-1"], "trainer.max_steps=-1"),
-        (["optimizer.lr=abc"], "optimizer.lr"),
-        (["scheduler.min_lr_ratio=2"], "scheduler.min_lr_ratio"),
-        (["model.mixer.shared_mem=maybe"], "model.mixer.shared_mem"),
-        (["model.mixer.backend=triton"], "model.mixer.backend=triton"),
-    ],
-)
-def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str, tmp_path: Path) -> None:
-    res = run_cli(*args, f"paths.log_dir={tmp_path}", "extras.print_config=false")
+BAD_INPUTS = [
+    (["trainer.nonexistent_key=1"], "nonexistent_key"),
+    (["model=no_such_model"], "no_such_model"),
+    (["seed=[unbalanced"], "unbalanced"),
+    (["seed=abc"], "seed"),
+    (["trainer.max_steps=abc"], "max_steps"),
+    (["data.batch_size=0"], "batch_size"),
+    (["model.d_model=0"], "d_model"),
+    (["ckpt_path=/no/such/file.ckpt"], "no such file"),
+    (["trainer.max_steps=-1"], "trainer.max_steps=-1"),
+    (["optimizer.lr=abc"], "optimizer.lr"),
+    (["scheduler.min_lr_ratio=2"], "scheduler.min_lr_ratio"),
+    (["model.mixer.shared_mem=maybe"], "model.mixer.shared_mem"),
+    (["model.mixer.backend=triton"], "model.mixer.backend=triton"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """scripts/train.py with each of BAD_INPUTS, all started at once."""
+    log_dir = tmp_path_factory.mktemp("bad_inputs")
+    runs = {
+        args[0]: (*args, f"paths.log_dir={log_dir / str(i)}", "extras.print_config=false")
+        for i, (args, _) in enumerate(BAD_INPUTS)
+    }
+    return run_cli_all(runs)
+
+
+@pytest.mark.parametrize("args,needle", BAD_INPUTS)
+def test_bad_input_is_one_line_and_nonzero(args: list[str], needle: str, bad_input_runs: dict) -> None:
+    res = bad_input_runs[args[0]]
     assert res.returncode == 2
     # the run's own log lines may precede it; the error itself is the one last line
     err = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith(("INFO", "Seed set"))]

@@ -24,7 +24,7 @@ from memlab.eval.lm_eval.model import MemlabLM
 from memlab.evaluate import evaluate
 from tests.eval.text_run import train_text_run
 
-from ..cli import error_line, run_cli
+from ..cli import error_line, run_cli, run_cli_all
 from ..conftest import compose_config
 from ..data.text_corpus import documents, write_jsonl
 
@@ -233,18 +233,14 @@ def test_the_suites_resolve_to_tasks_with_the_papers_protocol() -> None:
 
 
 def test_unknown_task_and_missing_checkpoint_are_one_line(text_run: Path, tmp_path) -> None:
-    res = run_cli(
-        f"ckpt_path={text_run}",
-        "task=lm_eval",
-        "lm_eval.tasks=[no_such_task]",
-        f"paths.log_dir={tmp_path}",
-        script="eval.py",
-    )
-    assert res.returncode != 0 and "unknown task no_such_task" in error_line(res)
-    res = run_cli(
-        f"ckpt_path={tmp_path / 'none.ckpt'}", "task=lm_eval", f"paths.log_dir={tmp_path}", script="eval.py"
-    )
-    assert res.returncode != 0 and "none.ckpt" in error_line(res)
+    runs = {
+        "task": (f"ckpt_path={text_run}", "task=lm_eval", "lm_eval.tasks=[no_such_task]"),
+        "ckpt": (f"ckpt_path={tmp_path / 'none.ckpt'}", "task=lm_eval"),
+    }
+    runs = {name: (*args, f"paths.log_dir={tmp_path / name}") for name, args in runs.items()}
+    res = run_cli_all(runs, script="eval.py")
+    assert res["task"].returncode != 0 and "unknown task no_such_task" in error_line(res["task"])
+    assert res["ckpt"].returncode != 0 and "none.ckpt" in error_line(res["ckpt"])
 
 
 def test_lm_eval_not_installed_is_one_line(text_run: Path, tmp_path, monkeypatch) -> None:

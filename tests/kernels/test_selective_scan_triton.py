@@ -162,22 +162,23 @@ def test_bf16_inputs():
     assert_close(got, reference(x, True, dtypes), tol=2e-2)
 
 
+FP16, BF16, FP32 = (torch.float16, 5e-3), (torch.bfloat16, 2e-2), (torch.float32, 1e-4)
+
+
+# Each shape in one input dtype, every dtype on several shapes (the GPU conformance suite
+# crosses all of them; here the interpreter's time is the limit).
 @interpreted
 @pytest.mark.parametrize(
-    ("L", "N", "dim", "groups", "optional", "softplus"),
+    ("L", "N", "dim", "groups", "optional", "softplus", "dtype", "tol"),
     [
-        (8, 1, 8, None, OPTIONAL, True),
-        (40, 4, 8, 2, OPTIONAL, True),  # two stored blocks, ends on a partial chunk of the 3rd
-        (48, 6, 5, None, ("z",), False),  # 2 states on each of 4 lanes, 2 of them unused;
+        (8, 1, 8, None, OPTIONAL, True, *FP16),
+        (40, 4, 8, 2, OPTIONAL, True, *BF16),  # two stored blocks, ends on a partial chunk of the 3rd
+        (48, 6, 5, None, ("z",), False, *FP32),  # 2 states on each of 4 lanes, 2 of them unused;
         # a partial channel block
-        (24, 8, 6, 3, (), True),
-        (44, 12, 4, 2, OPTIONAL, True),  # 3 states per lane; ends part-way through a chunk
+        (24, 8, 6, 3, (), True, *FP16),
+        (44, 12, 4, 2, OPTIONAL, True, *BF16),  # 3 states per lane; ends part-way through a chunk
+        (44, 12, 4, 2, OPTIONAL, True, *FP32),
     ],
-)
-@pytest.mark.parametrize(
-    ("dtype", "tol"),
-    [(torch.float16, 5e-3), (torch.bfloat16, 2e-2), (torch.float32, 1e-4)],
-    ids=["fp16", "bf16", "fp32"],
 )
 def test_each_dtype(L, N, dim, groups, optional, softplus, dtype, tol):
     x = make_inputs(L, N, dim=dim, groups_B=groups, groups_C=groups, softplus=softplus, optional=optional)
