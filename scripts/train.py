@@ -17,16 +17,27 @@ os.environ.setdefault("MEMLAB_ROOT", str(ROOT))
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from memlab.errors import NonFiniteError  # noqa: E402
 from memlab.train import optimized_value, train  # noqa: E402
 from memlab.utils.moved_keys import renamed_overrides  # noqa: E402
-from memlab.utils.user_errors import exit_on_user_error  # noqa: E402
+from memlab.utils.user_errors import exit_on_user_error, one_line  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return optimized_value(train(cfg), cfg.get("optimized_metric"))
+    try:
+        return optimized_value(train(cfg), cfg.get("optimized_metric"))
+    except NonFiniteError as exc:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # One diverged job of a sweep must not end it before the other jobs and its summary:
+        # the job's own folder keeps its checkpoints and NaN metrics; the sweep goes on.
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return float("nan")
 
 
 if __name__ == "__main__":

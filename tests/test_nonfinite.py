@@ -15,7 +15,7 @@ from memlab.errors import NonFiniteError
 from memlab.lit import CausalLMModule
 from memlab.train import train
 
-from .cli import error_line, tiny_run
+from .cli import TINY, error_line, run_cli, tiny_run
 
 SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=8", "test=false"]
 
@@ -96,3 +96,15 @@ def test_non_finite_weights_are_never_written_over_a_good_checkpoint(make_cfg, m
     assert not (checkpoints / "on_exception.ckpt").exists()
     last = torch.load(checkpoints / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 and _finite(checkpoints / "last.ckpt")
+
+
+def test_a_diverged_job_does_not_end_its_sweep(tmp_path: Path) -> None:
+    """In a multirun, the diverged job reports its error line and the other jobs still run."""
+    quiet = ("callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null")
+    args = (*TINY, *quiet, *SHORT, "optimizer.lr=1e3,1e-3", "scheduler.warmup_steps=1")
+    res = run_cli("-m", *args, f"paths.log_dir={tmp_path}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "non-finite loss" in res.stderr and "Traceback" not in res.stderr
+    metrics = [json.loads(p.read_text()) for p in (tmp_path / "train" / "multiruns").glob("**/metrics.json")]
+    assert len(metrics) == 2
+    assert sorted(math.isnan(m["train/loss"]) for m in metrics) == [False, True]
