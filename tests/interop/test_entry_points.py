@@ -84,3 +84,14 @@ def test_eval_takes_a_released_model(tmp_path: Path) -> None:
         evaluate(compose_config([*overrides, "ckpt_path=x.ckpt"], tmp_path / "both", "eval"))
     with pytest.raises(ConfigError, match=r"^task=mqar tests a trained run"):
         evaluate(compose_config([*overrides, "task=mqar"], tmp_path / "mqar", "eval"))
+
+
+def test_a_model_beside_a_trained_run_is_one_error() -> None:
+    from omegaconf import OmegaConf
+
+    from memlab.errors import ConfigError
+    from memlab.utils.trained_run import released_run
+
+    assert released_run(OmegaConf.create({"model": None, "ckpt_path": "x.ckpt"})) is None
+    with pytest.raises(ConfigError, match=r"needs model\.init_from"):
+        released_run(OmegaConf.create({"model": {"d_model": 8}, "ckpt_path": "x.ckpt"}))

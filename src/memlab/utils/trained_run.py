@@ -37,6 +37,12 @@ def released_run(cfg: DictConfig) -> tuple[None, DictConfig] | None:
     released model): no checkpoint, and the run config it stands for (that model, the data config
     given); None where ``model.init_from`` is not set."""
     if not (cfg.get("model") or {}).get("init_from"):
+        if cfg.get("model"):
+            # the network of a trained run is its own: a model given beside it would be ignored
+            raise ConfigError(
+                "model=<name> evaluates a released model and needs model.init_from=<folder | Hub "
+                "name>; a trained run (ckpt_path) brings its own model"
+            )
         return None
     if not OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("give ckpt_path (a trained run) or model.init_from (a released model), not both")
