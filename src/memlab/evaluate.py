@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from memlab.utils.checkpoint_match import check_same_network
 from memlab.utils.checkpoints import load_checkpoint
 from memlab.utils.config_tree import print_config_tree
 from memlab.utils.instantiate import instantiate_group, instantiate_module
-from memlab.utils.results_table import print_results_table
+from memlab.utils.results_table import report_results
 from memlab.utils.trained_run import (
     AMP_DTYPES,
     load_network,
@@ -94,7 +93,7 @@ def _trainer_test(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_d
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        _report(metrics, output_dir, f"{cfg.task} — {Path(ckpt_path).name}")
+        report_results(metrics, output_dir, f"{cfg.task} — {Path(ckpt_path).name}")
     return metrics
 
 
@@ -135,7 +134,7 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
         logger.finalize("success")
     # the position buckets go to metrics.json, the table and TensorBoard, not to the terminal
     shown = {k: v for k, v in metrics.items() if not k.startswith("ppl/position/")}
-    _report(metrics, output_dir, f"{title} (tokenizer {tokenizer.name})", shown)
+    report_results(metrics, output_dir, f"{title} (tokenizer {tokenizer.name})", shown)
     return metrics
 
 
@@ -230,11 +229,3 @@ def _to_tensorboard(loggers: list[Logger], tag: str, figure: Any, table: str | N
             if table is not None:
                 logger.experiment.add_text(f"{tag}/table", table)
     plt.close(figure)
-
-
-def _report(
-    metrics: dict[str, float], output_dir: Path, title: str, shown: dict[str, float] | None = None
-) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    print_results_table(metrics if shown is None else shown, title=title, caption=str(output_dir))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from memlab.errors import ConfigError
 from memlab.eval.lm_eval.harness import TASKS_DIR, require_harness
+from memlab.utils.results_table import report_results
 
 
 def run_lm_eval(
@@ -22,7 +23,6 @@ def run_lm_eval(
     """``task=lm_eval`` of scripts/eval.py on the network of ``run_cfg`` with ``ckpt_path``'s weights
     (None: those of ``model.init_from``)."""
     from memlab.eval.lm_eval.loading import load_text_model
-    from memlab.evaluate import _report
     from memlab.train import instantiate_group
     from memlab.utils.trained_run import torch_device
 
@@ -49,7 +49,7 @@ def run_lm_eval(
             logger.experiment.add_text("lm_eval/table", table)
         logger.finalize("success")
     name = Path(ckpt_path or run_cfg.model.init_from).name
-    _report(metrics, output_dir, f"lm_eval — {name} (tokenizer {tokenizer.name})")
+    report_results(metrics, output_dir, f"lm_eval — {name} (tokenizer {tokenizer.name})")
     return metrics
 
 
