@@ -38,6 +38,16 @@ def test_captured_decoding_equals_eager(name: str) -> None:
     assert torch.equal(graphed, sampled)
 
 
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_greedy_tokens_are_the_full_forward_argmax(name: str) -> None:
+    """Each token chosen through the captured step is the argmax of one forward pass over the
+    whole sequence before it."""
+    lm = model(name)
+    out = lm.generate(torch.randint(40, (2, 5)), 8, cuda_graph=True)
+    logits = lm(out[:, :-1]).logits
+    assert torch.equal(logits[:, 4:].argmax(-1), out[:, 5:])
+
+
 def test_the_step_keeps_its_buffers() -> None:
     lm = model("mamba")
     step = CapturedStep(lm, 2, 16, CPU, torch.float64)
