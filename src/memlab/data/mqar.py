@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from memlab.data.arguments import integer_argument
-from memlab.data.step_sampler import StepBatchSampler, resume_start, saved_position
+from memlab.data.step_sampler import StepBatchSampler, StepStreamState, resume_start
 from memlab.data.tasks.mqar import make_mqar
 from memlab.errors import ConfigError
 
@@ -111,7 +111,7 @@ class _SequentialBatches(Dataset):
         return _collate(self.segments[s], slice(start, stop))
 
 
-class MQARDataModule(LightningDataModule):
+class MQARDataModule(StepStreamState, LightningDataModule):
     """Multi-query associative recall, generated in memory (see ``memlab.data.tasks.mqar``).
 
     Each split is a list of segments ``{seq_len, num_kv_pairs, num_examples}``; segment i of
@@ -219,18 +219,6 @@ class MQARDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        """The training stream's position (batches each rank consumed, the world size) and what
-        it indexes; a resume with another world size or other data is refused."""
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        consumed = trainer.global_step * trainer.accumulate_grad_batches
-        return saved_position(consumed, trainer.world_size, self._stream_settings())
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = state_dict
 
     def _stream_settings(self) -> dict[str, Any]:
         """The settings the training batch order depends on, by the ``data.<key>`` that sets them."""

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from memlab.data.arguments import integer_argument
-from memlab.data.step_sampler import resume_start, saved_position
+from memlab.data.step_sampler import StepStreamState, resume_start
 from memlab.data.tasks.passkey import MIN_VOCAB, make_passkey, min_passkey_length
 from memlab.errors import ConfigError
 
@@ -61,7 +61,7 @@ class _EvalBatches(Dataset):
         return _batch(self.input_ids[rows], self.labels[rows])
 
 
-class PasskeyDataModule(LightningDataModule):
+class PasskeyDataModule(StepStreamState, LightningDataModule):
     """Token-level passkey retrieval (see ``memlab.data.tasks.passkey``), generated from the seed.
 
     Training batches have random needle depths and are generated on the fly, each from
@@ -154,18 +154,6 @@ class PasskeyDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        """The training stream's position (batches each rank consumed, the world size) and what
-        it indexes; a resume with another world size or other data is refused."""
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        consumed = trainer.global_step * trainer.accumulate_grad_batches
-        return saved_position(consumed, trainer.world_size, self._stream_settings())
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded = state_dict
 
     def _stream_settings(self) -> dict[str, Any]:
         """The settings the training batches depend on, by the ``data.<key>`` that sets them."""

@@ -131,3 +131,28 @@ def saved_position(consumed: int, world_size: int, settings: dict[str, Any]) -> 
     """What a checkpoint keeps of a step-based stream: batches each rank consumed, the world size
     (rank r's next batch follows from both) and the settings the order depends on."""
     return {"consumed": int(consumed), "world_size": int(world_size), "stream": settings}
+
+
+class StepStreamState:
+    """Checkpointing of a step-based training stream, for LightningDataModules (listed before
+    LightningDataModule among the bases): ``state_dict`` saves the batches each rank consumed,
+    the world size and ``_stream_settings()``; ``load_state_dict`` keeps them for the next
+    training loader's ``resume_start(self._loaded, ...)``."""
+
+    _loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position and what it indexes; a resume with another world size
+        or other data is refused."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        consumed = trainer.global_step * trainer.accumulate_grad_batches
+        return saved_position(consumed, trainer.world_size, self._stream_settings())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def _stream_settings(self) -> dict[str, Any]:
+        """The settings the training batch order depends on, by the ``data.<key>`` that sets them."""
+        raise NotImplementedError
