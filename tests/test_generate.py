@@ -17,7 +17,7 @@ from memlab.generate import generate
 from memlab.utils.trained_run import load_network
 from tests.eval.text_run import train_text_run
 
-from .cli import error_line, run_cli
+from .cli import error_line, run_cli, run_cli_all
 from .conftest import compose_config
 from .data.text_corpus import documents, write_jsonl, write_parquet
 
@@ -117,22 +117,27 @@ def test_cli_streams_and_reports_tokens_per_second(text_run, tmp_path: Path) -> 
     assert res.stdout.startswith("abc") and "tokens/s" in res.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["ckpt_path=/no/such.ckpt", "prompt=a"], "error: ckpt_path=/no/such.ckpt: no such file"),
-        (
-            ["prompt=" + "x" * (SEQ_LEN + 1)],
-            "longer than the Transformer's trained context (data.seq_len=32)",
-        ),
-        (["prompt=a", "tokenizer=./nowhere"], "error: tokenizer=./nowhere: no such file or folder"),
-        (["prompt=a", "sampling.top_k=0"], "error: sampling.top_k must be >= 1 (got 0)"),
-    ],
-)
-def test_cli_bad_inputs_are_one_error_line_and_exit_2(
-    text_run, tmp_path: Path, args: list[str], message: str
-) -> None:
-    ckpt = [] if any(a.startswith("ckpt_path=") for a in args) else [f"ckpt_path={text_run}"]
-    res = run_cli(*ckpt, *args, "device=cpu", f"paths.log_dir={tmp_path}", script="generate.py")
+BAD_INPUTS = [
+    (["ckpt_path=/no/such.ckpt", "prompt=a"], "error: ckpt_path=/no/such.ckpt: no such file"),
+    (["prompt=" + "x" * (SEQ_LEN + 1)], "longer than the Transformer's trained context (data.seq_len=32)"),
+    (["prompt=a", "tokenizer=./nowhere"], "error: tokenizer=./nowhere: no such file or folder"),
+    (["prompt=a", "sampling.top_k=0"], "error: sampling.top_k must be >= 1 (got 0)"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(text_run, tmp_path_factory) -> dict:
+    """scripts/generate.py with each of BAD_INPUTS, all started at once."""
+    log_dir = tmp_path_factory.mktemp("generate_bad_inputs")
+    runs = {}
+    for i, (args, _) in enumerate(BAD_INPUTS):
+        ckpt = [] if any(a.startswith("ckpt_path=") for a in args) else [f"ckpt_path={text_run}"]
+        runs[args[-1]] = (*ckpt, *args, "device=cpu", f"paths.log_dir={log_dir / str(i)}")
+    return run_cli_all(runs, script="generate.py")
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_cli_bad_inputs_are_one_error_line_and_exit_2(bad_input_runs, args: list[str], message: str) -> None:
+    res = bad_input_runs[args[-1]]
     assert res.returncode == 2, res.stderr[-3000:]
     assert message in error_line(res)
