@@ -40,6 +40,15 @@ def tb_tags(run_dir: Path) -> dict[str, set[str]]:
     return {kind: set(tags) for kind, tags in acc.Tags().items() if isinstance(tags, list)}
 
 
+def test_last_checkpoint_holds_the_final_step(make_cfg) -> None:
+    """A run that ends between two checkpoint steps still leaves its final weights in last.ckpt."""
+    cfg = make_cfg(["trainer.max_steps=5", "callbacks.model_checkpoint.every_n_train_steps=3", "test=false"])
+    train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert torch.load(checkpoints / "step_000003.ckpt", weights_only=True)["global_step"] == 3
+
+
 def test_short_run_writes_events_checkpoints_and_hparams(make_cfg) -> None:
     cfg = make_cfg(SHORT)
     metrics = train(cfg)
