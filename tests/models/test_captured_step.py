@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memlab.models import LanguageModel
-from memlab.models.captured_step import CapturedStep, NotCapturable, _leaves
+from memlab.models.captured_step import CapturedStep, NotCapturable, cache_leaves
 from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
 
 MIXERS = {
@@ -51,11 +51,11 @@ def test_greedy_tokens_are_the_full_forward_argmax(name: str) -> None:
 def test_the_step_keeps_its_buffers() -> None:
     lm = model("mamba")
     step = CapturedStep(lm, 2, 16, CPU, torch.float64)
-    before = {p: t.data_ptr() for p, t in _leaves(step.states) if isinstance(t, torch.Tensor)}
+    before = {p: t.data_ptr() for p, t in cache_leaves(step.states) if isinstance(t, torch.Tensor)}
     for token in range(3):
         step.token.fill_(token)
         step.replay()
-    after = {p: t.data_ptr() for p, t in _leaves(step.states) if isinstance(t, torch.Tensor)}
+    after = {p: t.data_ptr() for p, t in cache_leaves(step.states) if isinstance(t, torch.Tensor)}
     assert after == before
     assert step.logits.shape == (2, 40)
 

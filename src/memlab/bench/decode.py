@@ -17,7 +17,6 @@ Run by ``scripts/bench.py --suite decode``, or alone with other sizes by
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import gc
 import time
@@ -28,6 +27,7 @@ import torch
 from memlab.bench.cli import positive_int, require_cuda
 from memlab.bench.table import cell, report
 from memlab.models import LanguageModel
+from memlab.models.captured_step import cache_leaves
 from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
 
 MODELS = ("memmamba", "mamba", "mom", "transformer")
@@ -56,19 +56,10 @@ def cache_bytes(state: Any) -> int:
     """Bytes that a decoding cache (tensors in nested dataclasses and lists) keeps alive: the
     whole storage of every tensor, once per storage, since a view keeps its base alive."""
     storages: dict[int, int] = {}
-
-    def walk(item: Any) -> None:
+    for _, item in cache_leaves(state):
         if isinstance(item, torch.Tensor):
             storage = item.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
-        elif isinstance(item, list | tuple):
-            for part in item:
-                walk(part)
-        elif dataclasses.is_dataclass(item):
-            for f in dataclasses.fields(item):
-                walk(getattr(item, f.name))
-
-    walk(state)
     return sum(storages.values())
 
 

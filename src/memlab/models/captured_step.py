@@ -30,14 +30,14 @@ class NotCapturable(RuntimeError):
     """The model's decoding step cannot be replayed from a CUDA graph."""
 
 
-def _leaves(item: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
-    """(path, value) of every leaf of nested dataclasses, lists and tuples."""
+def cache_leaves(item: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
+    """(path, value) of every leaf of a decoding cache: nested dataclasses, lists and tuples."""
     if dataclasses.is_dataclass(item) and not isinstance(item, type):
         for f in dataclasses.fields(item):
-            yield from _leaves(getattr(item, f.name), (*path, f.name))
+            yield from cache_leaves(getattr(item, f.name), (*path, f.name))
     elif isinstance(item, list | tuple):
         for i, sub in enumerate(item):
-            yield from _leaves(sub, (*path, i))
+            yield from cache_leaves(sub, (*path, i))
     else:
         yield path, item
 
@@ -72,7 +72,7 @@ class CapturedStep:
     ) -> None:
         self.model = model
         self.states = model.init_states(batch_size, device, dtype, max_len=max_len)
-        leaves = list(_leaves(self.states))
+        leaves = list(cache_leaves(self.states))
         self.buffers = {p: v for p, v in leaves if isinstance(v, torch.Tensor)}
         self.host = {p: v for p, v in leaves if not isinstance(v, torch.Tensor)}
         self.initial = {p: t.clone() for p, t in self.buffers.items()}
