@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from .conftest import ROOT, TINY
 
@@ -19,14 +22,31 @@ def run_cli(*args: str, script: str = "train.py", timeout: float = 300) -> subpr
 def run_cli_all(
     runs: dict[str, tuple[str, ...]], script: str = "train.py", timeout: float = 300
 ) -> dict[str, subprocess.CompletedProcess]:
-    """run_cli for each named argument list, the processes started all at once and run side by
-    side (a batch of start-up failures spends its time importing, which overlaps)."""
-    started = {name: start_cli(*args, script=script) for name, args in runs.items()}
-    done = {}
-    for name, process in started.items():
-        out, err = process.communicate(timeout=timeout)
-        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
-    return done
+    """run_cli for each named argument list, side by side, each a child forked from one
+    interpreter that imported the script once (tests/cli_driver.py): for batches of start-up
+    failures, which spend most of their time importing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        jobs = {
+            name: {"args": list(args), "stdout": str(folder / f"{i}.out"), "stderr": str(folder / f"{i}.err")}
+            for i, (name, args) in enumerate(runs.items())
+        }
+        (folder / "jobs.json").write_text(json.dumps(jobs))
+        command = [sys.executable, str(ROOT / "tests" / "cli_driver.py"), str(ROOT / "scripts" / script)]
+        driver = subprocess.run(
+            [*command, str(folder / "jobs.json")], capture_output=True, text=True, timeout=timeout, **_how()
+        )
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        codes = json.loads((folder / "codes.json").read_text())
+        return {
+            name: subprocess.CompletedProcess(
+                [*_command(script, runs[name])],
+                codes[name],
+                Path(job["stdout"]).read_text(),
+                Path(job["stderr"]).read_text(),
+            )
+            for name, job in jobs.items()
+        }
 
 
 def start_cli(*args: str, script: str = "train.py") -> subprocess.Popen:

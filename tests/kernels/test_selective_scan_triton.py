@@ -116,7 +116,7 @@ def test_state_counts_not_a_power_of_two(N):
 
 @interpreted
 @pytest.mark.parametrize(
-    ("dim", "groups_B", "groups_C"), [(8, 2, None), (8, None, 4), (8, 2, 4), (6, 3, 3), (3, None, None)]
+    ("dim", "groups_B", "groups_C"), [(8, 2, 4), (6, 3, 3), (3, None, None)]
 )
 def test_groups_and_odd_dims(dim, groups_B, groups_C):
     check(make_inputs(37, 4, dim=dim, groups_B=groups_B, groups_C=groups_C), softplus=True)
@@ -177,7 +177,6 @@ FP16, BF16, FP32 = (torch.float16, 5e-3), (torch.bfloat16, 2e-2), (torch.float32
         # a partial channel block
         (24, 8, 6, 3, (), True, *FP16),
         (44, 12, 4, 2, OPTIONAL, True, *BF16),  # 3 states per lane; ends part-way through a chunk
-        (44, 12, 4, 2, OPTIONAL, True, *FP32),
     ],
 )
 def test_each_dtype(L, N, dim, groups, optional, softplus, dtype, tol):
