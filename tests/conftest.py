@@ -84,6 +84,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=500,
         help="random cases per op family in tests/gpu (layers get a fifth of it); default 500",
     )
+    group.addoption(
+        "--conformance-shapes",
+        type=int,
+        default=64,
+        help="distinct compiled shapes per family among them, drawn afresh each run; default 64",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

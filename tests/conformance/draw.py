@@ -17,13 +17,24 @@ def case_seed(run_seed: int, family: str, index: int) -> int:
     return zlib.crc32(f"{run_seed}/{family}/{index}".encode())
 
 
-class Draw(random.Random):
-    """random.Random with the draws the cases share. ``tiny`` keeps shapes small enough for
-    Triton's interpreter on a CPU (and leaves out bf16, whose interpreted tl.dot is wrong)."""
+def palette_seed(run_seed: int, family: str, index: int, shapes: int) -> int:
+    """The seed of the compiled shape of case ``index``: one of ``shapes`` per family and run,
+    so that a run compiles each kernel a bounded number of times (a compilation costs seconds,
+    a case milliseconds) while its lengths, documents, batches and gates vary case by case."""
+    return case_seed(run_seed, family, index % shapes)
 
-    def __init__(self, seed: int, tiny: bool = False) -> None:
+
+class Draw(random.Random):
+    """random.Random with the draws the cases share, in two streams: this one, seeded by
+    ``seed``, for what a kernel is compiled for (dtype, head and state sizes, heads, flags);
+    one seeded by ``case_seed`` (default ``seed``) for what it is launched with (``length``,
+    ``documents``, ``batch``, ``gate_kind``). ``tiny`` keeps shapes small enough for Triton's
+    interpreter on a CPU (and leaves out bf16, whose interpreted tl.dot is wrong)."""
+
+    def __init__(self, seed: int, tiny: bool = False, case_seed: int | None = None) -> None:
         super().__init__(seed)
         self.tiny = tiny
+        self.launch = random.Random(seed if case_seed is None else case_seed)
 
     def dtype(self) -> str:
         return self.choice(("fp32", "fp16") if self.tiny else tuple(DTYPES))
@@ -34,23 +45,28 @@ class Draw(random.Random):
     def length(self, cap: int = 1000) -> int:
         """One of LENGTHS (chunk edges, 1, 1000) or, one time in three, any length up to ``cap``."""
         cap = min(cap, 70) if self.tiny else cap
-        if self.random() < 1 / 3:
-            return self.randint(1, cap)
-        return self.choice([t for t in LENGTHS if t <= cap] or [cap])
+        if self.launch.random() < 1 / 3:
+            return self.launch.randint(1, cap)
+        return self.launch.choice([t for t in LENGTHS if t <= cap] or [cap])
+
+    def batch(self, most: int) -> int:
+        """A batch size from 1 to ``most`` (2 when tiny)."""
+        return self.launch.randint(1, min(most, 2) if self.tiny else most)
 
     def documents(self, total: int) -> list[int]:
         """cu_seqlens offsets of 1 to 6 documents packed into ``total`` tokens, some of them
         empty or one token long where there is room."""
-        cuts = sorted(self.randint(0, total) for _ in range(self.randint(0, 5)))
-        if total >= 2 and self.random() < 0.5:  # a one-token document
-            at = self.randint(0, total - 1)
+        r = self.launch
+        cuts = sorted(r.randint(0, total) for _ in range(r.randint(0, 5)))
+        if total >= 2 and r.random() < 0.5:  # a one-token document
+            at = r.randint(0, total - 1)
             cuts += [at, at + 1]
-        if self.random() < 0.5:  # an empty document
-            cuts.append(cuts[0] if cuts and self.random() < 0.5 else self.randint(0, total))
+        if r.random() < 0.5:  # an empty document
+            cuts.append(cuts[0] if cuts and r.random() < 0.5 else r.randint(0, total))
         return [0, *sorted(cuts), total]
 
     def gate_kind(self) -> str:
-        return self.choice(("mixed", "mixed", "uniform", "strong", "zero"))
+        return self.launch.choice(("mixed", "mixed", "uniform", "strong", "zero"))
 
 
 def gates(kind: str, shape: tuple[int, ...]) -> torch.Tensor:

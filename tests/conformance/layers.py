@@ -3,10 +3,10 @@ the PyTorch twin (same weights, same inputs, same precision) and the twin agains
 in fp64.
 
 A quantity passes when the twin is within its bound of fp64 and the fast path is as accurate
-as the twin: error(fast) <= 2·error(twin) + tol. MoM compares fast with twin directly (both
-route every token alike, which is checked first), and with fp64 only in fp32 when fp64 routes
-alike too: a router's near-tied logits may pick other memories in another precision, a jump
-rather than an error of either path.
+as the twin: error(fast) <= 2·error(twin) + tol. MoM first checks that the fast path routes
+every token as the twin does; fp64 judges only where it routes alike too (a router's near-tied
+logits may pick other memories in another precision, a jump rather than an error of either
+path), and otherwise the fast path is compared with the twin directly.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from tests.conformance.check import FLOOR, Measure
 from tests.conformance.draw import Draw
 from tests.conformance.ops import STATE_SIZES, Family
 
-# fast <= 2·twin + LAYER_TOL against fp64; the twin itself within LAYER_TWIN_TOL of fp64 (bf16
-# runs under autocast, so that bound is only a sanity check of the twin).
+# fast <= 2·twin + LAYER_TOL against fp64; the twin's own check is its fp32 run, within
+# TWIN_TOL of fp64. In bf16 the twin sets the fast path's bound but passes none of its own:
+# rounding alone may move an ill-conditioned quantity far from fp64 (a head of one channel,
+# whose l2 norm is a sign, moves d x by three quarters of its norm when only the inputs and
+# weights are rounded to bf16).
 LAYER_TOL = {"fp32": 1e-4, "bf16": 1e-2}
-LAYER_TWIN_TOL = {"fp32": 1e-3, "bf16": 1e-1}
+TWIN_TOL = 1e-3
 # MoM fast against twin; its per-head decay parameters' gradients, sums over every token of
 # terms of both signs, differ between two correct bf16 paths by up to several percent.
 MOM_TOL = {"fp32": 2e-3, "bf16": 3e-2}
@@ -66,17 +69,34 @@ def _forward_grads(model: torch.nn.Module, x: torch.Tensor, autocast: bool, **kw
     return {"out": hidden.detach(), **stacked, "stats": {n: v.detach() for n, v in stats.items()}}
 
 
-def _as_accurate(spec: dict, fast: dict, twin: dict, ref: dict) -> list[Measure]:
-    """Twin within its bound of ref; fast within 2·(twin's error) + its bound of ref."""
-    tol, twin_tol = LAYER_TOL[spec["dtype"]], LAYER_TWIN_TOL[spec["dtype"]]
+def _paths(model: torch.nn.Module, x: torch.Tensor, dtype: str, **kwargs: object) -> dict[str, dict]:
+    """_forward_grads of the fast path ("fast"), the twin ("twin") in ``dtype`` (bf16: fp32
+    weights under autocast), the twin in fp32 ("twin fp32") and the fp64 layer ("ref")."""
+    xf = x.float() if x.is_floating_point() else x
+    autocast = dtype == "bf16"
+    paths = {
+        "fast": _forward_grads(_with_backend(model, "triton", torch.float32), xf, autocast, **kwargs),
+        "twin": _forward_grads(_with_backend(model, "torch", torch.float32), xf, autocast, **kwargs),
+        "ref": _forward_grads(_with_backend(model, "torch", torch.float64), x, False, **kwargs),
+    }
+    if autocast:
+        paths["twin fp32"] = _forward_grads(_with_backend(model, "torch", torch.float32), xf, False, **kwargs)
+    return paths
+
+
+def _as_accurate(spec: dict, paths: dict[str, dict]) -> list[Measure]:
+    """The twin's fp32 run within TWIN_TOL of ref; fast within 2·(twin's error) + its bound."""
+    tol, ref, twin = LAYER_TOL[spec["dtype"]], paths["ref"], paths["twin"]
     measures = []
     for name, r in ref.items():
         if name == "stats":
             continue
         twin_err = rel_err(twin[name], r, FLOOR)
-        measures.append(Measure("twin", name, twin_err, twin_tol))
+        twin32 = paths.get("twin fp32")
+        twin32_err = twin_err if twin32 is None else rel_err(twin32[name], r, FLOOR)
+        measures.append(Measure("twin", name, twin32_err, TWIN_TOL))
         bound = 2 * twin_err + tol if twin_err == twin_err else tol
-        measures.append(Measure("fast", name, rel_err(fast[name], r, FLOOR), bound))
+        measures.append(Measure("fast", name, rel_err(paths["fast"][name], r, FLOOR), bound))
     return measures
 
 
@@ -84,7 +104,7 @@ def _lengths(d: Draw, spec: dict, cap: int) -> dict:
     T = d.length(cap)
     if d.random() < 0.3:
         return spec | {"B": 1, "T": T, "docs": d.documents(T)}
-    return spec | {"B": d.randint(1, 2 if d.tiny else 3), "T": T}
+    return spec | {"B": d.batch(3), "T": T}
 
 
 def _precision(d: Draw) -> str:
@@ -121,28 +141,25 @@ def _check_mom(spec: dict, device: str) -> list[Measure]:
         if spec["empty_memory"]:  # with x >= 0 the last memory's logit is always the lowest
             layer.router.weight.abs_()[-1] = -1.0
             x = x.abs()
-    autocast = spec["dtype"] == "bf16"
-    fast = _forward_grads(_with_backend(layer, "triton", torch.float32), x.float(), autocast, cu_seqlens=cu)
-    twin = _forward_grads(_with_backend(layer, "torch", torch.float32), x.float(), autocast, cu_seqlens=cu)
-    routing = all(torch.equal(fast["stats"][n], twin["stats"][n]) for n in twin["stats"])
-    measures = [Measure("fast", "same routing as twin", 0.0 if routing else 1.0, 0.0)]
+    paths = _paths(layer, x, spec["dtype"], cu_seqlens=cu)
+    fast, twin = paths["fast"], paths["twin"]
+    measures = [Measure("fast", "same routing as twin", 0.0 if _routes_alike(fast, twin) else 1.0, 0.0)]
     if spec["empty_memory"]:
         load = fast["stats"]["router_load"][-1].item()
         measures.append(Measure("fast", "load of the empty memory", load, 0.0))
+    if _routes_alike(paths["ref"], twin):
+        return measures + _as_accurate(spec, paths)
     for name, t in twin.items():
         if name != "stats":
             decay = spec["dtype"] == "bf16" and name in MOM_DECAY_GRADS
             limit = MOM_DECAY_TOL_BF16 if decay else MOM_TOL[spec["dtype"]]
             measures.append(Measure("fast~twin", name, rel_err(fast[name], t, FLOOR), limit))
-    if spec["dtype"] == "fp32":
-        ref = _forward_grads(_with_backend(layer, "torch", torch.float64), x, False, cu_seqlens=cu)
-        if all(torch.equal(ref["stats"][n].float(), twin["stats"][n].float()) for n in twin["stats"]):
-            for name, r in ref.items():
-                if name != "stats":
-                    measures.append(
-                        Measure("twin", name, rel_err(twin[name], r, FLOOR), LAYER_TWIN_TOL["fp32"])
-                    )
     return measures
+
+
+def _routes_alike(a: dict, b: dict) -> bool:
+    """Whether two runs of a MoM layer sent every token to the same memories (equal loads)."""
+    return all(torch.equal(a["stats"][n].float(), b["stats"][n].float()) for n in b["stats"])
 
 
 MOM = Family("mom", _draw_mom, _check_mom)
@@ -162,11 +179,7 @@ def _check_mamba(spec: dict, device: str) -> list[Measure]:
     knobs = {k: spec[k] for k in ("d_state", "d_conv", "expand")}
     layer = Mamba(spec["d_model"], **knobs).to(device)
     x, cu = _inputs(spec, device)
-    autocast = spec["dtype"] == "bf16"
-    ref = _forward_grads(_with_backend(layer, "torch", torch.float64), x, False, cu_seqlens=cu)
-    fast = _forward_grads(_with_backend(layer, "triton", torch.float32), x.float(), autocast, cu_seqlens=cu)
-    twin = _forward_grads(_with_backend(layer, "torch", torch.float32), x.float(), autocast, cu_seqlens=cu)
-    return _as_accurate(spec, fast, twin, ref)
+    return _as_accurate(spec, _paths(layer, x, spec["dtype"], cu_seqlens=cu))
 
 
 MAMBA = Family("mamba", _draw_mamba, _check_mamba)
@@ -223,13 +236,7 @@ def _check_memmamba(spec: dict, device: str) -> list[Measure]:
         for name, p in model.named_parameters():
             if name.rsplit(".", 1)[-1] in ("gamma_tok", "gamma_lay"):
                 p.normal_()
-    model = model.to(device)
-    autocast = spec["dtype"] == "bf16"
-    xf = x.float() if x.is_floating_point() else x
-    ref = _forward_grads(_with_backend(model, "torch", torch.float64), x, False, **kwargs)
-    fast = _forward_grads(_with_backend(model, "triton", torch.float32), xf, autocast, **kwargs)
-    twin = _forward_grads(_with_backend(model, "torch", torch.float32), xf, autocast, **kwargs)
-    return _as_accurate(spec, fast, twin, ref)
+    return _as_accurate(spec, _paths(model.to(device), x, spec["dtype"], **kwargs))
 
 
 MEMMAMBA = Family("memmamba", _draw_memmamba, _check_memmamba)

@@ -99,7 +99,7 @@ def _draw_gdn(d: Draw, cap: int) -> dict:
     if d.random() < 0.3:
         spec |= {"B": 1, "T": T, "docs": d.documents(T)}
     else:
-        spec |= {"B": d.randint(1, 2 if d.tiny else 4), "T": T}
+        spec |= {"B": d.batch(4), "T": T}
     spec |= {"h0": d.random() < 0.5, "gates": d.gate_kind()}
     spec["l2norm_in_kernel"] = d.random() < 0.2
     return spec
@@ -161,7 +161,7 @@ def _draw_scan(d: Draw) -> dict:
     dim = d.choice(SCAN_DIMS[:4] if d.tiny else SCAN_DIMS)
     N = d.choice(STATE_SIZES[:8] if d.tiny else STATE_SIZES)
     groups = [None, *(g for g in range(1, dim + 1) if dim % g == 0)]
-    spec = {"dtype": d.dtype(), "batch": d.randint(1, 2 if d.tiny else 4), "dim": dim, "N": N}
+    spec = {"dtype": d.dtype(), "batch": d.batch(4), "dim": dim, "N": N}
     spec |= {
         "L": d.length(40 if d.tiny else 1000),
         "groups_B": d.choice(groups),
@@ -269,7 +269,7 @@ def _draw_conv(d: Draw) -> dict:
     channels = (1, 2, 3, 8, 15, 16, 17, 64, 100, 129, 256, 1000)
     spec = {"dtype": d.dtype(), "C": d.choice(channels[:9] if d.tiny else channels)}
     spec |= {"W": d.randint(1, MAX_CONV_WIDTH), "T": T, "bias": d.random() < 0.7, "silu": d.random() < 0.6}
-    spec |= {"B": 1, "docs": d.documents(T)} if d.random() < 0.3 else {"B": d.randint(1, 2 if d.tiny else 4)}
+    spec |= {"B": 1, "docs": d.documents(T)} if d.random() < 0.3 else {"B": d.batch(4)}
     spec["strided"] = d.random() < 0.3  # x as half of a wider projection's output
     return spec
 
@@ -307,10 +307,10 @@ def _norm_dim(d: Draw) -> int:
 
 def _draw_norm(d: Draw) -> dict:
     D = _norm_dim(d)
-    rows = d.choice((1, 2, 3, 17, 100, 1000)[: 4 if d.tiny else 6])
+    rows = d.launch.choice((1, 2, 3, 17, 100, 1000)[: 4 if d.tiny else 6])
     if D >= 2048:
         rows = min(rows, 17)
-    return {"dtype": d.dtype(), "D": D, "shape": [rows, d.randint(1, 3)]}
+    return {"dtype": d.dtype(), "D": D, "shape": [rows, d.launch.randint(1, 3)]}
 
 
 def _check_l2norm(spec: dict, device: str) -> list[Measure]:
@@ -349,9 +349,9 @@ GATED_RMSNORM = Family("gated_rmsnorm", _draw_norm, _check_rmsnorm)
 
 def _draw_combine(d: Draw) -> dict:
     S = d.choice((1, 2, 3, 5, 8, MAX_COMBINE_SLOTS)[: 5 if d.tiny else 6])
-    R = d.choice((1, 2, 17, 100, 1000)[: 4 if d.tiny else 5])
+    R = d.launch.choice((1, 2, 17, 100, 1000)[: 4 if d.tiny else 5])
     F_ = d.choice((1, 3, 16, 64, 100, 1000, 2056)[: 5 if d.tiny else 7])
-    return {"dtype": d.dtype(), "R": R, "S": S, "F": F_, "spare_rows": d.randint(0, 5)}
+    return {"dtype": d.dtype(), "R": R, "S": S, "F": F_, "spare_rows": d.launch.randint(0, 5)}
 
 
 def _check_combine(spec: dict, device: str) -> list[Measure]:

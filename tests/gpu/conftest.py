@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conformance.check import Measure
-from tests.conformance.draw import Draw, case_seed
+from tests.conformance.draw import Draw, case_seed, palette_seed
 
 _rows: dict[tuple[str, str], dict] = defaultdict(lambda: {"cases": 0, "failed": 0, "worst": None})
 
@@ -28,11 +28,14 @@ def run_seed() -> int:
 
 def case_params(config: pytest.Config, families: dict, per_family: int) -> list:
     """pytest.param((family, index, spec)) for ``per_family`` cases of every family, drawn
-    from the run's seed; ids name the family, the index and the shape."""
+    from the run's seed over ``--conformance-shapes`` compiled shapes per family (see
+    ``palette_seed``); ids name the family, the index and the shape."""
+    shapes = config.getoption("conformance_shapes")
     params = []
     for name, family in families.items():
         for i in range(per_family):
-            spec = family.draw(Draw(case_seed(run_seed(), name, i)))
+            draw = Draw(palette_seed(run_seed(), name, i, shapes), case_seed=case_seed(run_seed(), name, i))
+            spec = family.draw(draw)
             shape = ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", "")
             params.append(pytest.param((name, i, spec), id=f"{name}-{i}-{shape}"))
     return params
