@@ -28,6 +28,7 @@ from memlab.kernels import (
 )
 from memlab.kernels.causal_conv1d.naive import naive_causal_conv1d
 from memlab.kernels.gated_delta_rule import naive_recurrent_gated_delta_rule
+from memlab.kernels.gated_delta_rule.step import gated_delta_rule_step
 from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_NORM_DIM, MAX_STATE_SIZE
 from memlab.kernels.selective_scan import naive_selective_scan
 from tests.conformance.check import Measure, as_fp64, bounds_for, measure, rounded, run
@@ -148,6 +149,50 @@ GDN_CHUNK = Family(
 GDN_RECURRENT = Family(
     "gdn_recurrent", lambda d: _draw_gdn(d, 130), lambda spec, device: _check_gdn(spec, device, False)
 )
+
+
+# ---- gated delta rule: one decoding step of several memories ----
+
+
+def _draw_step(d: Draw) -> dict:
+    spec = {"dtype": d.dtype(), "K": d.head_dim(), "V": d.head_dim(), "H": d.randint(1, 2 if d.tiny else 4)}
+    spec |= {"W": d.randint(1, 4), "B": d.batch(4), "M": d.launch.randint(1, 3 if d.tiny else 6)}
+    return spec | {"gates": d.gate_kind(), "unvisited": d.launch.random() < 0.7}
+
+
+def _check_step(spec: dict, device: str) -> list[Measure]:
+    B, M, H, K, V, W = (spec[n] for n in ("B", "M", "H", "K", "V", "W"))
+    weights = torch.rand(B, M, dtype=torch.float64)
+    if spec["unvisited"]:  # some memories not visited: their state and tails must stay
+        weights = torch.where(torch.rand(B, M) < 0.4, 0.0, weights)
+    g = gates(spec["gates"], (B, M, H))  # a = softplus⁻¹(−g / A) with A = 1: the drawn decay
+    a = torch.where(g < -1e-12, torch.log(torch.expm1(-g.clamp(max=-1e-12))), -30.0)
+    x = {"q": _randn(B, H * K), "kvb": _randn(B, M, H * (K + V + 1)), "a": a, "weights": weights}
+    x |= {"state": _randn(B, M, H, K, V), "q_tail": _randn(B, H * K, W - 1)}
+    x |= {"k_tail": _randn(B, M, H * K, W - 1), "v_tail": _randn(B, M, H * V, W - 1)}
+    x |= {"q_conv": _randn(H * K, W), "k_conv": _randn(H * K, W), "v_conv": _randn(H * V, W)}
+    x |= {"A_log": torch.zeros(H, dtype=torch.float64), "dt_bias": torch.zeros(H, dtype=torch.float64)}
+    dt = DTYPES[spec["dtype"]]
+    dtypes = {n: dt for n in ("q", "kvb", "q_tail", "k_tail", "v_tail", "q_conv", "k_conv", "v_conv")}
+
+    def step(backend):
+        def fn(q, kvb, a, weights, state, q_tail, k_tail, v_tail, **params):
+            state, q_tail, k_tail, v_tail = (t.clone() for t in (state, q_tail, k_tail, v_tail))
+            k, v, b = kvb.split([H * K, H * V, H], dim=-1)  # k ‖ v adjacent, as a projection gives them
+            o = gated_delta_rule_step(
+                q, k, v, a.to(b.dtype), b, weights, state, q_tail, k_tail, v_tail, **params, backend=backend
+            )
+            return o, state, q_tail, k_tail, v_tail
+
+        return fn
+
+    return _compare(
+        spec, step("triton"), step("torch"), step("torch"), x, dtypes, device,
+        grads=(), outs=("o", "state", "q_tail", "k_tail", "v_tail"),
+    )  # fmt: skip
+
+
+GDN_STEP = Family("gdn_step", _draw_step, _check_step)
 
 
 # ---- selective scan and its decode step ----
@@ -380,6 +425,7 @@ FAMILIES = {
     for f in (
         GDN_CHUNK,
         GDN_RECURRENT,
+        GDN_STEP,
         SELECTIVE_SCAN,
         STATE_UPDATE,
         CAUSAL_CONV1D,

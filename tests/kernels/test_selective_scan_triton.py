@@ -115,9 +115,7 @@ def test_state_counts_not_a_power_of_two(N):
 
 
 @interpreted
-@pytest.mark.parametrize(
-    ("dim", "groups_B", "groups_C"), [(8, 2, 4), (6, 3, 3), (3, None, None)]
-)
+@pytest.mark.parametrize(("dim", "groups_B", "groups_C"), [(8, 2, 4), (6, 3, 3), (3, None, None)])
 def test_groups_and_odd_dims(dim, groups_B, groups_C):
     check(make_inputs(37, 4, dim=dim, groups_B=groups_B, groups_C=groups_C), softplus=True)
 

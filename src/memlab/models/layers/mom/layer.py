@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memlab.kernels.gated_delta_rule.step import gated_delta_rule_step
 from memlab.models.layers.mom.config import MoMConfig
 from memlab.models.layers.mom.layout import choose_layout
 from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
@@ -147,6 +148,8 @@ class MoMAttention(nn.Module):
         and λ > 0; stats {"router_load": f [E]} when E > 1.
         """
         check_packed("MoMAttention", x.shape[0], cu_seqlens, state)
+        if state is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
+            return self.step(x, state)
         Layout = choose_layout(self.backend, x, self.num_rows, state, cu_seqlens)
         documents = None
         if cu_seqlens is not None and Layout is PaddedLayout:  # it takes documents as rows
@@ -175,6 +178,30 @@ class MoMAttention(nn.Module):
         if documents is not None:
             hidden, token_mask = documents.unpad(hidden), documents.mask
         return MixerOutput(hidden, *load_balance(routing, self.topk, self.aux_loss_weight, token_mask))
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: MoMState) -> MixerOutput:
+        """One decoding token: x [B, 1, D] -> MixerOutput with hidden [B, 1, D] (no statistics);
+        ``state`` is continued in place. The same function as ``forward`` at T = 1, with the
+        memories' recurrence, convs and gates in one op (``gated_delta_rule_step``)."""
+        B = x.shape[0]
+        H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows
+        compute = torch.promote_types(x.dtype, torch.float32)
+        routing = route(x, self.router, self.num_memories, self.topk, self.shared_mem, compute)
+        weights = torch.zeros(B, M, dtype=compute, device=x.device)
+        weights.scatter_(1, routing.chosen[:, 0], routing.weights[:, 0])  # 0: not visited
+        token = x[:, 0]
+        tail_dtype = state.q_tail.dtype  # the model's; under autocast the projections' may differ
+        q = self.q_proj(token).to(tail_dtype)
+        kvba = torch.matmul(token[None], self.memory_proj.to(token.dtype)).transpose(0, 1)  # [B, M, F]
+        k, v, b, a = kvba.to(tail_dtype).split([H * K, H * V, H, H], dim=-1)
+        o = gated_delta_rule_step(
+            q, k, v, a, b, weights, state.memory, state.q_tail, state.k_tail, state.v_tail,
+            self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self.A_log, self.dt_bias,
+            scale=K**-0.5, backend=self.backend,
+        )  # fmt: skip
+        o = self.norm(o.to(x.dtype).view(B, 1, H, V), self.gate_proj(x).view(B, 1, H, V))
+        return MixerOutput(self.o_proj(o.reshape(B, 1, H * V)))
 
 
 def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
