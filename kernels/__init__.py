@@ -2,12 +2,12 @@
 
 Public API (names and conventions of the linear-attention and Mamba ecosystems):
 ``chunk_gated_delta_rule``, ``fused_recurrent_gated_delta_rule``, ``selective_scan``,
-``selective_state_update``, ``causal_conv1d``, ``l2norm``, ``gated_rmsnorm``,
-``combine_routed``. Every op takes ``backend="auto" | "triton" | "torch"``.
+``selective_state_update``, ``causal_conv1d``, ``causal_conv1d_update``, ``l2norm``,
+``gated_rmsnorm``, ``combine_routed``. Every op takes ``backend="auto" | "triton" | "torch"``.
 """
 
 from memlab.kernels.backend import KernelInputError, resolve_backend
-from memlab.kernels.causal_conv1d import causal_conv1d
+from memlab.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
 from memlab.kernels.combine_routed import combine_routed
 from memlab.kernels.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from memlab.kernels.gated_rmsnorm import gated_rmsnorm
@@ -17,6 +17,7 @@ from memlab.kernels.selective_scan import selective_scan, selective_state_update
 __all__ = [
     "KernelInputError",
     "causal_conv1d",
+    "causal_conv1d_update",
     "chunk_gated_delta_rule",
     "combine_routed",
     "fused_recurrent_gated_delta_rule",

@@ -16,24 +16,11 @@ import triton
 import triton.language as tl
 
 from memlab.kernels import buffers
+from memlab.kernels.causal_conv1d.triton_update import conv_taps
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import tile
 from memlab.kernels.l2norm.torch_l2norm import EPS
 
 CHANNEL_TILE = 128
-
-
-@triton.jit
-def _conv_taps(x, tail, weight, m_c, advance, W: tl.constexpr):
-    """silu(Σ_w weight[w] · window[w]) over the window tail ‖ x (zero where not m_c), and the
-    tail shifted by x in place where ``advance``."""
-    acc = x.to(tl.float32) * tl.load(weight + W - 1, mask=m_c, other=0.0).to(tl.float32)
-    newer = x  # slot w of the new tail holds what slot w + 1 held (x for the last slot)
-    for w in tl.static_range(W - 2, -1, -1):
-        t_w = tl.load(tail + w, mask=m_c, other=0.0)
-        acc += t_w.to(tl.float32) * tl.load(weight + w, mask=m_c, other=0.0).to(tl.float32)
-        tl.store(tail + w, newer, mask=advance)
-        newer = t_w
-    return acc * tl.sigmoid(acc)
 
 
 @triton.jit
@@ -47,17 +34,17 @@ def _conv_step_kernel(
     if i_r == M:  # the shared q: always advances
         m_c = c < HK
         x = tl.load(q + i_b * HK + c, mask=m_c, other=0.0)
-        y = _conv_taps(x, q_tail + (i_b * HK + c) * (W - 1), q_conv + c * W, m_c, m_c, W)
-        tl.store(q_out + i_b * HK + c, y, mask=m_c)
+        y = conv_taps(x, q_tail + (i_b * HK + c) * (W - 1), q_conv + c * W, m_c, m_c, W)
+        tl.store(q_out + i_b * HK + c, y * tl.sigmoid(y), mask=m_c)
     else:  # memory i_r's k (channels below HK), then its v
         row = i_b * M + i_r
         is_k, is_v = c < HK, (c >= HK) & (c < HK + HV)
         x = tl.load(kv + i_b * stride_kv_b + i_r * stride_kv_m + c, mask=is_k | is_v, other=0.0)
         visited = (tl.zeros([BC], dtype=tl.float32) + tl.load(weights + i_b * M + i_r)) != 0.0
         k_tails, v_tails = k_tail + (row * HK + c) * (W - 1), v_tail + (row * HV + c - HK) * (W - 1)
-        y = _conv_taps(x, k_tails, k_conv + c * W, is_k, is_k & visited, W)
-        y += _conv_taps(x, v_tails, v_conv + (c - HK) * W, is_v, is_v & visited, W)
-        tl.store(kv_out + row * (HK + HV) + c, y, mask=is_k | is_v)
+        y = conv_taps(x, k_tails, k_conv + c * W, is_k, is_k & visited, W)
+        y += conv_taps(x, v_tails, v_conv + (c - HK) * W, is_v, is_v & visited, W)
+        tl.store(kv_out + row * (HK + HV) + c, y * tl.sigmoid(y), mask=is_k | is_v)
 
 
 @triton.jit

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from memlab.kernels import (
     buffers,
     causal_conv1d,
+    causal_conv1d_update,
     chunk_gated_delta_rule,
     combine_routed,
     fused_recurrent_gated_delta_rule,
@@ -345,6 +346,35 @@ def _check_conv(spec: dict, device: str) -> list[Measure]:
 CAUSAL_CONV1D = Family("causal_conv1d", _draw_conv, _check_conv)
 
 
+def _draw_conv_update(d: Draw) -> dict:
+    channels = (1, 2, 3, 8, 15, 16, 17, 64, 100, 256, 1000, 2048)
+    spec = {"dtype": d.dtype(), "C": d.choice(channels[:8] if d.tiny else channels)}
+    return spec | {"W": d.randint(1, MAX_CONV_WIDTH), "B": d.batch(4), "bias": d.random() < 0.7}
+
+
+def _check_conv_update(spec: dict, device: str) -> list[Measure]:
+    B, C, W = spec["B"], spec["C"], spec["W"]
+    x = {"x": _randn(B, 2 * C), "tail": _randn(B, C, W - 1), "weight": _randn(C, W)}
+    if spec["bias"]:
+        x["bias"] = _randn(C)
+    dt = DTYPES[spec["dtype"]]
+
+    def step(backend):
+        def fn(x, tail, **params):  # x as half of a wider projection's output, as Mamba's
+            tail = tail.clone()
+            return causal_conv1d_update(x[:, :C], tail, **params, backend=backend), tail
+
+        return fn
+
+    return _compare(
+        spec, step("triton"), step("torch"), step("torch"), x, {"x": dt, "tail": dt}, device,
+        grads=(), outs=("y", "tail"),
+    )  # fmt: skip
+
+
+CONV_UPDATE = Family("conv_update", _draw_conv_update, _check_conv_update)
+
+
 def _norm_dim(d: Draw) -> int:
     dims = (1, 2, 7, 15, 16, 17, 64, 100, 255, 256, 257, 1000, 2048, 4097, MAX_NORM_DIM)
     return d.choice(dims[:10] if d.tiny else dims)
@@ -429,6 +459,7 @@ FAMILIES = {
         SELECTIVE_SCAN,
         STATE_UPDATE,
         CAUSAL_CONV1D,
+        CONV_UPDATE,
         L2NORM,
         GATED_RMSNORM,
         COMBINE_ROUTED,

@@ -205,3 +205,22 @@ def test_triton_path_equals_torch_path(packed: bool) -> None:
         results.append([hidden, *grads])
     for got, want in zip(*results, strict=True):
         assert rel_err(got, want) < 1e-5
+
+
+@interpreted
+def test_triton_step_equals_torch_step() -> None:
+    # The decoding step: the conv update and the state update kernels, fed views of in_proj's
+    # and x_proj's outputs, continue a prefill as the twin does.
+    layer = make_layer().float()
+    x = torch.randn(2, 9, D)
+    states = []
+    for backend in ("triton", "torch"):
+        layer.backend = "torch"
+        state = layer.init_state(2, x.device, torch.float32)
+        with torch.no_grad():
+            layer(x[:, :6], state=state)
+            layer.backend = backend
+            out = [layer(x[:, t : t + 1], state=state).hidden for t in range(6, 9)]
+        states.append((torch.cat(out, 1), state.conv_tail, state.ssm))
+    for got, want in zip(*states, strict=True):
+        assert rel_err(got, want) < 1e-5

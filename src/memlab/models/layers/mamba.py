@@ -31,7 +31,7 @@ from torch import nn
 
 from memlab.errors import ConfigError
 from memlab.kernels.backend import BACKENDS
-from memlab.kernels.causal_conv1d import causal_conv1d
+from memlab.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
 from memlab.kernels.limits import MAX_CONV_WIDTH, MAX_STATE_SIZE
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
 from memlab.models.mixer import MixerOutput
@@ -171,6 +171,8 @@ class Mamba(nn.Module):
         Returns hidden [B, T, D] in x's dtype, no aux losses or stats.
         """
         check_packed("Mamba", x.shape[0], cu_seqlens, state)
+        if state is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
+            return self.step(x, state)
         # Documents are scanned one by one, which needs their bounds on the host: the only sync
         # of the layer. A varlen scan taking cu_seqlens on the device would remove it.
         bounds = None if cu_seqlens is None else document_bounds("Mamba", cu_seqlens, x.shape[1])
@@ -212,6 +214,24 @@ class Mamba(nn.Module):
             y = y + y_carry.to(y.dtype)
             state.ssm = last + h_carry
         return MixerOutput(self.out_proj(y.transpose(1, 2)))
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: MambaState) -> MixerOutput:
+        """One decoding token: x [B, 1, D] -> MixerOutput with hidden [B, 1, D]; ``state`` is
+        continued in place. The same function as ``forward`` at T = 1, in six launches: in_proj,
+        the conv step, x_proj, dt_proj, the state update and out_proj."""
+        x_in, z = self.in_proj(x[:, 0]).chunk(2, dim=-1)  # [B, E] each
+        u = causal_conv1d_update(
+            x_in.to(state.conv_tail.dtype), state.conv_tail, self.conv1d.weight[:, 0], self.conv1d.bias,
+            "silu", self.backend,
+        )  # fmt: skip
+        dt_low, B_ssm, C_ssm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+        y = selective_state_update(
+            state.ssm, u, F.linear(dt_low, self.dt_proj.weight), A, B_ssm, C_ssm, D=self.D, z=z,
+            dt_bias=self.dt_proj.bias, dt_softplus=True, backend=self.backend,
+        )  # fmt: skip
+        return MixerOutput(self.out_proj(y.to(x.dtype))[:, None])
 
     def _scan(
         self,
