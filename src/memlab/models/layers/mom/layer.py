@@ -185,12 +185,9 @@ class MoMAttention(nn.Module):
         ``state`` is continued in place. The same function as ``forward`` at T = 1, with the
         memories' recurrence, convs and gates in one op (``gated_delta_rule_step``)."""
         B = x.shape[0]
-        H, K, V, M = self.num_heads, self.head_dim, self.value_dim, self.num_rows
-        compute = torch.promote_types(x.dtype, torch.float32)
-        routing = route(x, self.router, self.num_memories, self.topk, self.shared_mem, compute)
-        weights = torch.zeros(B, M, dtype=compute, device=x.device)
-        weights.scatter_(1, routing.chosen[:, 0], routing.weights[:, 0])  # 0: not visited
+        H, K, V = self.num_heads, self.head_dim, self.value_dim
         token = x[:, 0]
+        weights = self._step_weights(token)
         tail_dtype = state.q_tail.dtype  # the model's; under autocast the projections' may differ
         q = self.q_proj(token).to(tail_dtype)
         kvba = torch.matmul(token[None], self.memory_proj.to(token.dtype)).transpose(0, 1)  # [B, M, F]
@@ -202,6 +199,19 @@ class MoMAttention(nn.Module):
         )  # fmt: skip
         o = self.norm(o.to(x.dtype).view(B, 1, H, V), self.gate_proj(x).view(B, 1, H, V))
         return MixerOutput(self.o_proj(o.reshape(B, 1, H * V)))
+
+    def _step_weights(self, token: torch.Tensor) -> torch.Tensor:
+        """Each memory's weight for tokens [B, D] -> [B, M], 0 where not visited: ``route``'s
+        renormalised top-k probabilities (in fp32), and 1 for the shared memory."""
+        compute = torch.promote_types(token.dtype, torch.float32)
+        if self.router is None:
+            weights = torch.ones(token.shape[0], 1, dtype=compute, device=token.device)
+        else:
+            with torch.autocast(token.device.type, enabled=False):
+                probs = F.linear(token.to(compute), self.router.weight.to(compute)).softmax(-1)
+            top, chosen = probs.topk(self.topk, dim=-1)
+            weights = torch.zeros_like(probs).scatter_(1, chosen, top / top.sum(-1, keepdim=True))
+        return F.pad(weights, (0, 1), value=1.0) if self.shared_mem else weights
 
 
 def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
