@@ -135,3 +135,19 @@ def test_train_step_suite_steps_and_reports() -> None:
     assert train_step._shape("4x2048") == (4, 2048)
     with pytest.raises(argparse.ArgumentTypeError):
         train_step._shape("4x")
+
+
+def test_decode_speed_floor_counts_the_cache_traffic() -> None:
+    from memlab.bench.decode_speed import cache_traffic
+    from memlab.models import LanguageModel
+    from memlab.models.layers import Attention, Mamba
+
+    def model(mixer) -> LanguageModel:
+        return LanguageModel(64, 32, 2, lambda d_model, layer_idx: mixer(d_model, layer_idx))
+
+    mamba = model(lambda d, i: Mamba(d, i, d_state=4, d_conv=4, expand=2))
+    # per layer: conv tail [B, 64, 3] bf16 and SSM state [B, 64, 4] fp32, read and written
+    assert cache_traffic(mamba, 3, 100) == 2 * 2 * 3 * (64 * 3 * 2 + 64 * 4 * 4)
+    attention = model(lambda d, i: Attention(d, i, num_heads=2))
+    # per layer: preallocated k and v [B, 2, 100, 16] bf16 read once, and the position
+    assert cache_traffic(attention, 3, 100) == 2 * (2 * 3 * 2 * 100 * 16 * 2 + 8)

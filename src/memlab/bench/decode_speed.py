@@ -4,11 +4,11 @@ The models as training builds them (``transformer_340m``, ``gdn_340m``, ``mom_34
 ``mamba_130m``, ``memmamba_130m`` from configs/model/), in bf16 weights: a random prompt of 512
 tokens, then 128 new tokens chosen greedily, at batch 1, 16 and 64, through
 ``LanguageModel.stream`` eagerly and with ``cuda_graph=True``. Reported: prefill and decode
-tokens/s (batch included), the graph's speed-up, and the floor of a batch-1 decode step —
-reading the weights once per token at the GPU's memory bandwidth. Hugging Face's Llama at the
-Transformer's shape (its ``generate``, greedy, static shapes off) is the reference when
-``transformers`` is installed. Run by ``scripts/bench.py --suite decode_speed``, or alone with
-other choices by ``python -m memlab.bench.decode_speed``.
+tokens/s (batch included), the graph's speed-up, and each step's byte floor — reading the
+weights once and the caches' traffic (see ``cache_traffic``) at the GPU's memory bandwidth.
+Hugging Face's Llama at the Transformer's shape (its ``generate``, greedy, static shapes off)
+is the reference when ``transformers`` is installed. Run by ``scripts/bench.py --suite
+decode_speed``, or alone with other choices by ``python -m memlab.bench.decode_speed``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from torch import nn
 from memlab.bench.cli import positive_int, require_cuda
 from memlab.bench.table import cell, report
 from memlab.bench.train_step import MODELS, build
+from memlab.models.captured_step import cache_leaves
+from memlab.models.static_cache import StaticKVCache
 from memlab.utils.gpu_peak import memory_bandwidth
 
 BATCHES = (1, 16, 64)
@@ -63,6 +65,23 @@ def generate_once(model: nn.Module, batch: int, prompt_len: int, new_tokens: int
     }
 
 
+def cache_traffic(model: nn.Module, batch: int, max_len: int) -> int:
+    """Bytes a decoding step moves through the caches of ``batch`` sequences of up to ``max_len``
+    tokens (their fixed-size, graph-ready form): a recurrent state is read and written whole;
+    attention's preallocated keys and values are read whole (masked past the position) and
+    written one position at a time. 0 for Hugging Face models (weights only)."""
+    if not hasattr(model, "init_states"):
+        return 0
+    states = model.init_states(batch, torch.device("meta"), torch.bfloat16, max_len=max_len)
+    total = 0
+    for state in states:
+        once = isinstance(state, StaticKVCache)
+        for _, leaf in cache_leaves(state):
+            if isinstance(leaf, torch.Tensor):
+                total += leaf.numel() * leaf.element_size() * (1 if once else 2)
+    return total
+
+
 def measure(
     models: tuple[str, ...] = (*MODELS, "hf_llama"),
     batches: tuple[int, ...] = BATCHES,
@@ -83,7 +102,9 @@ def measure(
             for mode in ("hf",) if name == "hf_llama" else modes:
                 row = {"model": name, "config": MODELS.get(name, "hf_llama"), "batch": batch, "mode": mode}
                 row |= {"prompt": prompt_len, "new_tokens": new_tokens, "weight_gb": weight_bytes / 1e9}
-                row["floor_tokens_per_s"] = batch * bandwidth / weight_bytes if bandwidth else None
+                step_bytes = weight_bytes + cache_traffic(model, batch, prompt_len + new_tokens)
+                row["step_gb"] = step_bytes / 1e9
+                row["floor_tokens_per_s"] = batch * bandwidth / step_bytes if bandwidth else None
                 try:
                     generate_once(model, batch, prompt_len, 4, mode)  # compile, capture
                     row |= generate_once(model, batch, prompt_len, new_tokens, mode)
@@ -129,8 +150,10 @@ def format_table(rows: list[dict]) -> str:
         r = rows[0]
         lines.append(
             f"\nbf16 weights; prompt {r['prompt']} tokens, {r['new_tokens']} new tokens, greedy; tokens/s "
-            "count the whole batch; floor: batch × memory bandwidth / weight bytes (each step reads "
-            "every weight once); hf: Hugging Face generate, decode time = total − one prefill pass."
+            "count the whole batch; floor: batch × memory bandwidth / the bytes a step must move (every "
+            "weight read once, recurrent states read and written, attention's preallocated keys and "
+            "values read); hf: Hugging Face generate (floor: weights only), decode time = total − one "
+            "prefill pass."
         )
     return "\n".join(lines + [f"n/a {n}" for n in notes])
 
