@@ -52,6 +52,13 @@ def _state_update_kernel(
     gC,
     B_div,
     C_div,
+    stride_xb,
+    stride_dtb,
+    stride_zb,
+    stride_Bb,
+    stride_Bg,
+    stride_Cb,
+    stride_Cg,
     stride_sb,
     stride_sd,
     stride_sn,
@@ -68,16 +75,18 @@ def _state_update_kernel(
     n_mask = n < N
     dn_mask = d_mask[:, None] & n_mask[None, :]
 
-    offs = b * dim + d  # [BLOCK_D] into x, dt, z, out
-    x = tl.load(x_ptr + offs, mask=d_mask, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + offs, mask=d_mask, other=0.0).to(tl.float32)
+    # x, dt, z, B and C may be views into wider projections' outputs (unit stride in the
+    # last dim): no copies before the launch
+    x = tl.load(x_ptr + b * stride_xb + d, mask=d_mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * stride_dtb + d, mask=d_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = _softplus(dt)
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + (b * gB + g // B_div) * N + n, mask=n_mask, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + (b * gC + g // C_div) * N + n, mask=n_mask, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b * stride_Bb + (g // B_div) * stride_Bg + n, mask=n_mask, other=0.0)
+    Cv = tl.load(C_ptr + b * stride_Cb + (g // C_div) * stride_Cg + n, mask=n_mask, other=0.0)
+    Bv, Cv = Bv.to(tl.float32), Cv.to(tl.float32)
 
     s_ptrs = state_ptr + b * stride_sb + d[:, None] * stride_sd + n[None, :] * stride_sn
     h = tl.load(s_ptrs, mask=dn_mask, other=0.0)
@@ -88,9 +97,13 @@ def _state_update_kernel(
     if HAS_D:
         out += tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) * x
     if HAS_Z:
-        z = tl.load(z_ptr + offs, mask=d_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + b * stride_zb + d, mask=d_mask, other=0.0).to(tl.float32)
         out *= z * tl.sigmoid(z)
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+    tl.store(out_ptr + b * dim + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def selective_state_update_triton(
@@ -121,19 +134,20 @@ def selective_state_update_triton(
             "require grad; call it under torch.no_grad() or use backend='torch'"
         )
     batch, dim, N = state.shape
-    Bg = (B.unsqueeze(1) if B.dim() == 2 else B).contiguous()
-    Cg = (C.unsqueeze(1) if C.dim() == 2 else C).contiguous()
+    Bg, Cg = (_unit_last(t.unsqueeze(1) if t.dim() == 2 else t) for t in (B, C))
     gB, gC = Bg.shape[1], Cg.shape[1]
     G = math.lcm(gB, gC)
     dg = dim // G
-    x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
-    z = z.contiguous() if z is not None else None
-    out = buffers.empty_like(x)
+    x, dt, A = _unit_last(x), _unit_last(dt), A.contiguous()
+    z = _unit_last(z) if z is not None else None
+    out = buffers.empty(batch, dim, dtype=x.dtype, device=x.device)
     block_n = triton.next_power_of_2(N)
     block_d = min(max(_TILE // block_n, 1), triton.next_power_of_2(dg))
     _state_update_kernel[(triton.cdiv(dg, block_d), G, batch)](
         state, x, dt, A, Bg, Cg, D, z, dt_bias, out,
-        dim, N, dg, gB, gC, G // gB, G // gC, *state.stride(),
+        dim, N, dg, gB, gC, G // gB, G // gC, x.stride(0), dt.stride(0),
+        0 if z is None else z.stride(0), Bg.stride(0), Bg.stride(1), Cg.stride(0), Cg.stride(1),
+        *state.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
         BLOCK_D=block_d, BLOCK_N=block_n,
     )  # fmt: skip

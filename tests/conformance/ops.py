@@ -258,6 +258,7 @@ def _draw_state_update(d: Draw) -> dict:
     spec = _draw_scan(d)
     del spec["L"], spec["last_state"], spec["channels_last"]
     spec["strided_state"] = d.random() < 0.3
+    spec["strided_inputs"] = d.random() < 0.3  # x, dt, z, B, C as views of wider rows
     return spec
 
 
@@ -294,6 +295,10 @@ def _check_state_update(spec: dict, device: str) -> list[Measure]:
     ref_out, ref_state = _reference_state_update(state.clone(), **as_fp64(x), dt_softplus=spec["softplus"])
     ref = {"out": ref_out, "state": ref_state}
     measures = []
+    if spec.get("strided_inputs"):  # as Mamba's step hands them over: slices of projections
+        for n in ("x", "dt", "z", "B", "C"):
+            if n in x:
+                x[n] = torch.cat([x[n], torch.full_like(x[n], torch.nan)], -1)[..., : x[n].shape[-1]]
     for path, backend in (("fast", "triton"), ("twin", "torch")):
         s = state.float()
         if spec["strided_state"]:  # the state as a slice of a wider cache
