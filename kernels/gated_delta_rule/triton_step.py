@@ -126,7 +126,8 @@ def gated_delta_rule_step_triton(
         q_conv.contiguous(), k_conv.contiguous(), v_conv.contiguous(), q_hat, kv_hat,
         kv.stride(0), kv.stride(1), M, HK=H * K, HV=H * V, W=W, BC=BC,
     )  # fmt: skip
-    a, b = a.contiguous(), b.contiguous()
+    if a.stride() != b.stride() or a.stride(-1) != 1:  # views of one projection share strides
+        a, b = a.contiguous(), b.contiguous()
     o = buffers.empty(B, H, V, dtype=q.dtype, device=q.device)
     BV = min(tile(V, 32), 32)
     _memories_step_kernel[(triton.cdiv(V, BV), B * H)](
