@@ -102,14 +102,13 @@ def test_triton_kernels_under_interpreter() -> None:
 
 
 @interpreted
-@pytest.mark.parametrize("N", [1, 4])
-@pytest.mark.parametrize("L", [1, 5, 37])
+@pytest.mark.parametrize(("L", "N"), [(1, 1), (5, 4), (37, 4)])
 def test_matches_reference(L, N):
     check(make_inputs(L, N), softplus=True)
 
 
 @interpreted
-@pytest.mark.parametrize("N", [2, 3, 5])
+@pytest.mark.parametrize("N", [3])
 def test_state_counts_not_a_power_of_two(N):
     check(make_inputs(37, N, groups_B=2), softplus=True)
 
@@ -123,7 +122,7 @@ def test_groups_and_odd_dims(dim, groups_B, groups_C):
 @interpreted
 @pytest.mark.parametrize(
     ("optional", "softplus"),
-    [(OPTIONAL, False), ((), True), ((), False), (("D",), True), (("z",), False), (("delta_bias",), True)],
+    [(OPTIONAL, False), ((), True), (("z",), False)],
 )
 def test_optional_inputs(optional, softplus):
     check(make_inputs(21, 4, softplus=softplus, optional=optional), softplus)
@@ -142,7 +141,7 @@ def test_extreme_delta(delta_range, softplus):
 
 
 @interpreted
-@pytest.mark.parametrize("L", [20, 21])
+@pytest.mark.parametrize("L", [21])
 def test_decays_that_underflow_give_finite_gradients(L):
     x = make_inputs(L, 4, delta_range=(50.0, 50.0))
     x["A"] = torch.full_like(x["A"], -16.0)
@@ -207,7 +206,7 @@ def test_one_output_used():
 
 
 @interpreted
-@pytest.mark.parametrize("L", [24, 19])
+@pytest.mark.parametrize("L", [19])
 def test_gate_without_grad(L):
     # z needs no gradient: the forward keeps no y for dz, the backward computes none, and every
     # other gradient is unchanged.
@@ -229,7 +228,7 @@ def test_many_states():
 
 
 @interpreted
-@pytest.mark.parametrize(("L", "N"), [(13, 4), (40, 16)])  # N = 16: 4 states on each of 4 lanes
+@pytest.mark.parametrize(("L", "N"), [(40, 16)])  # N = 16: 4 states on each of 4 lanes
 def test_forward_without_grad_and_non_contiguous(L, N):
     # Nothing stored for a backward: the inference path.
     x = {k: v.float() for k, v in make_inputs(L, N).items()}
@@ -297,7 +296,7 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 @interpreted
-@pytest.mark.parametrize("L", [7, 40])
+@pytest.mark.parametrize("L", [40])
 def test_channels_last_inputs(L):
     # A Mamba layer's activations come as [batch, L, dim]: read as they are (y and the
     # gradients in that layout too), and z as a half of a wider tensor (copied to the layout).
