@@ -19,8 +19,9 @@ ABOUT = {
     "decode": "Greedy decoding after contexts of 1K to 64K tokens: tokens/s, cache and peak memory "
     "(d_model 768, 4 layers, bf16, batch 1; `memlab.bench.decode`).",
     "decode_speed": "Generation at the 340M and 130M shapes, eager decoding against CUDA-graph "
-    "decoding: prefill and decode tokens/s, batch included, and the share of the weight-read floor "
-    "(bf16 weights, prompt 512; `memlab.bench.decode_speed`).",
+    "decoding: prefill and decode tokens/s, batch included, and the share of the step's byte floor "
+    "(weights, plus the caches' traffic in tables with a step_gb column; bf16 weights, "
+    "prompt 512; `memlab.bench.decode_speed`).",
     "gated_delta_rule": "The chunked gated delta rule: our Triton kernels, the PyTorch twin and "
     "flash-linear-attention (bf16, H 16, K = V = 128, 32768 tokens per call; "
     "`memlab.bench.gated_delta_rule`).",
