@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memlab.kernels.gated_delta_rule.step import gated_delta_rule_step
+from memlab.kernels import gated_delta_rule_step
 from memlab.models.layers.mom.config import MoMConfig
 from memlab.models.layers.mom.layout import choose_layout
 from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
