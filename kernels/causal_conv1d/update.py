@@ -46,6 +46,18 @@ def _check(x: object, tail: object, weight: object, bias: object) -> None:
         )
     if bias is not None and tuple(bias.shape) != (C,):
         raise KernelInputError(f"{OP}: bias must have shape [C={C}], got {list(bias.shape)}")
+    if not tail.is_contiguous():
+        raise KernelInputError(f"{OP}: tail must be contiguous (it is updated in place)")
+    needs = [
+        n
+        for n, t in (("x", x), ("tail", tail), ("weight", weight), ("bias", bias))
+        if t is not None and t.requires_grad
+    ]
+    if needs and torch.is_grad_enabled():
+        raise KernelInputError(
+            f"{OP}: a decoding step has no backward, but {', '.join(needs)} require grad; "
+            "call it under torch.no_grad()"
+        )
 
 
 def causal_conv1d_update(
@@ -60,21 +72,23 @@ def causal_conv1d_update(
 
     Args:
         x: [B, C] the token's inputs (any row stride, unit channel stride).
-        tail: [B, C, W−1] the W−1 inputs before it, in x's dtype, oldest first; updated in
-            place to the window's last W−1 (contiguous on the Triton backend).
+        tail: [B, C, W−1] the W−1 inputs before it, in x's dtype, oldest first, contiguous;
+            updated in place to the window's last W−1.
         weight: [C, W] (tap W−1 on x); bias: [C] or None; activation: "silu" or None.
         backend: "auto" | "triton" | "torch" (see memlab.kernels.backend).
 
     Returns:
         y [B, C] in x's dtype, accumulated in fp32 (fp64 for fp64 inputs).
+
+    Raises:
+        KernelInputError: for inputs it cannot take, or an input that requires grad while grad
+            is enabled (a decoding step has no backward).
     """
     _check(x, tail, weight, bias)
     if activation not in (None, "silu"):
         raise KernelInputError(f"{OP}: activation must be None or 'silu', got {activation!r}")
-    choice = resolve_fp32_backend(backend, x, OP, (x, tail, weight, bias))
-    with torch.no_grad():
-        if choice == "triton":
-            from memlab.kernels.causal_conv1d.triton_update import causal_conv1d_update_triton
+    if resolve_fp32_backend(backend, x, OP, (x, tail, weight, bias)) == "triton":
+        from memlab.kernels.causal_conv1d.triton_update import causal_conv1d_update_triton
 
-            return causal_conv1d_update_triton(x, tail, weight, bias, activation == "silu")
-        return causal_conv1d_update_torch(x, tail, weight, bias, activation == "silu")
+        return causal_conv1d_update_triton(x, tail, weight, bias, activation == "silu")
+    return causal_conv1d_update_torch(x, tail, weight, bias, activation == "silu")

@@ -2,12 +2,13 @@
 included, mixed by per-memory weights: the whole recurrent core of a MoM (or, with M = 1, a
 Gated DeltaNet) layer for one token.
 
-For each sequence b, memory m with weight w_bm ≠ 0, and head h:
+For each sequence b, memory m the token visits, and head h:
     q̃ = l2norm(silu(conv(q_tail, q))),  k̃ = l2norm(silu(conv(k_tail, k))),  ṽ = silu(conv(v_tail, v))
     β = sigmoid(b),  g = −exp(A_log) · softplus(a + dt_bias)
     S ← e^g (I − β k̃ k̃ᵀ) S + β k̃ ṽᵀ,   o += w_bm · scale · Sᵀ q̃
-A memory with w_bm = 0 is not visited: its state and its conv tails stay as they are. The q
-conv is shared by the memories and always advances.
+A memory the token does not visit keeps its state and its conv tails as they are (a visited
+memory's weight may still be 0: a router probability that underflows). The q conv is shared
+by the memories and always advances.
 
 The decoding step used to be some forty small launches per layer (routing layout, three conv
 steps, gates, norms, the recurrence, the combine); here it is two, so that a CUDA-graph replay
@@ -49,6 +50,7 @@ def gated_delta_rule_step_torch(
     a: torch.Tensor,
     b: torch.Tensor,
     weights: torch.Tensor,
+    visited: torch.Tensor,
     state: torch.Tensor,
     q_tail: torch.Tensor,
     k_tail: torch.Tensor,
@@ -71,14 +73,13 @@ def gated_delta_rule_step_torch(
     v_hat = vc.to(wide).view(B, M, H, V)
     beta = torch.sigmoid(b.to(wide))
     g = -A_log.to(wide).exp() * F.softplus(a.to(wide) + dt_bias.to(wide))
-    visited = weights != 0
     # padding semantics: an unvisited memory neither decays nor writes
     decay = torch.where(visited[..., None], g.exp(), 1.0)[..., None, None]
     beta = torch.where(visited[..., None], beta, 0.0)
     S = decay * state
     residual = v_hat - (S * k_hat[..., None]).sum(-2)
     S = S + k_hat[..., None] * (beta[..., None] * residual)[..., None, :]
-    o = ((S * q_hat[..., None]).sum(-2) * weights.to(wide)[..., None, None]).sum(1)
+    o = ((S * q_hat[..., None]).sum(-2) * (weights.to(wide) * visited)[..., None, None]).sum(1)
     state.copy_(S)
     q_tail.copy_(q_new)
     mask = visited[..., None, None]
@@ -100,7 +101,10 @@ if HAS_TRITON:
 
 
 def _check(named: dict[str, torch.Tensor]) -> None:
-    """Shapes, dtypes and devices only (never a host sync)."""
+    """Shapes, dtypes, devices and layouts only (never a host sync)."""
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor):
+            raise KernelInputError(f"{OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
     state, q = named["state"], named["q"]
     if state.dim() != 5:
         raise KernelInputError(f"{OP}: state must be [B, M, H, K, V], got shape {tuple(state.shape)}")
@@ -111,26 +115,37 @@ def _check(named: dict[str, torch.Tensor]) -> None:
     check_size(OP, "W", W, MAX_CONV_WIDTH, "conv width")
     expected = {
         "q": (B, H * K), "k": (B, M, H * K), "v": (B, M, H * V), "a": (B, M, H), "b": (B, M, H),
-        "weights": (B, M), "q_tail": (B, H * K, W - 1), "k_tail": (B, M, H * K, W - 1),
+        "weights": (B, M), "visited": (B, M), "q_tail": (B, H * K, W - 1), "k_tail": (B, M, H * K, W - 1),
         "v_tail": (B, M, H * V, W - 1), "q_conv": (H * K, W), "k_conv": (H * K, W),
         "v_conv": (H * V, W), "A_log": (H,), "dt_bias": (H,),
     }  # fmt: skip
     for name, shape in expected.items():
         x = named[name]
-        if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        if tuple(x.shape) != shape:
             raise KernelInputError(
-                f"{OP}: {name} must have shape {list(shape)} for state {list(state.shape)}, got {got}"
+                f"{OP}: {name} must have shape {list(shape)} for state {list(state.shape)}, "
+                f"got {list(x.shape)}"
             )
         if x.device != state.device:
             raise KernelInputError(f"{OP}: {name} is on {x.device} but state is on {state.device}")
-        if not x.is_floating_point():
+        if name != "visited" and not x.is_floating_point():
             raise KernelInputError(f"{OP}: {name} must be a float tensor, got {x.dtype}")
-    for name in ("q_tail", "k_tail", "v_tail"):
+    if named["visited"].dtype != torch.bool:
+        raise KernelInputError(f"{OP}: visited must be a bool tensor, got {named['visited'].dtype}")
+    for name in ("k", "v", "q_tail", "k_tail", "v_tail"):
         if named[name].dtype != q.dtype:
             raise KernelInputError(f"{OP}: {name} must be in q's dtype {q.dtype}, got {named[name].dtype}")
     if state.dtype not in (torch.float32, torch.float64):
         raise KernelInputError(f"{OP}: state must be fp32 (or fp64), got {state.dtype}")
+    for name in ("state", "q_tail", "k_tail", "v_tail"):
+        if not named[name].is_contiguous():
+            raise KernelInputError(f"{OP}: {name} must be contiguous (it is updated in place)")
+    needs = [name for name, x in named.items() if x.requires_grad]
+    if needs and torch.is_grad_enabled():
+        raise KernelInputError(
+            f"{OP}: a decoding step has no backward, but {', '.join(needs)} require grad; "
+            "call it under torch.no_grad()"
+        )
 
 
 def gated_delta_rule_step(
@@ -140,6 +155,7 @@ def gated_delta_rule_step(
     a: torch.Tensor,
     b: torch.Tensor,
     weights: torch.Tensor,
+    visited: torch.Tensor,
     state: torch.Tensor,
     q_tail: torch.Tensor,
     k_tail: torch.Tensor,
@@ -158,7 +174,8 @@ def gated_delta_rule_step(
         q: [B, H·K] the query before its conv; k: [B, M, H·K] and v: [B, M, H·V] each memory's
             key and value before their convs; any strides with a unit last one.
         a, b: [B, M, H] the decay and β pre-activations.
-        weights: [B, M] each memory's mixing weight; 0 means not visited.
+        weights: [B, M] each memory's mixing weight.
+        visited: bool [B, M] whether the token visits the memory (reads, decays and writes it).
         state: [B, M, H, K, V] fp32 (fp64 on the twin), updated in place.
         q_tail [B, H·K, W−1], k_tail [B, M, H·K, W−1], v_tail [B, M, H·V, W−1]: the last W−1
             conv inputs, in q's dtype, updated in place.
@@ -169,10 +186,15 @@ def gated_delta_rule_step(
         backend: "auto" | "triton" | "torch" (see memlab.kernels.backend).
 
     Returns:
-        o [B, H, V] in q's dtype: Σ_m w_bm · o_bm.
+        o [B, H, V] in q's dtype: Σ_m w_bm · o_bm over the visited memories.
+
+    Raises:
+        KernelInputError: for inputs it cannot take, or an input that requires grad while grad
+            is enabled (a decoding step has no backward).
     """
     named = {
-        "q": q, "k": k, "v": v, "a": a, "b": b, "weights": weights, "state": state, "q_tail": q_tail,
+        "q": q, "k": k, "v": v, "a": a, "b": b, "weights": weights, "visited": visited, "state": state,
+        "q_tail": q_tail,
         "k_tail": k_tail, "v_tail": v_tail, "q_conv": q_conv, "k_conv": k_conv, "v_conv": v_conv,
         "A_log": A_log, "dt_bias": dt_bias,
     }  # fmt: skip
@@ -180,5 +202,4 @@ def gated_delta_rule_step(
     K = state.shape[3]
     scale = K**-0.5 if scale is None else float(scale)
     implementation = _IMPLEMENTATIONS[resolve_fp32_backend(backend, q, OP, (q, state))]
-    with torch.no_grad():
-        return implementation(**named, scale=scale)
+    return implementation(**named, scale=scale)

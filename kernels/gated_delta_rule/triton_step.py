@@ -25,7 +25,7 @@ CHANNEL_TILE = 128
 
 @triton.jit
 def _conv_step_kernel(
-    q, kv, weights, q_tail, k_tail, v_tail, q_conv, k_conv, v_conv, q_out, kv_out,
+    q, kv, visited, q_tail, k_tail, v_tail, q_conv, k_conv, v_conv, q_out, kv_out,
     stride_kv_b, stride_kv_m,
     M, HK: tl.constexpr, HV: tl.constexpr, W: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
@@ -40,16 +40,16 @@ def _conv_step_kernel(
         row = i_b * M + i_r
         is_k, is_v = c < HK, (c >= HK) & (c < HK + HV)
         x = tl.load(kv + i_b * stride_kv_b + i_r * stride_kv_m + c, mask=is_k | is_v, other=0.0)
-        visited = (tl.zeros([BC], dtype=tl.float32) + tl.load(weights + i_b * M + i_r)) != 0.0
+        visits = (tl.zeros([BC], dtype=tl.int32) + tl.load(visited + i_b * M + i_r).to(tl.int32)) != 0
         k_tails, v_tails = k_tail + (row * HK + c) * (W - 1), v_tail + (row * HV + c - HK) * (W - 1)
-        y = conv_taps(x, k_tails, k_conv + c * W, is_k, is_k & visited, W)
-        y += conv_taps(x, v_tails, v_conv + (c - HK) * W, is_v, is_v & visited, W)
+        y = conv_taps(x, k_tails, k_conv + c * W, is_k, is_k & visits, W)
+        y += conv_taps(x, v_tails, v_conv + (c - HK) * W, is_v, is_v & visits, W)
         tl.store(kv_out + row * (HK + HV) + c, y * tl.sigmoid(y), mask=is_k | is_v)
 
 
 @triton.jit
 def _memories_step_kernel(
-    q_hat, kv_hat, a, b, weights, state, A_log, dt_bias, o,
+    q_hat, kv_hat, a, b, weights, visited, state, A_log, dt_bias, o,
     stride_ab_b, stride_ab_m, scale, eps,
     M, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
@@ -65,8 +65,8 @@ def _memories_step_kernel(
     bias = tl.load(dt_bias + i_h).to(tl.float32)
     b_o = tl.zeros([BV], dtype=tl.float32)
     for i_m in range(M):
-        w = tl.load(weights + i_b * M + i_m).to(tl.float32)
-        if w != 0:
+        if tl.load(visited + i_b * M + i_m) != 0:
+            w = tl.load(weights + i_b * M + i_m).to(tl.float32)
             row = i_b * M + i_m
             b_k = tl.load(kv_hat + row * H * (K + V) + i_h * K + o_k, mask=m_k, other=0.0)
             b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + eps)
@@ -75,17 +75,14 @@ def _memories_step_kernel(
             x = tl.load(a + gate).to(tl.float32) + bias
             softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
             beta = tl.sigmoid(tl.load(b + gate).to(tl.float32))
-            tile_at = ((row.to(tl.int64) * H + i_h) * K + o_k[:, None]) * V + o_v[None, :]
-            b_s = tl.load(state + tile_at, mask=m_kv, other=0.0) * tl.exp(-A * softplus)
+            # an int64 base, int32 offsets within the [K, V] state: fewer registers per element
+            tile_at = state + (row.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+            b_s = tl.load(tile_at, mask=m_kv, other=0.0) * tl.exp(-A * softplus)
             b_u = beta * (b_v - tl.sum(b_s * b_k[:, None], 0))
             b_s += b_k[:, None] * b_u[None, :]
             b_o += w * tl.sum(b_s * b_q[:, None], 0)
-            tl.store(state + tile_at, b_s, mask=m_kv)
+            tl.store(tile_at, b_s, mask=m_kv)
     tl.store(o + (i_b * H + i_h) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
-
-
-def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def gated_delta_rule_step_triton(
@@ -95,6 +92,7 @@ def gated_delta_rule_step_triton(
     a: torch.Tensor,
     b: torch.Tensor,
     weights: torch.Tensor,
+    visited: torch.Tensor,
     state: torch.Tensor,
     q_tail: torch.Tensor,
     k_tail: torch.Tensor,
@@ -106,32 +104,30 @@ def gated_delta_rule_step_triton(
     dt_bias: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Arguments as ``gated_delta_rule_step``; the state and the tails must be contiguous (they
-    are updated in place) and k, v adjacent in one row (k ‖ v, as one projection gives them)."""
+    """Arguments as ``gated_delta_rule_step`` (which checks them): the state and the tails
+    contiguous; k and v read in place where they are adjacent in one row (k ‖ v, as one
+    projection gives them)."""
     B, M, H, K, V = state.shape
     W = q_conv.shape[-1]
-    for name, x in (("state", state), ("q_tail", q_tail), ("k_tail", k_tail), ("v_tail", v_tail)):
-        if not x.is_contiguous():
-            raise ValueError(f"gated_delta_rule_step: {name} must be contiguous (it is updated in place)")
     kv = k if v.data_ptr() == k.data_ptr() + H * K * k.element_size() and k.stride() == v.stride() else None
     if kv is None or kv.stride(-1) != 1:
         kv = torch.cat([k, v], dim=-1)
-    q = _contiguous_last(q).contiguous()
-    weights = weights.contiguous()
+    q, weights = q.contiguous(), weights.contiguous()
+    visited = visited.contiguous().view(torch.uint8)
     q_hat = buffers.empty(B, H * K, dtype=torch.float32, device=q.device)
     kv_hat = buffers.empty(B, M, H * (K + V), dtype=torch.float32, device=q.device)
     BC = min(CHANNEL_TILE, triton.next_power_of_2(H * (K + V)))
     _conv_step_kernel[(B, M + 1, triton.cdiv(H * (K + V), BC))](
-        q, kv, weights, q_tail, k_tail, v_tail,
+        q, kv, visited, q_tail, k_tail, v_tail,
         q_conv.contiguous(), k_conv.contiguous(), v_conv.contiguous(), q_hat, kv_hat,
         kv.stride(0), kv.stride(1), M, HK=H * K, HV=H * V, W=W, BC=BC,
     )  # fmt: skip
     if a.stride() != b.stride() or a.stride(-1) != 1:  # views of one projection share strides
         a, b = a.contiguous(), b.contiguous()
     o = buffers.empty(B, H, V, dtype=q.dtype, device=q.device)
-    BV = min(tile(V, 32), 32)
+    BV = tile(V, 32)
     _memories_step_kernel[(triton.cdiv(V, BV), B * H)](
-        q_hat, kv_hat, a, b, weights, state, A_log.contiguous(), dt_bias.contiguous(), o,
+        q_hat, kv_hat, a, b, weights, visited, state, A_log.contiguous(), dt_bias.contiguous(), o,
         a.stride(0), a.stride(1), scale, EPS, M, H=H, K=K, V=V, BK=tile(K, 256), BV=BV,
     )  # fmt: skip
     return o

@@ -164,8 +164,10 @@ def _draw_step(d: Draw) -> dict:
 def _check_step(spec: dict, device: str) -> list[Measure]:
     B, M, H, K, V, W = (spec[n] for n in ("B", "M", "H", "K", "V", "W"))
     weights = torch.rand(B, M, dtype=torch.float64)
-    if spec["unvisited"]:  # some memories not visited: their state and tails must stay
-        weights = torch.where(torch.rand(B, M) < 0.4, 0.0, weights)
+    visited = torch.ones(B, M, dtype=torch.bool)
+    if spec["unvisited"]:  # some memories not visited (state and tails stay), one visited at weight 0
+        visited = torch.rand(B, M) >= 0.4
+        weights = torch.where(torch.rand(B, M) < 0.2, 0.0, weights)
     g = gates(spec["gates"], (B, M, H))  # a = softplus⁻¹(−g / A) with A = 1: the drawn decay
     a = torch.where(g < -1e-12, torch.log(torch.expm1(-g.clamp(max=-1e-12))), -30.0)
     x = {"q": _randn(B, H * K), "kvb": _randn(B, M, H * (K + V + 1)), "a": a, "weights": weights}
@@ -180,8 +182,9 @@ def _check_step(spec: dict, device: str) -> list[Measure]:
         def fn(q, kvb, a, weights, state, q_tail, k_tail, v_tail, **params):
             state, q_tail, k_tail, v_tail = (t.clone() for t in (state, q_tail, k_tail, v_tail))
             k, v, b = kvb.split([H * K, H * V, H], dim=-1)  # k ‖ v adjacent, as a projection gives them
+            caches = {"state": state, "q_tail": q_tail, "k_tail": k_tail, "v_tail": v_tail}
             o = gated_delta_rule_step(
-                q, k, v, a.to(b.dtype), b, weights, state, q_tail, k_tail, v_tail, **params, backend=backend
+                q, k, v, a.to(b.dtype), b, weights, visited.to(q.device), **caches, **params, backend=backend
             )
             return o, state, q_tail, k_tail, v_tail
 

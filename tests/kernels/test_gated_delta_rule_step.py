@@ -15,7 +15,8 @@ def _inputs(B=2, M=3, H=2, K=4, V=6, W=3) -> dict:
     z = torch.zeros
     return {
         "q": z(B, H * K), "k": z(B, M, H * K), "v": z(B, M, H * V), "a": z(B, M, H), "b": z(B, M, H),
-        "weights": z(B, M), "state": z(B, M, H, K, V), "q_tail": z(B, H * K, W - 1),
+        "weights": z(B, M), "visited": torch.ones(B, M, dtype=torch.bool), "state": z(B, M, H, K, V),
+        "q_tail": z(B, H * K, W - 1),
         "k_tail": z(B, M, H * K, W - 1), "v_tail": z(B, M, H * V, W - 1), "q_conv": z(H * K, W),
         "k_conv": z(H * K, W), "v_conv": z(H * V, W), "A_log": z(H), "dt_bias": z(H),
     }  # fmt: skip
@@ -35,6 +36,11 @@ def test_zero_inputs_leave_a_zero_state() -> None:
         ({"q_tail": torch.zeros(2, 8, 2, dtype=torch.float16)}, "q_tail must be in q's dtype"),
         ({"state": torch.zeros(2, 3, 2, 4, 6, dtype=torch.bfloat16)}, "state must be fp32"),
         ({"weights": torch.zeros(2, 3, dtype=torch.long)}, "weights must be a float tensor"),
+        ({"visited": torch.ones(2, 3)}, "visited must be a bool tensor"),
+        ({"v": torch.zeros(2, 3, 12, dtype=torch.float16)}, "v must be in q's dtype"),
+        ({"k_tail": torch.zeros(2, 3, 2, 8).transpose(2, 3)}, "k_tail must be contiguous"),
+        ({"q": torch.zeros(2, 8, requires_grad=True)}, "a decoding step has no backward, but q require grad"),
+        ({"A_log": [0.0, 0.0]}, "A_log must be a torch.Tensor, got list"),
     ],
 )
 def test_bad_inputs_are_one_clear_error(change: dict, needle: str) -> None:

@@ -63,3 +63,33 @@ def test_step_under_interpreter() -> None:
 def test_triton_step_equals_the_chunked_form(config: tuple) -> None:
     torch.manual_seed(1)
     _decode_both_ways(config, "triton")
+
+
+def test_a_memory_routed_at_weight_zero_is_still_written() -> None:
+    # A router logit gap above ~104 underflows the softmax to 0 for a top-k memory: the chunked
+    # form still visits it (decays and writes its state), and so must the step.
+    torch.manual_seed(2)
+    layer = MoMAttention(D, num_heads=1, head_dim=8, num_memories=3, topk=2, conv_size=2, backend="torch")
+    with torch.no_grad():
+        layer.router.weight.mul_(300)
+    x = 3 * torch.randn(2, 3, D)
+    stepped, chunked = (layer.init_state(2, torch.device("cpu"), torch.float32) for _ in range(2))
+    for t in range(3):
+        with torch.no_grad():
+            got = layer(x[:, t : t + 1], state=stepped).hidden
+        with torch.enable_grad():
+            want = layer(x[:, t : t + 1], state=chunked).hidden.detach()
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(stepped.memory, chunked.memory)
+
+
+def test_step_continues_a_cache_left_as_views() -> None:
+    # One token through the chunked form (grad on) leaves the conv tails as views; the step
+    # then continues them (the Triton kernels need them contiguous: the step makes them so).
+    layer = MoMAttention(D, num_heads=1, head_dim=8, num_memories=2, topk=1, conv_size=3, backend="torch")
+    state = layer.init_state(1, torch.device("cpu"), torch.float32)
+    with torch.enable_grad():
+        layer(torch.randn(1, 1, D), state=state)
+    with torch.no_grad():
+        layer(torch.randn(1, 1, D), state=state)
+    assert all(t.is_contiguous() for t in (state.memory, state.q_tail, state.k_tail, state.v_tail))

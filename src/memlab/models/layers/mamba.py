@@ -221,6 +221,7 @@ class Mamba(nn.Module):
         continued in place. The same function as ``forward`` at T = 1, in six launches: in_proj,
         the conv step, x_proj, dt_proj, the state update and out_proj."""
         x_in, z = self.in_proj(x[:, 0]).chunk(2, dim=-1)  # [B, E] each
+        state.conv_tail = state.conv_tail.contiguous()  # a T = 1 forward with grad leaves a view
         u = causal_conv1d_update(
             x_in.to(state.conv_tail.dtype), state.conv_tail, self.conv1d.weight[:, 0], self.conv1d.bias,
             "silu", self.backend,

@@ -145,7 +145,8 @@ class MoMAttention(nn.Module):
         int [N+1] packed documents (B == 1, no state).
 
         Returns hidden [B, T, D] in x's dtype; aux_losses {"router_balance": λ·L_aux} when E > 1
-        and λ > 0; stats {"router_load": f [E]} when E > 1.
+        and λ > 0; stats {"router_load": f [E]} when E > 1, except from a decoding step (one
+        token with a state and grad off, which ``step`` takes).
         """
         check_packed("MoMAttention", x.shape[0], cu_seqlens, state)
         if state is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
@@ -187,31 +188,39 @@ class MoMAttention(nn.Module):
         B = x.shape[0]
         H, K, V = self.num_heads, self.head_dim, self.value_dim
         token = x[:, 0]
-        weights = self._step_weights(token)
+        weights, visited = self._step_weights(token)
+        for name in ("memory", "q_tail", "k_tail", "v_tail"):  # in place: a T = 1 forward with
+            setattr(state, name, getattr(state, name).contiguous())  # grad may leave views
         tail_dtype = state.q_tail.dtype  # the model's; under autocast the projections' may differ
         q = self.q_proj(token).to(tail_dtype)
         kvba = torch.matmul(token[None], self.memory_proj.to(token.dtype)).transpose(0, 1)  # [B, M, F]
         k, v, b, a = kvba.to(tail_dtype).split([H * K, H * V, H, H], dim=-1)
         o = gated_delta_rule_step(
-            q, k, v, a, b, weights, state.memory, state.q_tail, state.k_tail, state.v_tail,
+            q, k, v, a, b, weights, visited, state.memory, state.q_tail, state.k_tail, state.v_tail,
             self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self.A_log, self.dt_bias,
             scale=K**-0.5, backend=self.backend,
         )  # fmt: skip
         o = self.norm(o.to(x.dtype).view(B, 1, H, V), self.gate_proj(x).view(B, 1, H, V))
         return MixerOutput(self.o_proj(o.reshape(B, 1, H * V)))
 
-    def _step_weights(self, token: torch.Tensor) -> torch.Tensor:
-        """Each memory's weight for tokens [B, D] -> [B, M], 0 where not visited: ``route``'s
-        renormalised top-k probabilities (in fp32), and 1 for the shared memory."""
-        compute = torch.promote_types(token.dtype, torch.float32)
+    def _step_weights(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each memory's weight [B, M] for tokens [B, D] (``route``'s renormalised top-k
+        probabilities, in fp32; the shared memory's is 1) and whether the token visits it, bool
+        [B, M] (a top-k probability may underflow to 0: that memory is still visited)."""
+        B, compute = token.shape[0], torch.promote_types(token.dtype, torch.float32)
         if self.router is None:
-            weights = torch.ones(token.shape[0], 1, dtype=compute, device=token.device)
+            weights = torch.ones(B, 1, dtype=compute, device=token.device)
+            visited = torch.ones(B, 1, dtype=torch.bool, device=token.device)
         else:
             with torch.autocast(token.device.type, enabled=False):
                 probs = F.linear(token.to(compute), self.router.weight.to(compute)).softmax(-1)
             top, chosen = probs.topk(self.topk, dim=-1)
             weights = torch.zeros_like(probs).scatter_(1, chosen, top / top.sum(-1, keepdim=True))
-        return F.pad(weights, (0, 1), value=1.0) if self.shared_mem else weights
+            visited = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, chosen, True)
+        if self.shared_mem:
+            weights = F.pad(weights, (0, 1), value=1.0)
+            visited = torch.cat([visited, visited.new_ones(B, 1)], dim=1)
+        return weights, visited
 
 
 def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
