@@ -16,6 +16,7 @@ from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
 from memlab.models.layers.mom.routing import load_balance, route
 from memlab.models.layers.mom.state import MoMState
 from memlab.models.mixer import MixerOutput
+from memlab.models.modules.autocast_input import autocast_dtype
 from memlab.models.modules.gated_rmsnorm import GatedRMSNorm
 from memlab.models.modules.init import inverse_softplus, log_uniform_steps
 from memlab.models.modules.short_conv import ShortConvolution
@@ -171,7 +172,10 @@ class MoMAttention(nn.Module):
         g = -self.A_log.to(compute).exp() * F.softplus(a.to(compute) + self.dt_bias.to(compute))  # log α
         # each memory over its tokens: S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = S_tᵀq_t/√K
         o = layout.gated_delta_rule(q, k, v, g, beta, scale=K**-0.5)
-        o = layout.combine(o, routing.weights).to(x.dtype)  # o_t = Σ_m w_tm o_tm over its memories
+        o = layout.combine(o, routing.weights)  # o_t = Σ_m w_tm o_tm over its memories
+        # in the dtype the projections run in: under autocast, x's fp32 would have the norm
+        # save an fp32 copy of o for its backward, for the same values
+        o = o.to(autocast_dtype(x))
         o = self.norm(o.view(B, T, H, V), self.gate_proj(x).view(B, T, H, V))
         hidden = self.o_proj(o.reshape(B, T, H * V))
 

@@ -27,6 +27,8 @@ class PaddedLayout:
         self.state, self.backend = state, backend
         self.destination, self.counts = padded_layout(routing.visited, routing.chosen)  # [B, T, S], [B, M]
         self.B, self.T, self.M = routing.visited.shape
+        # Gated DeltaNet: dispatch and combine would be identity copies (kept alive for backward)
+        self.single = self.M == 1
 
     def time_conv(self, conv: ShortConvolution, u: torch.Tensor) -> torch.Tensor:
         """conv over each sequence in time order, continuing the state's q tail: u [B, T, C]."""
@@ -41,6 +43,8 @@ class PaddedLayout:
         """Each visit's q [B, T, H, K] -> [B, M, T, H·K], and its token x [B, T, D] through its
         memory's projection weight [M, D, F] -> [B, M, T, F]."""
         B, T, M, D = self.B, self.T, self.M, x.shape[-1]
+        if self.single:  # one memory every token visits: the rows are the sequences
+            return q.flatten(2)[:, None], torch.einsum("btd,df->btf", x, weight[0])[:, None]
         features = torch.cat([x, q.flatten(2)], dim=-1)  # dispatched together: one scatter
         S, width = self.destination.shape[2], features.shape[-1]
         rows = features.new_zeros(B * M * T, width).index_copy(
@@ -103,6 +107,8 @@ class PaddedLayout:
         """Σ over each token's S visits of weight · output: o [B·M, T, H, V] -> [B·T, H·V]."""
         B, T, M = self.B, self.T, self.M
         S = self.destination.shape[2]
+        if self.single:  # each token's one visit, at weight 1
+            return o.reshape(B * T, -1)
         return combine_routed(
             o.reshape(B * M * T, -1), self.destination.view(B * T, S), weights.reshape(B * T, S), self.backend
         )
