@@ -16,7 +16,7 @@ from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
 from memlab.models.layers.mom.routing import load_balance, route
 from memlab.models.layers.mom.state import MoMState
 from memlab.models.mixer import MixerOutput
-from memlab.models.modules.autocast_input import autocast_dtype
+from memlab.models.modules.autocast_input import autocast_input
 from memlab.models.modules.gated_rmsnorm import GatedRMSNorm
 from memlab.models.modules.init import inverse_softplus, log_uniform_steps
 from memlab.models.modules.short_conv import ShortConvolution
@@ -164,8 +164,9 @@ class MoMAttention(nn.Module):
         # each token's top-k memories (and the shared one) and their weights w_t
         routing = route(x, self.router, self.num_memories, self.topk, self.shared_mem, compute)
         layout = Layout(routing, cu_seqlens, state, self.backend)
-        q = layout.time_conv(self.q_conv, self.q_proj(x)).unflatten(-1, (H, K))  # shared by the memories
-        q, kvba = layout.dispatch(x, q, self.memory_proj)  # to each visited memory, through its projection
+        u = autocast_input(x)  # cast once for the three projections (and saved once for backward)
+        q = layout.time_conv(self.q_conv, self.q_proj(u)).unflatten(-1, (H, K))  # shared by the memories
+        q, kvba = layout.dispatch(u, q, self.memory_proj)  # to each visited memory, through its projection
         k, v, b, a = kvba.split([H * K, H * V, H, H], dim=-1)
         k, v = layout.memory_conv(self.k_conv, self.v_conv, k, v)
         beta = b.to(compute).sigmoid()
@@ -173,10 +174,9 @@ class MoMAttention(nn.Module):
         # each memory over its tokens: S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = S_tᵀq_t/√K
         o = layout.gated_delta_rule(q, k, v, g, beta, scale=K**-0.5)
         o = layout.combine(o, routing.weights)  # o_t = Σ_m w_tm o_tm over its memories
-        # in the dtype the projections run in: under autocast, x's fp32 would have the norm
-        # save an fp32 copy of o for its backward, for the same values
-        o = o.to(autocast_dtype(x))
-        o = self.norm(o.view(B, T, H, V), self.gate_proj(x).view(B, T, H, V))
+        # in the projections' dtype: under autocast, x's fp32 would have the norm save an fp32
+        # copy of o for its backward, for the same values
+        o = self.norm(o.to(u.dtype).view(B, T, H, V), self.gate_proj(u).view(B, T, H, V))
         hidden = self.o_proj(o.reshape(B, T, H * V))
 
         token_mask = None
