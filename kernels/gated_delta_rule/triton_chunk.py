@@ -1,10 +1,11 @@
 """Triton implementation of ``chunk_gated_delta_rule`` (the "triton" backend).
 
-Forward: triton_chunk_fwd (prepare, state pass, output). The forward keeps what prepare made
-(G, Ai, w, u: the size of k and v plus 64 + 1 floats per token and head) and the backward
-recomputes only the chunk states h and v' from them (h, K·V floats per chunk and head, is the
-large one), then runs triton_chunk_bwd. The optional q/k L2 norm
-and the reshaping of the batch into one packed time axis happen in PyTorch around it.
+Forward: triton_chunk_fwd (prepare, state pass, output). The forward keeps only its inputs;
+the backward runs prepare again (G, Ai, w, u: the size of k and v plus 65 floats per token and
+head, which a training step would otherwise hold for every layer until its backward) and the
+state pass (the chunk states h, K·V floats per chunk and head), then triton_chunk_bwd. The
+optional q/k L2 norm and the reshaping of the batch into one packed time axis happen in
+PyTorch around it.
 """
 
 from __future__ import annotations
@@ -28,19 +29,20 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, initial_state, scale, output_final_state, index):
-        gcum, Ai, w, u = prepare(k, v, g, beta, index)
+        gcum, _, w, u = prepare(k, v, g, beta, index)
         h, v_new, final_state = state_pass(k, w, u, gcum, initial_state, output_final_state, index)
         o = output(q, k, v_new, h, gcum, scale, index)
-        ctx.save_for_backward(q, k, v, beta, initial_state, gcum, Ai, w, u)
-        ctx.g_dtype, ctx.scale, ctx.index = g.dtype, scale, index
+        ctx.save_for_backward(q, k, v, g, beta, initial_state)
+        ctx.scale, ctx.index = scale, index
         if final_state is not None:
             return o, final_state
         return o, None
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, initial_state, gcum, Ai, w, u = ctx.saved_tensors
+        q, k, v, g, beta, initial_state = ctx.saved_tensors
         scale, index = ctx.scale, ctx.index
+        gcum, Ai, w, u = prepare(k, v, g, beta, index)
         h, v_new, _ = state_pass(k, w, u, gcum, initial_state, False, index)
         do = do.contiguous()
         dv_local = intra_dv(q, k, do, gcum, scale, index)
@@ -51,7 +53,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         dk, dv, dbeta, dg = wy_backward(k, v, beta, gcum, Ai, dw, dv_new, dk_part, dG_part, index)
         if dh0 is not None:
             dh0 = dh0.to(initial_state.dtype)
-        return dq, dk, dv, dg.to(ctx.g_dtype), dbeta.to(beta.dtype), dh0, None, None, None
+        return dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dh0, None, None, None
 
 
 def chunk_gated_delta_rule_triton(
