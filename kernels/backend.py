@@ -60,3 +60,14 @@ def resolve_fp32_backend(backend: str | None, x: torch.Tensor, op: str, tensors:
             f"{op}: the Triton kernels compute in float32; float64 inputs need backend='torch'"
         )
     return choice
+
+
+def refuse_grad(op: str, named: dict[str, torch.Tensor | None], remedy: str = "") -> None:
+    """Raise KernelInputError when grad is enabled and a named input requires grad: a forward-only
+    (decoding) op refuses rather than silently dropping the gradient. ``remedy`` is appended."""
+    needs = [name for name, t in named.items() if t is not None and t.requires_grad]
+    if needs and torch.is_grad_enabled():
+        raise KernelInputError(
+            f"{op}: a decoding step has no backward, but {', '.join(needs)} require grad; "
+            f"call it under torch.no_grad(){remedy}"
+        )

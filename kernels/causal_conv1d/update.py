@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, refuse_grad, resolve_fp32_backend
 from memlab.kernels.limits import MAX_CONV_WIDTH, check_size
 
 OP = "causal_conv1d_update"
@@ -48,16 +48,7 @@ def _check(x: object, tail: object, weight: object, bias: object) -> None:
         raise KernelInputError(f"{OP}: bias must have shape [C={C}], got {list(bias.shape)}")
     if not tail.is_contiguous():
         raise KernelInputError(f"{OP}: tail must be contiguous (it is updated in place)")
-    needs = [
-        n
-        for n, t in (("x", x), ("tail", tail), ("weight", weight), ("bias", bias))
-        if t is not None and t.requires_grad
-    ]
-    if needs and torch.is_grad_enabled():
-        raise KernelInputError(
-            f"{OP}: a decoding step has no backward, but {', '.join(needs)} require grad; "
-            "call it under torch.no_grad()"
-        )
+    refuse_grad(OP, {"x": x, "tail": tail, "weight": weight, "bias": bias})
 
 
 def causal_conv1d_update(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import HAS_TRITON, KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import HAS_TRITON, KernelInputError, refuse_grad, resolve_fp32_backend
 from memlab.kernels.l2norm.torch_l2norm import EPS
 from memlab.kernels.limits import MAX_CONV_WIDTH, MAX_HEAD_DIM, check_size
 from memlab.kernels.precision import compute_dtype
@@ -140,12 +140,7 @@ def _check(named: dict[str, torch.Tensor]) -> None:
     for name in ("state", "q_tail", "k_tail", "v_tail"):
         if not named[name].is_contiguous():
             raise KernelInputError(f"{OP}: {name} must be contiguous (it is updated in place)")
-    needs = [name for name, x in named.items() if x.requires_grad]
-    if needs and torch.is_grad_enabled():
-        raise KernelInputError(
-            f"{OP}: a decoding step has no backward, but {', '.join(needs)} require grad; "
-            "call it under torch.no_grad()"
-        )
+    refuse_grad(OP, named)
 
 
 def gated_delta_rule_step(

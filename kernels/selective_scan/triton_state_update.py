@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from memlab.kernels import buffers
-from memlab.kernels.backend import KernelInputError
+from memlab.kernels.backend import refuse_grad
 from memlab.kernels.selective_scan.triton_scan import program_channels
 
 # Elements of the [BLOCK_D, N] state block per program.
@@ -127,12 +127,7 @@ def selective_state_update_triton(
     Inputs are otherwise assumed valid (``selective_state_update`` checks them).
     """
     tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias}
-    needs = [name for name, t in tensors.items() if t is not None and t.requires_grad]
-    if needs and torch.is_grad_enabled():
-        raise KernelInputError(
-            f"selective_state_update: the Triton decode step has no backward, but {', '.join(needs)} "
-            "require grad; call it under torch.no_grad() or use backend='torch'"
-        )
+    refuse_grad("selective_state_update", tensors, " or use backend='torch'")
     batch, dim, N = state.shape
     Bg, Cg = (_unit_last(t.unsqueeze(1) if t.dim() == 2 else t) for t in (B, C))
     gB, gC = Bg.shape[1], Cg.shape[1]
