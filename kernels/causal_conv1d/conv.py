@@ -12,14 +12,21 @@ OP = "causal_conv1d"
 ACTIVATIONS = (None, "silu")
 
 
-def _check_inputs(x: object, weight: object, bias: object, cu_seqlens: object, activation: object) -> None:
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if t is None and name == "bias":
+def check_float_tensors(op: str, named: dict[str, object], optional: tuple[str, ...] = ()) -> None:
+    """Every named value a floating-point tensor on the first one's device (``optional`` ones
+    may be None), else one KernelInputError naming it."""
+    first_name, first = next(iter(named.items()))
+    for name, t in named.items():
+        if t is None and name in optional:
             continue
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise KernelInputError(f"{OP}: {name} must be a floating-point torch.Tensor, got {t!r:.60}")
-        if t.device != x.device:
-            raise KernelInputError(f"{OP}: {name} is on {t.device} but x is on {x.device}")
+            raise KernelInputError(f"{op}: {name} must be a floating-point torch.Tensor, got {t!r:.60}")
+        if t.device != first.device:
+            raise KernelInputError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
+
+
+def _check_inputs(x: object, weight: object, bias: object, cu_seqlens: object, activation: object) -> None:
+    check_float_tensors(OP, {"x": x, "weight": weight, "bias": bias}, optional=("bias",))
     if x.dim() != 3:
         raise KernelInputError(f"{OP}: x must have shape [B, T, C], got {list(x.shape)}")
     C = x.shape[2]

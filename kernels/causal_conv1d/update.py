@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from memlab.kernels.backend import KernelInputError, refuse_grad, resolve_fp32_backend
+from memlab.kernels.causal_conv1d.conv import check_float_tensors
 from memlab.kernels.limits import MAX_CONV_WIDTH, check_size
 
 OP = "causal_conv1d_update"
@@ -26,13 +27,7 @@ def causal_conv1d_update_torch(
 
 
 def _check(x: object, tail: object, weight: object, bias: object) -> None:
-    for name, t in (("x", x), ("tail", tail), ("weight", weight), ("bias", bias)):
-        if t is None and name == "bias":
-            continue
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise KernelInputError(f"{OP}: {name} must be a floating-point torch.Tensor, got {t!r:.60}")
-        if t.device != x.device:
-            raise KernelInputError(f"{OP}: {name} is on {t.device} but x is on {x.device}")
+    check_float_tensors(OP, {"x": x, "tail": tail, "weight": weight, "bias": bias}, optional=("bias",))
     if x.dim() != 2:
         raise KernelInputError(f"{OP}: x must have shape [B, C], got {list(x.shape)}")
     (B, C), W = x.shape, weight.shape[-1]
