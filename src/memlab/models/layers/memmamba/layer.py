@@ -146,6 +146,8 @@ class MemMamba(nn.Module):
                 f"MemMamba layer {self.layer_idx} reads earlier layers' pools: call it with layer_memory"
             )
         decoding = state is not None
+        if decoding and x.shape[1] == 1 and cu_seqlens is None and not torch.is_grad_enabled():
+            return self.step(x, state, layer_memory)
         pools = self.pool(x, state.pool if decoding else None, cu_seqlens)
         layout, weights = pools.layout, {}
         # The gate and the attentions' queries are all projections of u, and so is the
@@ -177,6 +179,31 @@ class MemMamba(nn.Module):
         # Statistics describe passes over sequences (training, evaluation), not decoding steps.
         stats = {} if decoding else self._stats(pools, gate, weights)
         return MixerOutput(hidden, stats=stats, memory=pools.view)
+
+    @torch.no_grad()
+    def step(
+        self, x: torch.Tensor, state: MemMambaState, layer_memory: list[PoolView | None] | None = None
+    ) -> MixerOutput:
+        """One decoding token: x [B, 1, D] -> MixerOutput with hidden [B, 1, D] and the pool the
+        token read as ``memory``; ``state`` is continued in place. The same function as
+        ``forward`` at T = 1, without its chunk grids: the pool is the state's, the next one a
+        top-K over its K + R slots and the token's note (``NotePool.step``), the attentions
+        read K + R slots (``PoolAttention.step``), and the backbone takes its own step."""
+        view = self.pool.step(x, state.pool)
+        u = autocast_input(x[:, 0]) if self.attends else x[:, 0]  # [B, D]
+        u_bar = u
+        if self.token_attn is not None:
+            c_tok = self.token_attn.step(u, view.summary[:, 0], view.log_priority[:, 0], None, self.gamma_tok)
+            if self.gate is not None:
+                u_bar = torch.addcmul(u_bar, torch.sigmoid(self.gate(u)), c_tok)
+            else:
+                u_bar = u_bar + c_tok
+        if self.layer_attn is not None:
+            summary, log_priority, key_offset = self._layer_pools(layer_memory)
+            u_bar = u_bar + self.layer_attn.step(
+                u, summary[:, 0], log_priority[:, 0], key_offset, self.gamma_lay
+            )
+        return MixerOutput(self.backbone.step(u_bar[:, None], state.backbone).hidden, memory=view)
 
     def _layer_pools(
         self, layer_memory: list[PoolView | None]

@@ -154,22 +154,84 @@ class NotePool(nn.Module):
 
         # The pool before the pass: the state's, or the empty one a document starts with.
         carried = self.empty(B, x.device, x.dtype) if state is None else state
-        priority = torch.cat([carried.log_priority, log_priority.to(carried.log_priority.dtype)], dim=1)
-        index, valid, chunk = self._select(carried, priority, layout)  # [B, C + 1, K + R]
-        pool_summary = gather_slots(torch.cat([carried.summary, summary], dim=1), index)
-        pool_priority = gather_slots(priority, index).masked_fill(~valid, float("-inf"))
+        rows = (layout.chunk_index, layout.query_index, layout.older, layout.recent)
+        pool_summary, pool_priority, valid, recent_index = self._pools(carried, summary, log_priority, *rows)
         C = layout.num_chunks
         if state is not None:
-            # Row C is the pool after the pass. Copies, not views: a view would keep this pass's
-            # [B, C + 1, ...] tensors alive in the cache, whose size must not grow with a prefill.
-            state.summary, state.log_priority = pool_summary[:, C].clone(), pool_priority[:, C].clone()
-            state.valid = valid[:, C].clone()
-            if self.recent_slots:
-                state.recent_index = gather_slots(chunk, index[:, C:, self.pool_size :])[:, 0]
+            # Row C is the pool after the pass.
+            self._keep(state, pool_summary, pool_priority, valid, recent_index)
             ends_chunk = layout.complete[-1]
             state.chunk_max = chunk_max[:, -1].masked_fill(ends_chunk, float("-inf"))
             state.position += T
         return Pools(layout, PoolView(pool_summary[:, :C], pool_priority[:, :C]), valid[:, :C], log_priority)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: PoolState) -> PoolView:
+        """One decoding token x [B, 1, D] at ``state.position``: returns the pool it reads (the
+        state's own, as a ``PoolView`` of one chunk) and moves ``state`` past it, as ``forward``
+        does at T = 1. The token continues its chunk's running max; the chunk's note is a
+        candidate only if the token ends the chunk (decided on the device, for a CUDA graph);
+        and only the pool after the token is selected, among the K + R carried notes and it.
+
+        The state's pool is the one its chunk reads: its K best are sorted (ties in age order)
+        and its FIFO's empty slots, only ever before R chunks are complete, copy empty K-best
+        slots; so selecting it again, as ``forward`` does for the token's own chunk, gives it
+        back unchanged.
+        """
+        w, R = self.chunk_size, self.recent_slots
+        view = PoolView(state.summary[:, None], state.log_priority[:, None])
+        chunk, after = (state.position // w).reshape(1), state.position + 1
+        ends = (after % w == 0).reshape(1, 1)
+        chunk_max = torch.maximum(x, state.chunk_max[:, None])  # [B, 1, D]
+        summary, log_priority = self._summarise(chunk_max, chunk, x.dtype)
+        # A complete chunk's note enters the K best at once without a FIFO, else the FIFO.
+        older = ends if R == 0 else ends & False
+        query = (after // w).reshape(1)  # the next token's chunk
+        self._keep(state, *self._pools(state, summary, log_priority, chunk, query, older, ends))
+        state.chunk_max = torch.where(ends, float("-inf"), chunk_max[:, 0])
+        state.position += 1
+        return view
+
+    def _pools(
+        self,
+        carried: PoolSlots,
+        summary: torch.Tensor,
+        log_priority: torch.Tensor,
+        chunk_index: torch.Tensor,
+        query_index: torch.Tensor,
+        older: torch.Tensor,
+        recent: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The pools of Q queries among the carried slots and C new notes (summary [B, C, S],
+        log_priority [B, C]; their chunks ``chunk_index`` [C]; the queries' chunks
+        ``query_index`` [Q]; ``older`` and ``recent`` bool [Q, C] as in ``ChunkLayout``).
+
+        Returns summary [B, Q, K + R, S], log_priority [B, Q, K + R] (−inf at empty slots),
+        valid bool [B, Q, K + R] and, with recent slots, the last query's recent notes' chunk
+        indices int64 [B, R] (else None).
+        """
+        priority = torch.cat([carried.log_priority, log_priority.to(carried.log_priority.dtype)], dim=1)
+        index, valid, chunk = self._select(carried, priority, chunk_index, query_index, older, recent)
+        pool_summary = gather_slots(torch.cat([carried.summary, summary], dim=1), index)
+        pool_priority = torch.where(valid, gather_slots(priority, index), float("-inf"))
+        recent_index = None if chunk is None else gather_slots(chunk, index[:, -1:, self.pool_size :])[:, 0]
+        return pool_summary, pool_priority, valid, recent_index
+
+    @staticmethod
+    def _keep(
+        state: PoolState,
+        summary: torch.Tensor,
+        log_priority: torch.Tensor,
+        valid: torch.Tensor,
+        recent_index: torch.Tensor | None,
+    ) -> None:
+        """Put the last query's pool (of ``_pools``' [B, Q, ...] answer) into ``state``."""
+        # Copies, not views, of a longer pass's rows: a view would keep its [B, Q, ...] tensors
+        # alive in the cache, whose size must not grow with a prefill.
+        last = (lambda t: t[:, -1]) if valid.shape[1] == 1 else (lambda t: t[:, -1].clone())
+        state.summary, state.log_priority, state.valid = last(summary), last(log_priority), last(valid)
+        if recent_index is not None:
+            state.recent_index = recent_index
 
     def _notes(
         self, x: torch.Tensor, layout: ChunkLayout, state: PoolState | None
@@ -184,18 +246,25 @@ class NotePool(nn.Module):
             chunk_max = torch.cat(
                 [torch.maximum(chunk_max[:, :1], state.chunk_max[:, None]), chunk_max[:, 1:]], 1
             )
+        return chunk_max, *self._summarise(chunk_max, layout.chunk_index, x.dtype)
+
+    def _summarise(
+        self, chunk_max: torch.Tensor, chunk_index: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The notes of chunks with max-pool [B, C, D] and indices ``chunk_index`` int64 [C]:
+        summary [B, C, S] in ``dtype`` (the layer input's) and log π [B, C] in at least fp32."""
         # The norm in its weight's dtype: under autocast the projection comes out in bf16.
         projected = self.summary_proj(chunk_max).to(self.summary_norm.weight.dtype)
-        summary = self.summary_norm(projected).to(x.dtype)
-        return chunk_max, summary, self._log_priority(chunk_max, layout)
+        summary = self.summary_norm(projected).to(dtype)
+        return summary, self._log_priority(chunk_max, chunk_index)
 
-    def _log_priority(self, chunk_max: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    def _log_priority(self, chunk_max: torch.Tensor, chunk_index: torch.Tensor) -> torch.Tensor:
         """log π of each chunk [B, C], in at least fp32."""
         B, C, _ = chunk_max.shape
         dtype = torch.promote_types(chunk_max.dtype, torch.float32)
         if self.scorer is not None:
             return F.logsigmoid(self.scorer(chunk_max).squeeze(-1).to(dtype))
-        start = layout.chunk_index * self.chunk_size
+        start = chunk_index * self.chunk_size
         on = (start % self.note_period) < self.note_window
         value = torch.where(on, 0.0, math.log(_OFF_SCHEDULE_PRIORITY)).to(
             device=chunk_max.device, dtype=dtype
@@ -203,39 +272,43 @@ class NotePool(nn.Module):
         return value.expand(B, C)
 
     def _select(
-        self, carried: PoolSlots, priority: torch.Tensor, layout: ChunkLayout
+        self,
+        carried: PoolSlots,
+        priority: torch.Tensor,
+        chunk_index: torch.Tensor,
+        query_index: torch.Tensor,
+        older: torch.Tensor,
+        recent: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The pool of each chunk of the pass and the one after it, among the candidates: the
-        carried K best and R recent notes, then the pass's C chunks, oldest first.
+        """The pools of Q queries (``_pools``' arguments) among the candidates: the carried K
+        best and R recent notes, then the C new notes, oldest first.
 
         priority: [B, K + R + C], the candidates' log-priorities. Returns index int64 and
-        valid bool [B, C + 1, K + R] into the candidates (the K best, best first, then the R
+        valid bool [B, Q, K + R] into the candidates (the K best, best first, then the R
         recent, oldest first) and, with recent slots, the candidates' chunk indices int64
         [B, K + R + C] (the K best's −1), else None.
         """
-        B, C, K, R = priority.shape[0], layout.num_chunks, self.pool_size, self.recent_slots
+        B, K, R = priority.shape[0], self.pool_size, self.recent_slots
+        Q, C = older.shape
+        if not R:
+            visible = torch.cat([carried.valid[:, None].expand(B, Q, K), older.expand(B, Q, C)], dim=2)
+            return (*select_pools(priority, visible, K), None)
         # A carried recent note joins the K-best competition once it falls out of the FIFO
         # window of the chunk asking.
-        carried_recent = carried.valid[:, None, K:].expand(B, C + 1, R)
-        leaves_fifo = carried.recent_index[:, None, :] < (layout.query_index - R)[None, :, None]
-        older = torch.cat(
-            [
-                carried.valid[:, None, :K].expand(B, C + 1, K),
-                carried_recent & leaves_fifo,
-                layout.older.expand(B, C + 1, C),
-            ],
+        carried_recent = carried.valid[:, None, K:].expand(B, Q, R)
+        leaves_fifo = carried.recent_index[:, None, :] < (query_index - R)[None, :, None]
+        visible = torch.cat(
+            [carried.valid[:, None, :K].expand(B, Q, K), carried_recent & leaves_fifo, older.expand(B, Q, C)],
             dim=2,
         )
-        index, valid = select_pools(priority, older, K)  # [B, C + 1, K]
-        if not R:
-            return index, valid, None
-        no_best = torch.zeros(B, C + 1, K, dtype=torch.bool, device=priority.device)
-        recent = torch.cat([no_best, carried_recent & ~leaves_fifo, layout.recent.expand(B, C + 1, C)], 2)
+        index, valid = select_pools(priority, visible, K)  # [B, Q, K]
+        no_best = torch.zeros(B, Q, K, dtype=torch.bool, device=priority.device)
+        recent = torch.cat([no_best, carried_recent & ~leaves_fifo, recent.expand(B, Q, C)], 2)
         chunk = torch.cat(
             [
                 torch.full_like(carried.recent_index[:, :1], -1).expand(B, K),
                 carried.recent_index,
-                layout.chunk_index.expand(B, C),
+                chunk_index.expand(B, C),
             ],
             dim=1,
         )
@@ -257,7 +330,7 @@ def select_pools(
     (False where fewer than K candidates are visible; those entries point at invisible ones).
     Needs M >= K.
     """
-    scores = priority[:, None, :].masked_fill(~visible, float("-inf"))
+    scores = torch.where(visible, priority[:, None, :], float("-inf"))
     index = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :pool_size]
     return index, visible.gather(-1, index)
 

@@ -106,6 +106,52 @@ class PoolAttention(nn.Module):
             self.null_key, self.v_proj.weight, self.o_proj.weight, self.null_value, autocast_dtype(x),
         )  # fmt: skip
 
+    @torch.no_grad()
+    def step(
+        self,
+        x: torch.Tensor,
+        summary: torch.Tensor,
+        log_priority: torch.Tensor,
+        key_offset: torch.Tensor | None = None,
+        output_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``forward`` for one token per row: x [B, D], summary [B, S_k, summary_dim],
+        log_priority [B, S_k], key_offset and output_scale as there -> out [B, D] in the
+        products' dtype.
+
+        The same algebra, applied to the token instead of the weights: per head the query is
+        taken into summary space, W_k,hᵀ q_h (the null key and the group offsets as three more
+        kinds of column), and the mixture Σ_j p_j s_j back out through W_v,h, so no product of
+        weights is formed per call.
+        """
+        B, S_k, S = summary.shape
+        H, Dh = self.num_heads, self.head_dim
+        G = 0 if key_offset is None else key_offset.shape[0]
+        compute = autocast_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            work = torch.promote_types(torch.promote_types(log_priority.dtype, compute), torch.float32)
+            keys = [self.k_proj.weight.view(H, Dh, S), self.null_key[..., None]]
+            if G:
+                keys.append(key_offset.view(G, H, Dh).permute(1, 2, 0))
+            keys = torch.cat(keys, 2).to(compute)  # [H, d_h, S + 1 + G]
+            q = F.linear(x.to(compute), self.q_proj.weight.to(compute)) * Dh**-0.5
+            q_keys = torch.bmm(q.view(B, H, Dh).transpose(0, 1), keys)  # [H, B, S + 1 + G]
+            slots = summary.to(compute)
+            logits = torch.bmm(q_keys[..., :S].transpose(0, 1), slots.transpose(1, 2))  # [B, H, S_k]
+            logits = logits + log_priority[:, None].to(work)
+            if G:  # each group of S_k / G slots gets its offset's logit
+                logits = (
+                    logits.view(B, H, G, -1) + q_keys[..., S + 1 :].permute(1, 0, 2)[..., None]
+                ).flatten(2)
+            p = torch.cat([logits, q_keys[..., S].t()[..., None]], -1).softmax(-1).to(compute)  # null last
+            mixed = torch.bmm(p[..., :S_k], slots).transpose(0, 1)  # [H, B, S]
+            w_v = self.v_proj.weight.to(compute).view(H, Dh, S).transpose(1, 2)
+            values = torch.baddbmm(
+                p[..., S_k].t()[..., None] * self.null_value.to(compute)[:, None], mixed, w_v
+            )  # [H, B, d_h]
+            out = F.linear(values.transpose(0, 1).reshape(B, H * Dh), self.o_proj.weight.to(compute))
+            return out if output_scale is None else out * output_scale.to(compute)
+
 
 class _PoolAttend(torch.autograd.Function):
     """PoolAttention's computation with its backward written out (see the module docstring)."""
