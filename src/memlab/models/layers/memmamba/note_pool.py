@@ -155,11 +155,9 @@ class NotePool(nn.Module):
         # The pool before the pass: the state's, or the empty one a document starts with.
         carried = self.empty(B, x.device, x.dtype) if state is None else state
         rows = (layout.chunk_index, layout.query_index, layout.older, layout.recent)
-        pool_summary, pool_priority, valid, recent_index = self._pools(carried, summary, log_priority, *rows)
+        pool_summary, pool_priority, valid = self._pools(carried, summary, log_priority, rows, state)
         C = layout.num_chunks
-        if state is not None:
-            # Row C is the pool after the pass.
-            self._keep(state, pool_summary, pool_priority, valid, recent_index)
+        if state is not None:  # its pool is now row C's, the pool after the pass
             ends_chunk = layout.complete[-1]
             state.chunk_max = chunk_max[:, -1].masked_fill(ends_chunk, float("-inf"))
             state.position += T
@@ -167,16 +165,14 @@ class NotePool(nn.Module):
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: PoolState) -> PoolView:
-        """One decoding token x [B, 1, D] at ``state.position``: returns the pool it reads (the
-        state's own, as a ``PoolView`` of one chunk) and moves ``state`` past it, as ``forward``
-        does at T = 1. The token continues its chunk's running max; the chunk's note is a
-        candidate only if the token ends the chunk (decided on the device, for a CUDA graph);
-        and only the pool after the token is selected, among the K + R carried notes and it.
+        """One decoding token x [B, 1, D] at ``state.position``: the pool it reads, [B, 1, ...],
+        and ``state`` moved past it, as ``forward`` at T = 1 gives them. The token's chunk note
+        is a candidate only if the token ends the chunk (decided on the device, for a CUDA
+        graph), and only the pool after the token is selected: among K + R + 1 candidates.
 
-        The state's pool is the one its chunk reads: its K best are sorted (ties in age order)
-        and its FIFO's empty slots, only ever before R chunks are complete, copy empty K-best
-        slots; so selecting it again, as ``forward`` does for the token's own chunk, gives it
-        back unchanged.
+        The pool read is the state's: its K best are sorted (ties in age order) and its FIFO's
+        empty slots, only ever there before R chunks are complete, copy empty K-best slots, so
+        selecting it again, as ``forward`` does, gives it back unchanged.
         """
         w, R = self.chunk_size, self.recent_slots
         view = PoolView(state.summary[:, None], state.log_priority[:, None])
@@ -185,9 +181,8 @@ class NotePool(nn.Module):
         chunk_max = torch.maximum(x, state.chunk_max[:, None])  # [B, 1, D]
         summary, log_priority = self._summarise(chunk_max, chunk, x.dtype)
         # A complete chunk's note enters the K best at once without a FIFO, else the FIFO.
-        older = ends if R == 0 else ends & False
-        query = (after // w).reshape(1)  # the next token's chunk
-        self._keep(state, *self._pools(state, summary, log_priority, chunk, query, older, ends))
+        rows = (chunk, (after // w).reshape(1), ends if R == 0 else ends & False, ends)
+        self._pools(state, summary, log_priority, rows, state)
         state.chunk_max = torch.where(ends, float("-inf"), chunk_max[:, 0])
         state.position += 1
         return view
@@ -197,41 +192,33 @@ class NotePool(nn.Module):
         carried: PoolSlots,
         summary: torch.Tensor,
         log_priority: torch.Tensor,
-        chunk_index: torch.Tensor,
-        query_index: torch.Tensor,
-        older: torch.Tensor,
-        recent: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        rows: tuple[torch.Tensor, ...],
+        state: PoolState | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The pools of Q queries among the carried slots and C new notes (summary [B, C, S],
-        log_priority [B, C]; their chunks ``chunk_index`` [C]; the queries' chunks
-        ``query_index`` [Q]; ``older`` and ``recent`` bool [Q, C] as in ``ChunkLayout``).
+        log_priority [B, C]). rows: the notes' chunk indices [C], the queries' [Q], and which
+        notes each query may hold among its K best and its R recent, bool [Q, C] each (as
+        ``ChunkLayout``'s chunk_index, query_index, older, recent).
 
-        Returns summary [B, Q, K + R, S], log_priority [B, Q, K + R] (−inf at empty slots),
-        valid bool [B, Q, K + R] and, with recent slots, the last query's recent notes' chunk
-        indices int64 [B, R] (else None).
+        Returns summary [B, Q, K + R, S], log_priority [B, Q, K + R] (−inf at empty slots) and
+        valid bool [B, Q, K + R]; the last query's pool is put into ``state`` if given.
         """
         priority = torch.cat([carried.log_priority, log_priority.to(carried.log_priority.dtype)], dim=1)
-        index, valid, chunk = self._select(carried, priority, chunk_index, query_index, older, recent)
+        index, valid, chunk = self._select(carried, priority, rows)
         pool_summary = gather_slots(torch.cat([carried.summary, summary], dim=1), index)
         pool_priority = torch.where(valid, gather_slots(priority, index), float("-inf"))
-        recent_index = None if chunk is None else gather_slots(chunk, index[:, -1:, self.pool_size :])[:, 0]
-        return pool_summary, pool_priority, valid, recent_index
-
-    @staticmethod
-    def _keep(
-        state: PoolState,
-        summary: torch.Tensor,
-        log_priority: torch.Tensor,
-        valid: torch.Tensor,
-        recent_index: torch.Tensor | None,
-    ) -> None:
-        """Put the last query's pool (of ``_pools``' [B, Q, ...] answer) into ``state``."""
-        # Copies, not views, of a longer pass's rows: a view would keep its [B, Q, ...] tensors
-        # alive in the cache, whose size must not grow with a prefill.
-        last = (lambda t: t[:, -1]) if valid.shape[1] == 1 else (lambda t: t[:, -1].clone())
-        state.summary, state.log_priority, state.valid = last(summary), last(log_priority), last(valid)
-        if recent_index is not None:
-            state.recent_index = recent_index
+        if state is not None:
+            # Copies, not views, of a longer pass's rows: a view would keep its [B, Q, ...]
+            # tensors alive in the cache, whose size must not grow with a prefill.
+            last = (lambda t: t[:, -1]) if index.shape[1] == 1 else (lambda t: t[:, -1].clone())
+            state.summary, state.log_priority, state.valid = (
+                last(pool_summary),
+                last(pool_priority),
+                last(valid),
+            )
+            if chunk is not None:
+                state.recent_index = gather_slots(chunk, index[:, -1:, self.pool_size :])[:, 0]
+        return pool_summary, pool_priority, valid
 
     def _notes(
         self, x: torch.Tensor, layout: ChunkLayout, state: PoolState | None
@@ -272,15 +259,9 @@ class NotePool(nn.Module):
         return value.expand(B, C)
 
     def _select(
-        self,
-        carried: PoolSlots,
-        priority: torch.Tensor,
-        chunk_index: torch.Tensor,
-        query_index: torch.Tensor,
-        older: torch.Tensor,
-        recent: torch.Tensor,
+        self, carried: PoolSlots, priority: torch.Tensor, rows: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The pools of Q queries (``_pools``' arguments) among the candidates: the carried K
+        """The pools of Q queries (``_pools``' rows) among the candidates: the carried K
         best and R recent notes, then the C new notes, oldest first.
 
         priority: [B, K + R + C], the candidates' log-priorities. Returns index int64 and
@@ -288,8 +269,8 @@ class NotePool(nn.Module):
         recent, oldest first) and, with recent slots, the candidates' chunk indices int64
         [B, K + R + C] (the K best's −1), else None.
         """
-        B, K, R = priority.shape[0], self.pool_size, self.recent_slots
-        Q, C = older.shape
+        (chunk_index, query_index, older, recent), K, R = rows, self.pool_size, self.recent_slots
+        B, (Q, C) = priority.shape[0], older.shape
         if not R:
             visible = torch.cat([carried.valid[:, None].expand(B, Q, K), older.expand(B, Q, C)], dim=2)
             return (*select_pools(priority, visible, K), None)
