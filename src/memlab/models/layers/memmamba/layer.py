@@ -139,7 +139,7 @@ class MemMamba(nn.Module):
 
         Returns hidden [B, T, D] in x's dtype, the layer's PoolView as ``memory`` and, unless
         decoding (a state is given), stats (pool fill, mean priority, fusion gains and gate,
-        attention entropy).
+        attention entropy). One token with a state and grad off is a decoding step: ``step``.
         """
         if self.reads_layer_memory and layer_memory is None:
             raise ValueError(
