@@ -120,8 +120,8 @@ class PoolAttention(nn.Module):
         products' dtype.
 
         The same algebra, applied to the token instead of the weights: per head the query is
-        taken into summary space, W_k,hᵀ q_h (the null key and the group offsets as three more
-        kinds of column), and the mixture Σ_j p_j s_j back out through W_v,h, so no product of
+        taken into summary space, W_k,hᵀ q_h (the null key and the group offsets as further
+        columns), and the mixture Σ_j p_j s_j back out through W_v,h, so no product of
         weights is formed per call.
         """
         B, S_k, S = summary.shape
