@@ -4,6 +4,7 @@
 
 from memlab.models.layers.memmamba.config import MemMambaConfig
 from memlab.models.layers.memmamba.layer import MemMamba, MemMambaState
-from memlab.models.layers.memmamba.note_pool import NotePool, PoolState, PoolView
+from memlab.models.layers.memmamba.note_pool import NotePool
+from memlab.models.layers.memmamba.pools import PoolState, PoolView
 
 __all__ = ["MemMamba", "MemMambaConfig", "MemMambaState", "NotePool", "PoolState", "PoolView"]

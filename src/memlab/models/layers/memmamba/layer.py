@@ -40,8 +40,9 @@ from torch import nn
 from memlab.models.layers.mamba import Mamba, MambaState
 from memlab.models.layers.memmamba.chunk_layout import group_by_chunk, ungroup
 from memlab.models.layers.memmamba.config import MemMambaConfig
-from memlab.models.layers.memmamba.note_pool import NotePool, Pools, PoolState, PoolView
+from memlab.models.layers.memmamba.note_pool import NotePool
 from memlab.models.layers.memmamba.pool_attention import PoolAttention
+from memlab.models.layers.memmamba.pools import Pools, PoolState, PoolView
 from memlab.models.mixer import MixerOutput
 from memlab.models.modules.autocast_input import autocast_input
 from memlab.models.schema import Schema
