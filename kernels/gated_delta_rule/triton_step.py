@@ -19,6 +19,7 @@ from memlab.kernels import buffers
 from memlab.kernels.causal_conv1d.triton_update import conv_taps
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import tile
 from memlab.kernels.l2norm.torch_l2norm import EPS
+from memlab.kernels.triton_math import softplus
 
 CHANNEL_TILE = 128
 
@@ -72,12 +73,11 @@ def _memories_step_kernel(
             b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + eps)
             b_v = tl.load(kv_hat + row * H * (K + V) + H * K + i_h * V + o_v, mask=m_v, other=0.0)
             gate = i_b * stride_ab_b + i_m * stride_ab_m + i_h
-            x = tl.load(a + gate).to(tl.float32) + bias
-            softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+            decay = tl.exp(-A * softplus(tl.load(a + gate).to(tl.float32) + bias))
             beta = tl.sigmoid(tl.load(b + gate).to(tl.float32))
             # an int64 base, int32 offsets within the [K, V] state: fewer registers per element
             tile_at = state + (row.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
-            b_s = tl.load(tile_at, mask=m_kv, other=0.0) * tl.exp(-A * softplus)
+            b_s = tl.load(tile_at, mask=m_kv, other=0.0) * decay
             b_u = beta * (b_v - tl.sum(b_s * b_k[:, None], 0))
             b_s += b_k[:, None] * b_u[None, :]
             b_o += w * tl.sum(b_s * b_q[:, None], 0)

@@ -17,20 +17,10 @@ import triton.language as tl
 from memlab.kernels import buffers
 from memlab.kernels.backend import refuse_grad
 from memlab.kernels.selective_scan.triton_scan import program_channels
+from memlab.kernels.triton_math import softplus
 
 # Elements of the [BLOCK_D, N] state block per program.
 _TILE = 2048
-
-
-@triton.jit
-def _softplus(x):
-    """log(1 + e^x) without overflow, and accurate for very negative x (where 1 + e^x rounds
-    to 1 and a plain log would return 0): log1p(w) = log(1 + w)·w / ((1 + w) − 1)."""
-    w = tl.exp(-tl.abs(x))
-    v = 1.0 + w
-    exact = v == 1.0
-    log1p_w = tl.where(exact, w, tl.log(v) * w / tl.where(exact, 1.0, v - 1.0))
-    return tl.maximum(x, 0.0) + log1p_w
 
 
 @triton.jit
@@ -82,7 +72,7 @@ def _state_update_kernel(
     if HAS_BIAS:
         dt += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = softplus(dt)
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * stride_Bb + (g // B_div) * stride_Bg + n, mask=n_mask, other=0.0)
     Cv = tl.load(C_ptr + b * stride_Cb + (g // C_div) * stride_Cg + n, mask=n_mask, other=0.0)
