@@ -32,7 +32,7 @@ test-fast: setup  ## the suite without tests marked slow
 
 test-gpu: setup  ## the GPU conformance suite: random shapes per op and layer, seed in the header
 	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: no CUDA device; make test-gpu checks the kernels on a GPU')"
-	$(PY) -m pytest -m gpu tests/gpu -n $(GPU_WORKERS) $(ARGS)
+	$(PY) -m pytest -m gpu tests/gpu -n $(GPU_WORKERS) --dist loadgroup $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

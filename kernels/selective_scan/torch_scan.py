@@ -28,15 +28,17 @@ import torch.nn.functional as F
 from memlab.kernels.precision import compute_dtype
 
 # Chunk length (time steps, a power of two) is chosen so one chunk's [batch, T, dim, N]
-# tensors hold about this many elements: 2^18 fp32 = 1 MiB, about one core's L2 cache; longer
-# chunks spill out of it, shorter ones pay more per-op overhead.
-_CHUNK_ELEMENTS = 1 << 18
+# tensors hold about this many elements. On a CPU 2^18 fp32 = 1 MiB, about one core's L2
+# cache: longer chunks spill out of it, shorter ones pay more per-op overhead. On a GPU each
+# op is a kernel launch, so fewer, larger chunks win.
+_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 _MIN_CHUNK, _MAX_CHUNK = 4, 64
 
 
-def _chunk_len(per_step: int) -> int:
+def _chunk_len(per_step: int, device: torch.device) -> int:
     """Steps per chunk for per-step tensors of ``per_step`` elements (always even)."""
-    fit = max(_CHUNK_ELEMENTS // max(per_step, 1), 1)
+    budget = _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cpu"])
+    fit = max(budget // max(per_step, 1), 1)
     return min(max(1 << (fit.bit_length() - 1), _MIN_CHUNK), _MAX_CHUNK)
 
 
@@ -168,7 +170,7 @@ def selective_scan_torch(
     # Chunks run one after another, carrying the state; within a chunk the tree runs over
     # all steps at once. Short chunks keep the working set in cache, which on CPU matters
     # more than the few extra Python-level ops per chunk.
-    T = _chunk_len(batch * dim * N)
+    T = _chunk_len(batch * dim * N, u.device)
     ys = []
     h = None
     # split() rather than slicing in the loop: each slice's backward would zero-fill a

@@ -31,6 +31,9 @@ from tests.conformance.ops import STATE_SIZES, Family
 # weights are rounded to bf16).
 LAYER_TOL = {"fp32": 1e-4, "bf16": 1e-2}
 TWIN_TOL = 1e-3
+# A MoM head of one channel: its l2 norm q/sqrt(q²+eps) is a step whose slope near q = 0 is
+# 1/sqrt(eps), so fp32 rounding inside the layer moves its weights' gradients by up to ~5e-3.
+TWIN_TOL_ONE_CHANNEL = 1e-2
 # MoM fast against twin; its per-head decay parameters' gradients, sums over every token of
 # terms of both signs, differ between two correct bf16 paths by up to several percent.
 MOM_TOL = {"fp32": 2e-3, "bf16": 3e-2}
@@ -84,8 +87,8 @@ def _paths(model: torch.nn.Module, x: torch.Tensor, dtype: str, **kwargs: object
     return paths
 
 
-def _as_accurate(spec: dict, paths: dict[str, dict]) -> list[Measure]:
-    """The twin's fp32 run within TWIN_TOL of ref; fast within 2·(twin's error) + its bound."""
+def _as_accurate(spec: dict, paths: dict[str, dict], twin_tol: float = TWIN_TOL) -> list[Measure]:
+    """The twin's fp32 run within ``twin_tol`` of ref; fast within 2·(twin's error) + its bound."""
     tol, ref, twin = LAYER_TOL[spec["dtype"]], paths["ref"], paths["twin"]
     measures = []
     for name, r in ref.items():
@@ -94,7 +97,7 @@ def _as_accurate(spec: dict, paths: dict[str, dict]) -> list[Measure]:
         twin_err = rel_err(twin[name], r, FLOOR)
         twin32 = paths.get("twin fp32")
         twin32_err = twin_err if twin32 is None else rel_err(twin32[name], r, FLOOR)
-        measures.append(Measure("twin", name, twin32_err, TWIN_TOL))
+        measures.append(Measure("twin", name, twin32_err, twin_tol))
         bound = 2 * twin_err + tol if twin_err == twin_err else tol
         measures.append(Measure("fast", name, rel_err(paths["fast"][name], r, FLOOR), bound))
     return measures
@@ -127,8 +130,10 @@ def _draw_mom(d: Draw) -> dict:
     expand_v = d.choice([e for e in (0.5, 1, 2) if float(K * e).is_integer() and 1 <= K * e <= 256])
     spec = {"dtype": _precision(d), "d_model": d.choice((8, 16, 32) if d.tiny else (16, 64, 128, 256))}
     spec |= {"num_heads": d.randint(1, 2 if d.tiny else 4), "head_dim": K, "expand_v": expand_v}
-    spec |= {"num_memories": E, "topk": d.randint(1, E), "shared_mem": d.random() < 0.6}
-    spec |= {"conv_size": d.randint(1, 4), "empty_memory": E > 1 and d.random() < 0.2}
+    topk = d.randint(1, E)
+    spec |= {"num_memories": E, "topk": topk, "shared_mem": d.random() < 0.6}
+    # a memory no token picks exists only when a token picks fewer than all of them
+    spec |= {"conv_size": d.randint(1, 4), "empty_memory": E > 1 and d.random() < 0.2 and topk < E}
     return _lengths(d, spec, 300)
 
 
@@ -148,7 +153,8 @@ def _check_mom(spec: dict, device: str) -> list[Measure]:
         load = fast["stats"]["router_load"][-1].item()
         measures.append(Measure("fast", "load of the empty memory", load, 0.0))
     if _routes_alike(paths["ref"], twin):
-        return measures + _as_accurate(spec, paths)
+        twin_tol = TWIN_TOL_ONE_CHANNEL if spec["head_dim"] == 1 else TWIN_TOL
+        return measures + _as_accurate(spec, paths, twin_tol)
     for name, t in twin.items():
         if name != "stats":
             decay = spec["dtype"] == "bf16" and name in MOM_DECAY_GRADS

@@ -29,7 +29,9 @@ def run_seed() -> int:
 def case_params(config: pytest.Config, families: dict, per_family: int) -> list:
     """pytest.param((family, index, spec)) for ``per_family`` cases of every family, drawn
     from the run's seed over ``--conformance-shapes`` compiled shapes per family (see
-    ``palette_seed``); ids name the family, the index and the shape."""
+    ``palette_seed``); ids name the family, the index and the shape. The cases of one compiled
+    shape form one xdist group, so that under ``--dist loadgroup`` one worker compiles each
+    shape once instead of several workers racing to compile it."""
     shapes = config.getoption("conformance_shapes")
     params = []
     for name, family in families.items():
@@ -37,7 +39,8 @@ def case_params(config: pytest.Config, families: dict, per_family: int) -> list:
             draw = Draw(palette_seed(run_seed(), name, i, shapes), case_seed=case_seed(run_seed(), name, i))
             spec = family.draw(draw)
             shape = ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", "")
-            params.append(pytest.param((name, i, spec), id=f"{name}-{i}-{shape}"))
+            group = pytest.mark.xdist_group(f"{name}-{i % shapes}")
+            params.append(pytest.param((name, i, spec), id=f"{name}-{i}-{shape}", marks=group))
     return params
 
 
