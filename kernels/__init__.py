@@ -3,7 +3,8 @@
 Public API (names and conventions of the linear-attention and Mamba ecosystems):
 ``chunk_gated_delta_rule``, ``fused_recurrent_gated_delta_rule``, ``gated_delta_rule_step``,
 ``selective_scan``, ``selective_state_update``, ``causal_conv1d``, ``causal_conv1d_update``,
-``l2norm``, ``gated_rmsnorm``, ``combine_routed``. Every op takes ``backend="auto" | "triton" | "torch"``.
+``l2norm``, ``gated_rmsnorm``, ``combine_routed``, ``topk_route``. Every op takes
+``backend="auto" | "triton" | "torch"``.
 """
 
 from memlab.kernels.backend import KernelInputError, resolve_backend
@@ -17,6 +18,7 @@ from memlab.kernels.gated_delta_rule import (
 from memlab.kernels.gated_rmsnorm import gated_rmsnorm
 from memlab.kernels.l2norm import l2norm
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
+from memlab.kernels.topk_route import topk_route
 
 __all__ = [
     "KernelInputError",
@@ -31,4 +33,5 @@ __all__ = [
     "resolve_backend",
     "selective_scan",
     "selective_state_update",
+    "topk_route",
 ]

@@ -49,8 +49,8 @@ def gated_delta_rule_step_torch(
     v: torch.Tensor,
     a: torch.Tensor,
     b: torch.Tensor,
-    weights: torch.Tensor,
-    visited: torch.Tensor,
+    weights: torch.Tensor | None,
+    visited: torch.Tensor | None,
     state: torch.Tensor,
     q_tail: torch.Tensor,
     k_tail: torch.Tensor,
@@ -65,6 +65,9 @@ def gated_delta_rule_step_torch(
     """PyTorch twin (and, in fp64, the reference); arguments as ``gated_delta_rule_step``."""
     B, M, H, K, V = state.shape
     wide = state.dtype
+    if visited is None:  # every memory visited at weight 1
+        weights = state.new_ones(B, M)
+        visited = torch.ones(B, M, dtype=torch.bool, device=state.device)
     qc, q_new = _conv_step(q, q_tail, q_conv)
     kc, k_new = _conv_step(k, k_tail, k_conv)
     vc, v_new = _conv_step(v, v_tail, v_conv)
@@ -102,6 +105,10 @@ if HAS_TRITON:
 
 def _check(named: dict[str, torch.Tensor]) -> None:
     """Shapes, dtypes, devices and layouts only (never a host sync)."""
+    if (named["weights"] is None) != (named["visited"] is None):
+        raise KernelInputError(f"{OP}: weights and visited must be given together (or both None)")
+    if named["weights"] is None:
+        named = {n: x for n, x in named.items() if n not in ("weights", "visited")}
     for name, x in named.items():
         if not isinstance(x, torch.Tensor):
             raise KernelInputError(f"{OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
@@ -120,7 +127,9 @@ def _check(named: dict[str, torch.Tensor]) -> None:
         "v_conv": (H * V, W), "A_log": (H,), "dt_bias": (H,),
     }  # fmt: skip
     for name, shape in expected.items():
-        x = named[name]
+        x = named.get(name)
+        if x is None:
+            continue
         if tuple(x.shape) != shape:
             raise KernelInputError(
                 f"{OP}: {name} must have shape {list(shape)} for state {list(state.shape)}, "
@@ -130,7 +139,7 @@ def _check(named: dict[str, torch.Tensor]) -> None:
             raise KernelInputError(f"{OP}: {name} is on {x.device} but state is on {state.device}")
         if name != "visited" and not x.is_floating_point():
             raise KernelInputError(f"{OP}: {name} must be a float tensor, got {x.dtype}")
-    if named["visited"].dtype != torch.bool:
+    if "visited" in named and named["visited"].dtype != torch.bool:
         raise KernelInputError(f"{OP}: visited must be a bool tensor, got {named['visited'].dtype}")
     for name in ("k", "v", "q_tail", "k_tail", "v_tail"):
         if named[name].dtype != q.dtype:
@@ -149,8 +158,8 @@ def gated_delta_rule_step(
     v: torch.Tensor,
     a: torch.Tensor,
     b: torch.Tensor,
-    weights: torch.Tensor,
-    visited: torch.Tensor,
+    weights: torch.Tensor | None,
+    visited: torch.Tensor | None,
     state: torch.Tensor,
     q_tail: torch.Tensor,
     k_tail: torch.Tensor,
@@ -171,6 +180,8 @@ def gated_delta_rule_step(
         a, b: [B, M, H] the decay and β pre-activations.
         weights: [B, M] each memory's mixing weight.
         visited: bool [B, M] whether the token visits the memory (reads, decays and writes it).
+            weights and visited both None: every memory is visited at weight 1 (a Gated
+            DeltaNet layer), with no tensors to fill per step.
         state: [B, M, H, K, V] fp32 (fp64 on the twin), updated in place.
         q_tail [B, H·K, W−1], k_tail [B, M, H·K, W−1], v_tail [B, M, H·V, W−1]: the last W−1
             conv inputs, in q's dtype, updated in place.

@@ -28,7 +28,7 @@ CHANNEL_TILE = 128
 def _conv_step_kernel(
     q, kv, visited, q_tail, k_tail, v_tail, q_conv, k_conv, v_conv, q_out, kv_out,
     stride_kv_b, stride_kv_m,
-    M, HK: tl.constexpr, HV: tl.constexpr, W: tl.constexpr, BC: tl.constexpr,
+    M, HK: tl.constexpr, HV: tl.constexpr, W: tl.constexpr, BC: tl.constexpr, EVERY: tl.constexpr,
 ):  # fmt: skip
     i_b, i_r, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = i_c * BC + tl.arange(0, BC)
@@ -41,7 +41,10 @@ def _conv_step_kernel(
         row = i_b * M + i_r
         is_k, is_v = c < HK, (c >= HK) & (c < HK + HV)
         x = tl.load(kv + i_b * stride_kv_b + i_r * stride_kv_m + c, mask=is_k | is_v, other=0.0)
-        visits = (tl.zeros([BC], dtype=tl.int32) + tl.load(visited + i_b * M + i_r).to(tl.int32)) != 0
+        if EVERY:  # every memory visited
+            visits = tl.full([BC], 1, dtype=tl.int1)
+        else:
+            visits = (tl.zeros([BC], dtype=tl.int32) + tl.load(visited + i_b * M + i_r).to(tl.int32)) != 0
         k_tails, v_tails = k_tail + (row * HK + c) * (W - 1), v_tail + (row * HV + c - HK) * (W - 1)
         y = conv_taps(x, k_tails, k_conv + c * W, is_k, is_k & visits, W)
         y += conv_taps(x, v_tails, v_conv + (c - HK) * W, is_v, is_v & visits, W)
@@ -53,6 +56,7 @@ def _memories_step_kernel(
     q_hat, kv_hat, a, b, weights, visited, state, A_log, dt_bias, o,
     stride_ab_b, stride_ab_m, scale, eps,
     M, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    EVERY: tl.constexpr,
 ):  # fmt: skip
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -66,8 +70,9 @@ def _memories_step_kernel(
     bias = tl.load(dt_bias + i_h).to(tl.float32)
     b_o = tl.zeros([BV], dtype=tl.float32)
     for i_m in range(M):
-        if tl.load(visited + i_b * M + i_m) != 0:
-            w = tl.load(weights + i_b * M + i_m).to(tl.float32)
+        visit = 1 if EVERY else tl.load(visited + i_b * M + i_m)
+        if visit != 0:
+            w = 1.0 if EVERY else tl.load(weights + i_b * M + i_m).to(tl.float32)
             row = i_b * M + i_m
             b_k = tl.load(kv_hat + row * H * (K + V) + i_h * K + o_k, mask=m_k, other=0.0)
             b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + eps)
@@ -91,8 +96,8 @@ def gated_delta_rule_step_triton(
     v: torch.Tensor,
     a: torch.Tensor,
     b: torch.Tensor,
-    weights: torch.Tensor,
-    visited: torch.Tensor,
+    weights: torch.Tensor | None,
+    visited: torch.Tensor | None,
     state: torch.Tensor,
     q_tail: torch.Tensor,
     k_tail: torch.Tensor,
@@ -112,15 +117,19 @@ def gated_delta_rule_step_triton(
     kv = k if v.data_ptr() == k.data_ptr() + H * K * k.element_size() and k.stride() == v.stride() else None
     if kv is None or kv.stride(-1) != 1:
         kv = torch.cat([k, v], dim=-1)
-    q, weights = q.contiguous(), weights.contiguous()
-    visited = visited.contiguous().view(torch.uint8)
+    every = visited is None  # weights None too: every memory at weight 1, nothing to read
+    q = q.contiguous()
+    if every:
+        weights = visited = state  # never read
+    else:
+        weights, visited = weights.contiguous(), visited.contiguous().view(torch.uint8)
     q_hat = buffers.empty(B, H * K, dtype=torch.float32, device=q.device)
     kv_hat = buffers.empty(B, M, H * (K + V), dtype=torch.float32, device=q.device)
     BC = min(CHANNEL_TILE, triton.next_power_of_2(H * (K + V)))
     _conv_step_kernel[(B, M + 1, triton.cdiv(H * (K + V), BC))](
         q, kv, visited, q_tail, k_tail, v_tail,
         q_conv.contiguous(), k_conv.contiguous(), v_conv.contiguous(), q_hat, kv_hat,
-        kv.stride(0), kv.stride(1), M, HK=H * K, HV=H * V, W=W, BC=BC,
+        kv.stride(0), kv.stride(1), M, HK=H * K, HV=H * V, W=W, BC=BC, EVERY=every,
     )  # fmt: skip
     if a.stride() != b.stride() or a.stride(-1) != 1:  # views of one projection share strides
         a, b = a.contiguous(), b.contiguous()
@@ -128,6 +137,6 @@ def gated_delta_rule_step_triton(
     BV = tile(V, 32)
     _memories_step_kernel[(triton.cdiv(V, BV), B * H)](
         q_hat, kv_hat, a, b, weights, visited, state, A_log.contiguous(), dt_bias.contiguous(), o,
-        a.stride(0), a.stride(1), scale, EPS, M, H=H, K=K, V=V, BK=tile(K, 256), BV=BV,
+        a.stride(0), a.stride(1), scale, EPS, M, H=H, K=K, V=V, BK=tile(K, 256), BV=BV, EVERY=every,
     )  # fmt: skip
     return o

@@ -26,11 +26,19 @@ from memlab.kernels import (
     l2norm,
     selective_scan,
     selective_state_update,
+    topk_route,
 )
 from memlab.kernels.causal_conv1d.naive import naive_causal_conv1d
+from memlab.kernels.compare import rel_err
 from memlab.kernels.gated_delta_rule import naive_recurrent_gated_delta_rule
 from memlab.kernels.gated_delta_rule.step import gated_delta_rule_step
-from memlab.kernels.limits import MAX_COMBINE_SLOTS, MAX_CONV_WIDTH, MAX_NORM_DIM, MAX_STATE_SIZE
+from memlab.kernels.limits import (
+    MAX_COMBINE_SLOTS,
+    MAX_CONV_WIDTH,
+    MAX_NORM_DIM,
+    MAX_ROUTED_MEMORIES,
+    MAX_STATE_SIZE,
+)
 from memlab.kernels.selective_scan import naive_selective_scan
 from tests.conformance.check import Measure, as_fp64, bounds_for, measure, rounded, run
 from tests.conformance.draw import DTYPES, Draw, gates
@@ -158,7 +166,9 @@ GDN_RECURRENT = Family(
 def _draw_step(d: Draw) -> dict:
     spec = {"dtype": d.dtype(), "K": d.head_dim(), "V": d.head_dim(), "H": d.randint(1, 2 if d.tiny else 4)}
     spec |= {"W": d.randint(1, 4), "B": d.batch(4), "M": d.launch.randint(1, 3 if d.tiny else 6)}
-    return spec | {"gates": d.gate_kind(), "unvisited": d.launch.random() < 0.7}
+    spec |= {"gates": d.gate_kind(), "unvisited": d.launch.random() < 0.7}
+    # every memory visited at weight 1, given as weights = visited = None (a GDN layer's step)
+    return spec | {"implicit": not spec["unvisited"] and d.launch.random() < 0.5}
 
 
 def _check_step(spec: dict, device: str) -> list[Measure]:
@@ -183,9 +193,8 @@ def _check_step(spec: dict, device: str) -> list[Measure]:
             state, q_tail, k_tail, v_tail = (t.clone() for t in (state, q_tail, k_tail, v_tail))
             k, v, b = kvb.split([H * K, H * V, H], dim=-1)  # k ‖ v adjacent, as a projection gives them
             caches = {"state": state, "q_tail": q_tail, "k_tail": k_tail, "v_tail": v_tail}
-            o = gated_delta_rule_step(
-                q, k, v, a.to(b.dtype), b, weights, visited.to(q.device), **caches, **params, backend=backend
-            )
+            mixing = (None, None) if spec["implicit"] else (weights, visited.to(q.device))
+            o = gated_delta_rule_step(q, k, v, a.to(b.dtype), b, *mixing, **caches, **params, backend=backend)
             return o, state, q_tail, k_tail, v_tail
 
         return fn
@@ -458,6 +467,49 @@ def _check_combine(spec: dict, device: str) -> list[Measure]:
 
 COMBINE_ROUTED = Family("combine_routed", _draw_combine, _check_combine)
 
+# ---- top-k routing of decoding tokens ----
+
+# A token whose k-th and (k+1)-th fp64 probabilities are this close (relative), or whose k-th
+# is below what fp32 holds (exp underflows, subnormals may flush to 0), may be routed either
+# way by a correct fp32 path: a tie, not an error.
+ROUTE_TIE, ROUTE_FP32_ZERO = 1e-4, 1e-30
+ROUTE_TOL = 1e-5  # weights, computed in fp32 whatever the inputs' dtype
+
+
+def _draw_route(d: Draw) -> dict:
+    E = d.randint(2, 8 if d.tiny else MAX_ROUTED_MEMORIES)
+    spec = {"dtype": d.dtype(), "E": E, "topk": d.randint(1, E), "shared_mem": d.random() < 0.5}
+    spec |= {"D": d.choice((1, 3, 8, 16, 40) if d.tiny else (1, 8, 15, 64, 200, 1024, 2048))}
+    spec |= {"N": d.launch.choice((0, 1, 2, 3, 16, 64)), "sharp": d.launch.random() < 0.2}
+    return spec
+
+
+def _check_route(spec: dict, device: str) -> list[Measure]:
+    """fast and twin against fp64 on the same rounded inputs: equal routing except at ties,
+    weights within ROUTE_TOL on the rows routed alike. ``sharp`` scales the logits until some
+    chosen probabilities underflow to 0 (still visited)."""
+    N, D, E, k = spec["N"], spec["D"], spec["E"], spec["topk"]
+    scale = 300.0 if spec["sharp"] else 3.0
+    dt = DTYPES[spec["dtype"]]
+    x = _randn(N, D).to(device=device, dtype=dt)
+    router = (scale * D**-0.5 * _randn(E, D)).to(device=device, dtype=dt)
+    ref = topk_route(x.double(), router.double(), k, spec["shared_mem"], backend="torch")
+    top = F.linear(x.double(), router.double()).softmax(-1).topk(min(k + 1, E), dim=-1).values
+    gap = (top[:, k - 1] - top[:, k]) / top[:, k - 1].clamp_min(1e-300) if k < E else torch.ones(N)
+    measures = []
+    for path in ("fast", "twin"):
+        backend = "triton" if path == "fast" else "torch"
+        weights, visited = topk_route(x, router, k, spec["shared_mem"], backend=backend)
+        alike = (visited == ref[1]).all(-1)
+        strict = (gap.to(alike.device) > ROUTE_TIE) & (top[:, k - 1].to(alike.device) > ROUTE_FP32_ZERO)
+        off = (~alike & strict).sum().item()
+        measures.append(Measure(path, "rows routed apart off a tie", float(off), 0.0))
+        measures.append(Measure(path, "weights", rel_err(weights[alike], ref[0][alike]), ROUTE_TOL))
+    return measures
+
+
+TOPK_ROUTE = Family("topk_route", _draw_route, _check_route)
+
 FAMILIES = {
     f.name: f
     for f in (
@@ -471,5 +523,6 @@ FAMILIES = {
         L2NORM,
         GATED_RMSNORM,
         COMBINE_ROUTED,
+        TOPK_ROUTE,
     )
 }

@@ -54,3 +54,19 @@ def test_sizes_beyond_the_limits_are_refused() -> None:
         gated_delta_rule_step(**_inputs(K=257, H=1, M=1, B=1), backend="torch")
     with pytest.raises(KernelInputError, match="W=17"):
         gated_delta_rule_step(**_inputs(W=17), backend="torch")
+
+
+def test_no_weights_means_every_memory_at_weight_one() -> None:
+    torch.manual_seed(0)
+    x = {n: torch.randn(t.shape) if t.is_floating_point() else t for n, t in _inputs().items()}
+    implicit = {n: t.clone() for n, t in x.items()} | {"weights": None, "visited": None}
+    explicit = {n: t.clone() for n, t in x.items()} | {"weights": torch.ones(2, 3)}
+    o = gated_delta_rule_step(**implicit, backend="torch")
+    torch.testing.assert_close(o, gated_delta_rule_step(**explicit, backend="torch"))
+    for name in ("state", "q_tail", "k_tail", "v_tail"):
+        torch.testing.assert_close(implicit[name], explicit[name])
+
+
+def test_weights_and_visited_come_together() -> None:
+    with pytest.raises(KernelInputError, match="weights and visited must be given together"):
+        gated_delta_rule_step(**(_inputs() | {"weights": None}), backend="torch")

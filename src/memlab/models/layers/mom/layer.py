@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memlab.kernels import gated_delta_rule_step
+from memlab.kernels import gated_delta_rule_step, topk_route
+from memlab.kernels.limits import MAX_ROUTED_MEMORIES
 from memlab.models.layers.mom.config import MoMConfig
 from memlab.models.layers.mom.layout import choose_layout
 from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
@@ -207,24 +208,15 @@ class MoMAttention(nn.Module):
         o = self.norm(o.to(x.dtype).view(B, 1, H, V), self.gate_proj(x).view(B, 1, H, V))
         return MixerOutput(self.o_proj(o.reshape(B, 1, H * V)))
 
-    def _step_weights(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step_weights(self, token: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Each memory's weight [B, M] for tokens [B, D] (``route``'s renormalised top-k
         probabilities, in fp32; the shared memory's is 1) and whether the token visits it, bool
-        [B, M] (a top-k probability may underflow to 0: that memory is still visited)."""
-        B, compute = token.shape[0], torch.promote_types(token.dtype, torch.float32)
+        [B, M] (a top-k probability may underflow to 0: that memory is still visited); both
+        None with one memory, which every token visits at weight 1."""
         if self.router is None:
-            weights = torch.ones(B, 1, dtype=compute, device=token.device)
-            visited = torch.ones(B, 1, dtype=torch.bool, device=token.device)
-        else:
-            with torch.autocast(token.device.type, enabled=False):
-                probs = F.linear(token.to(compute), self.router.weight.to(compute)).softmax(-1)
-            top, chosen = probs.topk(self.topk, dim=-1)
-            weights = torch.zeros_like(probs).scatter_(1, chosen, top / top.sum(-1, keepdim=True))
-            visited = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, chosen, True)
-        if self.shared_mem:
-            weights = F.pad(weights, (0, 1), value=1.0)
-            visited = torch.cat([visited, visited.new_ones(B, 1)], dim=1)
-        return weights, visited
+            return None, None
+        backend = self.backend if self.num_memories <= MAX_ROUTED_MEMORIES else "torch"
+        return topk_route(token, self.router.weight, self.topk, self.shared_mem, backend=backend)
 
 
 def _mamba_decay_init(num_heads: int) -> tuple[nn.Parameter, nn.Parameter]:
