@@ -1,6 +1,11 @@
 """Triton L2 norm over the last dim (the "triton" backend of ``l2norm``): one pass over x
-forward, keeping 1/‖x‖ per row; one pass over x and dy backward,
-dx = r · dy − r³ (x · dy) x with r = 1/sqrt(Σ x² + eps)."""
+forward, keeping 1/‖x‖ per row; one pass over y and dy backward,
+dx = r · (dy − (y · dy) y) with r = 1/sqrt(Σ x² + eps) and y = r · x.
+
+The backward reads the output y rather than the input x: the gated delta rule, which takes
+y next, keeps y for its own backward anyway, so the norm adds no saved tensor of its own.
+Rows narrower than FROM_OUTPUT_MIN_D keep x instead: one component can then hold nearly all
+of the norm, y rounds to ±1 in 16 bits, and dy − (y · dy) y cancels to nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from memlab.kernels import buffers
 
 # Elements of the [rows, D] tile one program handles.
 _TILE = 4096
+FROM_OUTPUT_MIN_D = 16
 
 
 @triton.jit
@@ -27,16 +33,20 @@ def _l2norm_fwd_kernel(x, y, rstd, R, D, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl
 
 
 @triton.jit
-def _l2norm_bwd_kernel(x, dy, rstd, dx, R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _l2norm_bwd_kernel(
+    saved, dy, rstd, dx, R, D, FROM_OUTPUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
     o_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     o_d = tl.arange(0, BLOCK_D)
     mask = (o_r < R)[:, None] & (o_d < D)[None, :]
     offsets = o_r.to(tl.int64)[:, None] * D + o_d[None, :]
-    b_x = tl.load(x + offsets, mask=mask, other=0.0).to(tl.float32)
-    b_dy = tl.load(dy + offsets, mask=mask, other=0.0).to(tl.float32)
     b_r = tl.load(rstd + o_r, mask=o_r < R, other=0.0)
-    b_xdy = tl.sum(b_x * b_dy, 1)
-    b_dx = b_dy * b_r[:, None] - b_x * (b_r * b_r * b_r * b_xdy)[:, None]
+    b_y = tl.load(saved + offsets, mask=mask, other=0.0).to(tl.float32)
+    if not FROM_OUTPUT:  # saved holds x
+        b_y = b_y * b_r[:, None]
+    b_dy = tl.load(dy + offsets, mask=mask, other=0.0).to(tl.float32)
+    b_ydy = tl.sum(b_y * b_dy, 1)
+    b_dx = (b_dy - b_y * b_ydy[:, None]) * b_r[:, None]
     tl.store(dx + offsets, b_dx.to(dx.dtype.element_ty), mask=mask)
 
 
@@ -56,21 +66,23 @@ class _L2Norm(torch.autograd.Function):
         _l2norm_fwd_kernel[(triton.cdiv(R, block_r),)](
             rows, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d
         )
-        ctx.save_for_backward(rows, rstd)
-        ctx.shape = x.shape
-        return y.view(x.shape)
+        y = y.view(x.shape)
+        ctx.from_output = D >= FROM_OUTPUT_MIN_D
+        ctx.save_for_backward(y if ctx.from_output else x, rstd)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        rows, rstd = ctx.saved_tensors
+        saved, rstd = ctx.saved_tensors
+        rows = saved.view(-1, saved.shape[-1])
         R, D = rows.shape
         block_r, block_d = _blocks(D)
         dy = dy.reshape(R, D).contiguous()
         dx = buffers.empty_like(rows)
         _l2norm_bwd_kernel[(triton.cdiv(R, block_r),)](
-            rows, dy, rstd, dx, R, D, BLOCK_R=block_r, BLOCK_D=block_d
+            rows, dy, rstd, dx, R, D, FROM_OUTPUT=ctx.from_output, BLOCK_R=block_r, BLOCK_D=block_d
         )
-        return dx.view(ctx.shape), None
+        return dx.view(saved.shape), None
 
 
 def l2norm_triton(x: torch.Tensor, eps: float) -> torch.Tensor:

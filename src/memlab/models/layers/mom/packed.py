@@ -51,11 +51,12 @@ class PackedLayout:
     def dispatch(
         self, x: torch.Tensor, q: torch.Tensor, weight: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each visit's q [B, T, H, K] -> [N, H·K], l2-normalised before it is copied to its S
-        visits, and its token x [B, T, D] through its memory's projection weight [M, D, F] -> [N, F]."""
+        """Each visit's q [B, T, H, K] -> [N, H·K] (normalised later, with k: the normalised
+        copies are then the ones the gated delta rule keeps for its backward, and no other copy
+        of q is kept), and its token x [B, T, D] through its memory's projection weight
+        [M, D, F] -> [N, F]."""
         B, T, H, K = q.shape
-        q = l2norm(q.reshape(B * T, H, K), backend=self.backend)
-        q = dispatch_rows(q.view(B * T, H * K), self.segments, self.backend)
+        q = dispatch_rows(q.reshape(B * T, H * K), self.segments, self.backend)
         flat = autocast_input(x.reshape(B * T, x.shape[-1]))
         grouped = grouped_mm_fits(flat, weight)
         return q, project_packed(flat, weight, self.segments, grouped, self.backend)
@@ -79,11 +80,11 @@ class PackedLayout:
         beta: torch.Tensor,
         scale: float,
     ) -> torch.Tensor:
-        """One variable-length gated-delta-rule launch over the segments (k normalised here, q
-        in ``dispatch``). q [N, H·K]; k [1, N, H·K]; v [1, N, H·V]; g, beta [N, H] -> o [1, N, H, V]."""
+        """One variable-length gated-delta-rule launch over the segments, q and k normalised
+        here. q [N, H·K]; k [1, N, H·K]; v [1, N, H·V]; g, beta [N, H] -> o [1, N, H, V]."""
         N, H = g.shape
         o, _ = chunk_gated_delta_rule(
-            q.view(1, N, H, -1).to(k.dtype),
+            l2norm(q.view(1, N, H, -1).to(k.dtype), backend=self.backend),
             l2norm(k.view(1, N, H, -1), backend=self.backend),
             v.view(1, N, H, -1),
             g.view(1, N, H),
