@@ -14,12 +14,14 @@ def _check_inputs(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
-    A: torch.Tensor,
+    A: torch.Tensor | None,
     B: torch.Tensor,
     C: torch.Tensor,
     D: torch.Tensor | None,
     z: torch.Tensor | None,
     dt_bias: torch.Tensor | None,
+    dt_proj: torch.Tensor | None,
+    A_log: torch.Tensor | None,
 ) -> None:
     op = "selective_state_update"
     check_tensor(op, "state", state, (("batch", None), ("dim", None), ("N", None)), state, "state")
@@ -29,8 +31,17 @@ def _check_inputs(
     check_size(op, "N", N, MAX_STATE_SIZE, "the state's size")
     step = (("batch", batch), ("dim", dim))
     check_tensor(op, "x", x, step, state, "state")
-    check_tensor(op, "dt", dt, step, state, "state")
-    check_tensor(op, "A", A, (("dim", dim), ("N", N)), state, "state")
+    if dt_proj is None:
+        check_tensor(op, "dt", dt, step, state, "state")
+    else:
+        check_tensor(op, "dt_proj", dt_proj, (("dim", dim), ("R", None)), state, "state")
+        check_tensor(op, "dt", dt, (("batch", batch), ("R", dt_proj.shape[1])), state, "state and dt_proj")
+    if (A is None) == (A_log is None):
+        raise KernelInputError(f"{op}: give exactly one of A and A_log")
+    if A is None:
+        check_tensor(op, "A_log", A_log, (("dim", dim), ("N", N)), state, "state")
+    else:
+        check_tensor(op, "A", A, (("dim", dim), ("N", N)), state, "state")
     check_grouped(op, "B", B, batch, dim, N, (), state, "state")
     check_grouped(op, "C", C, batch, dim, N, (), state, "state")
     for name, t in (("D", D), ("dt_bias", dt_bias)):
@@ -59,10 +70,13 @@ def _state_update_torch(
     z: torch.Tensor | None,
     dt_bias: torch.Tensor | None,
     dt_softplus: bool,
+    dt_proj: torch.Tensor | None = None,
+    A_log: torch.Tensor | None = None,
 ) -> torch.Tensor:
     dtype = state.dtype
     dim = state.shape[1]
-    dt = dt.to(dtype)
+    dt = dt.to(dtype) if dt_proj is None else F.linear(dt.to(dtype), dt_proj.to(dtype))
+    A = -torch.exp(A_log.to(dtype)) if A is None else A
     if dt_bias is not None:
         dt = dt + dt_bias.to(dtype)
     if dt_softplus:
@@ -82,7 +96,7 @@ def selective_state_update(
     state: torch.Tensor,
     x: torch.Tensor,
     dt: torch.Tensor,
-    A: torch.Tensor,
+    A: torch.Tensor | None,
     B: torch.Tensor,
     C: torch.Tensor,
     D: torch.Tensor | None = None,
@@ -90,6 +104,9 @@ def selective_state_update(
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
     backend: str | None = None,
+    *,
+    dt_proj: torch.Tensor | None = None,
+    A_log: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One step of ``selective_scan`` for decoding: updates ``state`` in place, returns out.
 
@@ -102,13 +119,18 @@ def selective_state_update(
     in the state's dtype; out is [batch, dim] in x's dtype. Starting from the last state of
     ``selective_scan(..., return_last_state=True)`` continues that scan exactly.
 
+    Two of Mamba's per-token products can be left to the op, so that a decoding step does
+    not launch them: with ``dt_proj`` [dim, R], dt is Mamba's low-rank [batch, R] and the op
+    takes dt · dt_projᵀ (in the state's dtype); with ``A_log`` [dim, N] in place of A (pass
+    A=None), it takes A = −exp(A_log).
+
     ``backend`` and errors as for ``selective_scan`` (KernelInputError naming the argument);
     a float64 state counts as a float64 input.
     """
-    _check_inputs(state, x, dt, A, B, C, D, z, dt_bias)
+    _check_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_proj, A_log)
     tensors = (state, x, dt, A, B, C, D, z, dt_bias)
-    if resolve_fp32_backend(backend, x, "selective_state_update", tensors) == "triton":
+    if resolve_fp32_backend(backend, x, "selective_state_update", (*tensors, dt_proj, A_log)) == "triton":
         from memlab.kernels.selective_scan.triton_state_update import selective_state_update_triton
 
-        return selective_state_update_triton(*tensors, dt_softplus=dt_softplus)
-    return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        return selective_state_update_triton(*tensors, dt_softplus=dt_softplus, dt_proj=dt_proj, A_log=A_log)
+    return _state_update_torch(*tensors, dt_softplus, dt_proj, A_log)

@@ -271,6 +271,10 @@ def _draw_state_update(d: Draw) -> dict:
     del spec["L"], spec["last_state"], spec["channels_last"]
     spec["strided_state"] = d.random() < 0.3
     spec["strided_inputs"] = d.random() < 0.3  # x, dt, z, B, C as views of wider rows
+    # Mamba's step: dt as the low-rank [batch, R] with dt_proj [dim, R] (dt then needs the
+    # softplus to stay a step size), A as A_log
+    spec["dt_rank"] = d.choice((1, 3, 16, 48, 100)) if spec["softplus"] and d.random() < 0.4 else None
+    spec["A_log"] = d.random() < 0.4
     return spec
 
 
@@ -295,16 +299,26 @@ def _check_state_update(spec: dict, device: str) -> list[Measure]:
         return _randn(batch, N) if groups is None else _randn(batch, groups, N)
 
     x = {"x": _randn(batch, dim), "dt": _randn(batch, dim) if spec["softplus"] else _randn(batch, dim).abs()}
-    x |= {"A": -torch.exp(_randn(dim, N)), "B": bc(spec["groups_B"]), "C": bc(spec["groups_C"])}
+    R = spec.get("dt_rank")
+    if R:
+        x |= {"dt": _randn(batch, R), "dt_proj": R**-0.5 * _randn(dim, R)}
+    A_log = _randn(dim, N)
+    x |= {"A_log": A_log} if spec.get("A_log") else {"A": -torch.exp(A_log)}
+    x |= {"B": bc(spec["groups_B"]), "C": bc(spec["groups_C"])}
     x |= {"D": _randn(dim)} if spec["D"] else {}
     x |= {"z": _randn(batch, dim)} if spec["z"] else {}
     bias = 0.5 * _randn(dim) if spec["softplus"] else 0.5 * _randn(dim).abs()
     x |= {"dt_bias": bias} if spec["delta_bias"] else {}
     dt = DTYPES[spec["dtype"]]
-    x = rounded(x, {"x": dt, "dt": dt, "B": dt, "C": dt, "z": dt}, device)
+    x = rounded(x, {"x": dt, "dt": dt, "B": dt, "C": dt, "z": dt, "dt_proj": dt}, device)
     state = _randn(batch, dim, N)
     state = state.to(device)
-    ref_out, ref_state = _reference_state_update(state.clone(), **as_fp64(x), dt_softplus=spec["softplus"])
+    full = as_fp64(x)
+    if R:
+        full["dt"] = full["dt"] @ full.pop("dt_proj").T
+    if "A_log" in full:
+        full["A"] = -torch.exp(full.pop("A_log"))
+    ref_out, ref_state = _reference_state_update(state.clone(), **full, dt_softplus=spec["softplus"])
     ref = {"out": ref_out, "state": ref_state}
     measures = []
     if spec.get("strided_inputs"):  # as Mamba's step hands them over: slices of projections
@@ -316,7 +330,8 @@ def _check_state_update(spec: dict, device: str) -> list[Measure]:
         if spec["strided_state"]:  # the state as a slice of a wider cache
             s = torch.cat([s, torch.zeros_like(s)], dim=-1)[..., :N]
         with torch.no_grad(), buffers.poisoned(path == "fast"):
-            out = selective_state_update(s, **x, dt_softplus=spec["softplus"], backend=backend)
+            args = {"A": None} | x  # A may be given as A_log
+            out = selective_state_update(s, **args, dt_softplus=spec["softplus"], backend=backend)
         measures += measure(path, {"out": out, "state": s}, ref, bounds_for(spec["dtype"]))
     return measures
 

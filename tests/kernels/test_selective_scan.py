@@ -302,6 +302,10 @@ STEP_BAD = [
     ("D", lambda x: x.update(D=x["D"].int())),
     ("z", lambda x: x.update(z=x["z"].T)),
     ("dt_bias", lambda x: x.update(dt_bias=x["dt_bias"][:-1])),
+    ("dt", lambda x: x.update(dt_proj=torch.zeros(DIM, 3, dtype=torch.float64))),
+    ("dt_proj", lambda x: x.update(dt=x["dt"][:, :3], dt_proj=torch.zeros(DIM - 1, 3, dtype=torch.float64))),
+    ("give exactly one of A", lambda x: x.update(A_log=x["A"])),
+    ("give exactly one of A", lambda x: x.update(A=None)),
 ]
 
 
@@ -311,6 +315,20 @@ def test_state_update_rejects_bad_inputs(gen, name, corrupt):
     corrupt(x)
     with pytest.raises(KernelInputError, match=rf"^selective_state_update: {name} "):
         selective_state_update(**x)
+
+
+def test_state_update_projects_dt_and_takes_a_log(gen):
+    # Mamba's step hands over the low-rank dt with dt_proj, and A_log: the same step as with
+    # dt · dt_projᵀ and A = −exp(A_log) given
+    x = step_inputs(gen)
+    low = torch.randn(BATCH, 3, generator=gen, dtype=torch.float64)
+    proj = torch.randn(DIM, 3, generator=gen, dtype=torch.float64)
+    A_log = torch.randn(DIM, x["A"].shape[1], generator=gen, dtype=torch.float64)
+    given = x | {"dt": low @ proj.T, "A": -A_log.exp(), "state": x["state"].clone()}
+    fused = x | {"dt": low, "dt_proj": proj, "A": None, "A_log": A_log}
+    out = selective_state_update(**fused, dt_softplus=True)
+    torch.testing.assert_close(out, selective_state_update(**given, dt_softplus=True))
+    torch.testing.assert_close(fused["state"], given["state"])
 
 
 def test_backend_choice(gen, monkeypatch):

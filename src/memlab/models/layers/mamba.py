@@ -218,8 +218,9 @@ class Mamba(nn.Module):
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: MambaState) -> MixerOutput:
         """One decoding token: x [B, 1, D] -> MixerOutput with hidden [B, 1, D]; ``state`` is
-        continued in place. The same function as ``forward`` at T = 1, in six launches: in_proj,
-        the conv step, x_proj, dt_proj, the state update and out_proj."""
+        continued in place. The same function as ``forward`` at T = 1, in five launches: in_proj,
+        the conv step, x_proj, the state update (which projects dt and takes A from A_log
+        itself) and out_proj."""
         x_in, z = self.in_proj(x[:, 0]).chunk(2, dim=-1)  # [B, E] each
         state.conv_tail = state.conv_tail.contiguous()  # a T = 1 forward with grad leaves a view
         u = causal_conv1d_update(
@@ -227,10 +228,9 @@ class Mamba(nn.Module):
             "silu", self.backend,
         )  # fmt: skip
         dt_low, B_ssm, C_ssm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
         y = selective_state_update(
-            state.ssm, u, F.linear(dt_low, self.dt_proj.weight), A, B_ssm, C_ssm, D=self.D, z=z,
-            dt_bias=self.dt_proj.bias, dt_softplus=True, backend=self.backend,
+            state.ssm, u, dt_low, None, B_ssm, C_ssm, D=self.D, z=z, dt_bias=self.dt_proj.bias,
+            dt_softplus=True, backend=self.backend, dt_proj=self.dt_proj.weight, A_log=self.A_log,
         )  # fmt: skip
         return MixerOutput(self.out_proj(y.to(x.dtype))[:, None])
 
