@@ -4,6 +4,8 @@ dx = r · (dy − (y · dy) y) with r = 1/sqrt(Σ x² + eps) and y = r · x.
 
 The backward reads the output y rather than the input x: the gated delta rule, which takes
 y next, keeps y for its own backward anyway, so the norm adds no saved tensor of its own.
+In 16 bits that costs some accuracy only where dy is nearly parallel to y (dx then nearly 0):
+dx is off by about one rounding of r·|dy|, as large as the rounding dy arrived with.
 Rows narrower than FROM_OUTPUT_MIN_D keep x instead: one component can then hold nearly all
 of the norm, y rounds to ±1 in 16 bits, and dy − (y · dy) y cancels to nothing."""
 

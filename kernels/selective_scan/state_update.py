@@ -75,7 +75,8 @@ def _state_update_torch(
 ) -> torch.Tensor:
     dtype = state.dtype
     dim = state.shape[1]
-    dt = dt.to(dtype) if dt_proj is None else F.linear(dt.to(dtype), dt_proj.to(dtype))
+    with torch.autocast(state.device.type, enabled=False):  # in the state's dtype, as the kernel
+        dt = dt.to(dtype) if dt_proj is None else F.linear(dt.to(dtype), dt_proj.to(dtype))
     A = -torch.exp(A_log.to(dtype)) if A is None else A
     if dt_bias is not None:
         dt = dt + dt_bias.to(dtype)

@@ -16,7 +16,8 @@ def topk_route_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch twin (and, in fp64, the reference); arguments as ``topk_route``."""
     compute = torch.promote_types(x.dtype, torch.float32)
-    probs = F.linear(x.to(compute), router.to(compute)).softmax(-1)
+    with torch.autocast(x.device.type, enabled=False):  # fp32 logits under autocast too
+        probs = F.linear(x.to(compute), router.to(compute)).softmax(-1)
     top, chosen = probs.topk(topk, dim=-1)
     weights = torch.zeros_like(probs).scatter_(1, chosen, top / top.sum(-1, keepdim=True))
     visited = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, chosen, True)
@@ -54,6 +55,8 @@ def topk_route(
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 2:
             raise KernelInputError(f"{OP}: {name} must be a 2-D floating-point torch.Tensor, got {t!r:.60}")
     E, D = router.shape
+    if D < 1:
+        raise KernelInputError(f"{OP}: the tokens must have at least one feature, got D={D}")
     if x.shape[1] != D:
         raise KernelInputError(f"{OP}: x must be [N, {D}] for router [{E}, {D}], got {list(x.shape)}")
     if x.device != router.device:

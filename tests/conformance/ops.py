@@ -484,10 +484,11 @@ COMBINE_ROUTED = Family("combine_routed", _draw_combine, _check_combine)
 
 # ---- top-k routing of decoding tokens ----
 
-# A token whose k-th and (k+1)-th fp64 probabilities are this close (relative), or whose k-th
-# is below what fp32 holds (exp underflows, subnormals may flush to 0), may be routed either
-# way by a correct fp32 path: a tie, not an error.
-ROUTE_TIE, ROUTE_FP32_ZERO = 1e-4, 1e-30
+# A token whose k-th and (k+1)-th fp64 logits are closer than fp32 logits are accurate
+# (ROUTE_TIE · sqrt(D) · max |logit|), or whose k-th probability is below what fp32 holds (exp
+# underflows, subnormals may flush to 0), may be routed either way by a correct fp32 path: a
+# tie, not an error.
+ROUTE_TIE, ROUTE_FP32_ZERO = 1e-6, 1e-30
 ROUTE_TOL = 1e-5  # weights, computed in fp32 whatever the inputs' dtype
 
 
@@ -509,14 +510,17 @@ def _check_route(spec: dict, device: str) -> list[Measure]:
     x = _randn(N, D).to(device=device, dtype=dt)
     router = (scale * D**-0.5 * _randn(E, D)).to(device=device, dtype=dt)
     ref = topk_route(x.double(), router.double(), k, spec["shared_mem"], backend="torch")
-    top = F.linear(x.double(), router.double()).softmax(-1).topk(min(k + 1, E), dim=-1).values
-    gap = (top[:, k - 1] - top[:, k]) / top[:, k - 1].clamp_min(1e-300) if k < E else torch.ones(N)
+    logits = F.linear(x.double(), router.double())
+    top = logits.softmax(-1).topk(min(k + 1, E), dim=-1).values
+    sorted_logits = logits.topk(min(k + 1, E), dim=-1).values
+    resolution = ROUTE_TIE * D**0.5 * logits.abs().amax(-1)
+    gap = sorted_logits[:, k - 1] - sorted_logits[:, k] - resolution if k < E else torch.ones(N)
     measures = []
     for path in ("fast", "twin"):
         backend = "triton" if path == "fast" else "torch"
         weights, visited = topk_route(x, router, k, spec["shared_mem"], backend=backend)
         alike = (visited == ref[1]).all(-1)
-        strict = (gap.to(alike.device) > ROUTE_TIE) & (top[:, k - 1].to(alike.device) > ROUTE_FP32_ZERO)
+        strict = (gap.to(alike.device) > 0) & (top[:, k - 1].to(alike.device) > ROUTE_FP32_ZERO)
         off = (~alike & strict).sum().item()
         measures.append(Measure(path, "rows routed apart off a tie", float(off), 0.0))
         measures.append(Measure(path, "weights", rel_err(weights[alike], ref[0][alike]), ROUTE_TOL))

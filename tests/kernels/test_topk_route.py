@@ -68,3 +68,13 @@ def test_triton_equals_twin(N: int, D: int, E: int, k: int, shared: bool, dtype,
         assert torch.equal(got[1], want[1])
     else:  # probabilities tied at 0: either path may pick any of them, at weight 0
         assert torch.equal(got[1] & (want[0] > 0), want[0] > 0)
+
+
+def test_twin_routes_in_fp32_under_autocast() -> None:
+    torch.manual_seed(3)
+    x, router = torch.randn(64, 40), torch.randn(8, 40)
+    want = topk_route(x, router, 2, True, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = topk_route(x, router, 2, True, backend="torch")
+    assert got[0].dtype == torch.float32
+    torch.testing.assert_close(got, want)

@@ -218,9 +218,10 @@ class Mamba(nn.Module):
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: MambaState) -> MixerOutput:
         """One decoding token: x [B, 1, D] -> MixerOutput with hidden [B, 1, D]; ``state`` is
-        continued in place. The same function as ``forward`` at T = 1, in five launches: in_proj,
-        the conv step, x_proj, the state update (which projects dt and takes A from A_log
-        itself) and out_proj."""
+        continued in place. The same function as ``forward`` at T = 1 up to rounding (dt is
+        projected in fp32, not in the weights' dtype), in five launches: in_proj, the conv
+        step, x_proj, the state update (which projects dt and takes A from A_log itself) and
+        out_proj."""
         x_in, z = self.in_proj(x[:, 0]).chunk(2, dim=-1)  # [B, E] each
         state.conv_tail = state.conv_tail.contiguous()  # a T = 1 forward with grad leaves a view
         u = causal_conv1d_update(

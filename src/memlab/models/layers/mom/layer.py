@@ -188,8 +188,9 @@ class MoMAttention(nn.Module):
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: MoMState) -> MixerOutput:
         """One decoding token: x [B, 1, D] -> MixerOutput with hidden [B, 1, D] (no statistics);
-        ``state`` is continued in place. The same function as ``forward`` at T = 1, with the
-        memories' recurrence, convs and gates in one op (``gated_delta_rule_step``)."""
+        ``state`` is continued in place. The same function as ``forward`` at T = 1 up to
+        rounding (and to which of several exactly tied router probabilities is picked), with
+        the memories' recurrence, convs and gates in one op (``gated_delta_rule_step``)."""
         B = x.shape[0]
         H, K, V = self.num_heads, self.head_dim, self.value_dim
         token = x[:, 0]
