@@ -132,9 +132,22 @@ def test_train_step_suite_steps_and_reports() -> None:
     table = train_step.format_table(rows)
     assert "| transformer_340m | 4 × 2048 | none | 92.4 | 88.7k | 19.0 % | 16.8 | 1.00 |" in table
     assert "| gdn_340m | 1 × 32768 | none | OOM |" in table
-    assert train_step._shape("4x2048") == (4, 2048)
+    assert train_step.parse_shape("4x2048") == (4, 2048)
     with pytest.raises(argparse.ArgumentTypeError):
-        train_step._shape("4x")
+        train_step.parse_shape("4x")
+
+
+def test_lightning_step_runs_train_py_and_reads_its_throughput() -> None:
+    # the real scripts/train.py on a generated local corpus (a tiny model, on the CPU)
+    from memlab.bench import lightning_step
+
+    assert SUITES["lightning_step"] is lightning_step.run
+    tiny = ("model.d_model=32", "model.n_layers=1", "trainer.accelerator=cpu", "trainer.precision=32-true")
+    tiny += ("data.vocab_size=260", "data.num_workers=0")
+    assert lightning_step.lightning_tokens_per_s("gdn", 2, 16, steps=4, skipped=1, extra=tiny) > 0
+    rows = [dict(model="gdn", config="gdn_340m", batch=4, T=2048, plain_tokens_per_s=45e3,
+                 lightning_tokens_per_s=43.2e3, lightning_vs_plain=0.96)]  # fmt: skip
+    assert "| gdn_340m | 4 × 2048 | 45.0k | 43.2k | 0.960 |" in lightning_step.format_table(rows)
 
 
 def test_decode_speed_floor_counts_the_cache_traffic() -> None:

@@ -27,6 +27,9 @@ ABOUT = {
     "`memlab.bench.gated_delta_rule`).",
     "layers": "The MemMamba layer against its Mamba backbone, forward+backward (d_model 768, "
     "32768 tokens per call, bf16 autocast; `memlab.bench.layers`).",
+    "lightning_step": "`scripts/train.py` (Lightning, `trainer=gpu`, a local text corpus) against "
+    "the plain training loop of `train_step`, same model and shape: tokens/s and their ratio "
+    "(`memlab.bench.lightning_step`).",
     "mom": "The MoM layer against our GDN layer, SDPA attention and flash-linear-attention's layers, "
     "forward+backward (D 1024, 4 heads × 256, bf16, 32768 tokens per call; `memlab.bench.mom`).",
     "train_step": "Whole training steps at the 340M and 130M shapes: ms/step, tokens/s, MFU over "

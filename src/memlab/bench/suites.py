@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from memlab.bench import decode, decode_speed, gated_delta_rule, layers, mom, selective_scan, train_step
+from memlab.bench import (
+    decode,
+    decode_speed,
+    gated_delta_rule,
+    layers,
+    lightning_step,
+    mom,
+    selective_scan,
+    train_step,
+)
 
 SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
     "decode": decode.run,
     "decode_speed": decode_speed.run,
     "gated_delta_rule": gated_delta_rule.run,
     "layers": layers.run,
+    "lightning_step": lightning_step.run,
     "mom": mom.run,
     "selective_scan": selective_scan.run,
     "train_step": train_step.run,

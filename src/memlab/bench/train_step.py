@@ -190,7 +190,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _shape(text: str) -> tuple[int, int]:
+def parse_shape(text: str) -> tuple[int, int]:
     try:
         batch, length = (int(part) for part in text.lower().split("x"))
     except ValueError:
@@ -203,7 +203,7 @@ def _shape(text: str) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=[*MODELS, "hf_llama"], default=[*MODELS, "hf_llama"])
-    parser.add_argument("--shapes", nargs="+", type=_shape, default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(SHAPES))
     parser.add_argument("--checkpointing", nargs="+", choices=CHECKPOINTING, default=list(CHECKPOINTING))
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()

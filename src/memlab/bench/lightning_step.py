@@ -1,0 +1,139 @@
+"""Benchmark: ``scripts/train.py`` (Lightning) against the plain training loop, tokens/s.
+
+The same model, batch and length two ways, one after the other on one GPU: ``train_step``'s
+plain PyTorch loop, and ``scripts/train.py`` as users run it on a local text corpus
+(``data=text_files``, the bytes tokenizer under the model's own vocabulary; ``trainer=gpu``:
+bf16-mixed, gradient clipping, the warmup-cosine schedule, the default callbacks, a CSV
+logger). The Lightning figure is the median of the throughput callback's per-step
+``perf/tokens_per_s`` after the first steps (the callback times whole steps, data loading
+included). Goal: Lightning within 5 % of the plain loop. Run by ``scripts/bench.py --suite
+lightning_step``, or alone by ``python -m memlab.bench.lightning_step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from memlab.bench import train_step
+from memlab.bench.cli import require_cuda
+from memlab.bench.table import cell, report
+
+ROOT = Path(__file__).resolve().parents[3]
+MODELS = ("transformer", "gdn")
+SHAPE = (4, 2048)
+STEPS, SKIPPED = 40, 10  # steps run; first steps left out of the median (compilation, warm-up)
+WORDS = ("the", "of", "memory", "state", "token", "model", "layer", "recall", "router", "gate", "value")
+
+
+def write_corpus(folder: Path, documents: int = 64, words: int = 4000, seed: int = 0) -> None:
+    """``documents`` text files of random words (about 5 bytes each) in ``folder``."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(documents):
+        text = " ".join(rng.choice(WORDS) for _ in range(words))
+        (folder / f"doc{i:03d}.txt").write_text(text + "\n")
+
+
+def train_command(
+    config: str, batch: int, length: int, corpus: Path, run_dir: Path, steps: int, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The ``scripts/train.py`` command line: model ``config`` on the corpus for ``steps`` steps,
+    no validation or test, a CSV logger writing every step into ``run_dir``."""
+    # the model's own vocabulary (the paper-shape configs fix one), which covers the bytes
+    vocab = OmegaConf.load(ROOT / "configs" / "model" / f"{config}.yaml").get("vocab_size")
+    vocab_override = [f"data.vocab_size={vocab}"] if isinstance(vocab, int) else []
+    return [
+        sys.executable, str(ROOT / "scripts" / "train.py"), f"model={config}", "data=text_files",
+        f"data.files=[{corpus}/*.txt]", f"data.seq_len={length}", f"data.batch_size={batch}",
+        *vocab_override, "trainer=gpu", f"trainer.max_steps={steps}",
+        "+trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "test=false", "logger=csv",
+        f"hydra.run.dir={run_dir}", f"paths.log_dir={run_dir.parent}", "extras.print_config=false",
+        *extra,
+    ]  # fmt: skip
+
+
+def lightning_tokens_per_s(
+    config: str,
+    batch: int,
+    length: int,
+    steps: int = STEPS,
+    skipped: int = SKIPPED,
+    extra: tuple[str, ...] = (),
+) -> float:
+    """Median ``perf/tokens_per_s`` of a ``scripts/train.py`` run after its first ``skipped`` steps."""
+    with tempfile.TemporaryDirectory(prefix="memlab-lightning-step-") as tmp:
+        corpus, run_dir = Path(tmp) / "corpus", Path(tmp) / "logs" / "run"
+        write_corpus(corpus)
+        command = train_command(config, batch, length, corpus, run_dir, steps, extra)
+        env = os.environ | {"MEMLAB_ROOT": str(ROOT)}
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/train.py failed ({done.returncode}): {done.stderr[-2000:]}")
+        with open(run_dir / "csv" / "metrics.csv") as file:
+            rows = [r for r in csv.DictReader(file) if r.get("perf/tokens_per_s")]
+    figures = [float(r["perf/tokens_per_s"]) for r in rows if int(r["step"]) >= skipped]
+    if not figures:
+        raise RuntimeError(f"scripts/train.py logged no perf/tokens_per_s after step {skipped}")
+    return statistics.median(figures)
+
+
+def measure(models: tuple[str, ...] = MODELS, shape: tuple[int, int] = SHAPE) -> list[dict]:
+    """One row per model: the plain loop's and scripts/train.py's tokens/s and their ratio."""
+    batch, length = shape
+    rows = []
+    for name in models:
+        plain = train_step.measure_one(name, batch, length, "none", None)["tokens_per_s"]
+        lightning = lightning_tokens_per_s(train_step.MODELS[name], batch, length)
+        row = {"model": name, "config": train_step.MODELS[name], "batch": batch, "T": length}
+        rows.append(row | {"plain_tokens_per_s": plain, "lightning_tokens_per_s": lightning})
+        rows[-1]["lightning_vs_plain"] = lightning / plain if plain else None
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| model | B × T | plain loop tokens/s | scripts/train.py tokens/s | train.py / plain |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        plain, lit = (r[k] and r[k] / 1e3 for k in ("plain_tokens_per_s", "lightning_tokens_per_s"))
+        lines.append(
+            f"| {r['config']} | {r['batch']} × {r['T']} | {cell(plain, '.1f')}k | {cell(lit, '.1f')}k "
+            f"| {cell(r['lightning_vs_plain'], '.3f')} |"
+        )
+    lines.append(
+        f"\nplain: train_step's loop (fused AdamW, no clipping); scripts/train.py: trainer=gpu on a "
+        f"local text corpus, median of perf/tokens_per_s over steps {SKIPPED}-{STEPS}. Goal: ≥ 0.95."
+    )
+    return "\n".join(lines)
+
+
+def run() -> tuple[list[dict], str]:
+    """The suite as ``scripts/bench.py`` runs it."""
+    rows = measure()
+    return rows, format_table(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=list(train_step.MODELS), default=list(MODELS))
+    parser.add_argument("--shape", type=train_step.parse_shape, default=SHAPE)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    require_cuda()
+    rows = measure(tuple(args.models), args.shape)
+    report("lightning_step", rows, format_table(rows), args.json)
+
+
+if __name__ == "__main__":
+    main()
