@@ -1,5 +1,6 @@
-"""Reference causal depthwise conv1d: every output a plain sum over its window, one time step
-at a time. The ground truth the fast paths are tested against (call it in float64)."""
+"""Reference causal depthwise conv1d: every output a plain sum over its window, tap after tap
+(each tap's product taken for all time steps at once, so the loop is over the window, not over
+time). The ground truth the fast paths are tested against (call it in float64)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ def naive_causal_conv1d(
     W = weight.shape[1]
     start = segment_starts(cu_seqlens, T, x.device)
     xs, w = x.to(dtype), weight.to(dtype)
-    y = torch.empty(B, T, C, dtype=dtype, device=x.device)
-    for t in range(T):
-        acc = torch.zeros(B, C, dtype=dtype, device=x.device) if bias is None else bias.to(dtype).expand(B, C)
-        for s in range(min(W, t - int(start[t]) + 1)):
-            acc = acc + w[:, W - 1 - s] * xs[:, t - s]
-        y[:, t] = F.silu(acc) if activation == "silu" else acc
+    t = torch.arange(T, device=x.device)
+    acc = torch.zeros(B, T, C, dtype=dtype, device=x.device)
+    if bias is not None:
+        acc = acc + bias.to(dtype)
+    for s in range(W):
+        inside = (t - s >= start)[None, :, None]  # x_{t−s} belongs to t's sequence
+        shifted = F.pad(xs, (0, 0, s, 0))[:, :T]  # x_{t−s}
+        acc = acc + torch.where(inside, w[:, W - 1 - s] * shifted, 0.0)
+    y = F.silu(acc) if activation == "silu" else acc
     return y.to(x.dtype)
