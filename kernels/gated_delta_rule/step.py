@@ -10,9 +10,9 @@ A memory the token does not visit keeps its state and its conv tails as they are
 memory's weight may still be 0: a router probability that underflows). The q conv is shared
 by the memories and always advances.
 
-The decoding step used to be some forty small launches per layer (routing layout, three conv
-steps, gates, norms, the recurrence, the combine); here it is two, so that a CUDA-graph replay
-of a whole model is bound by memory traffic rather than by launch latency.
+Two launches for all of it (the chunked form's ops would be some forty small ones per layer:
+routing layout, three convs, gates, norms, the recurrence, the combine), so that a CUDA-graph
+replay of a whole model is bound by memory traffic rather than by launch latency.
 """
 
 from __future__ import annotations
