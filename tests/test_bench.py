@@ -150,6 +150,21 @@ def test_lightning_step_runs_train_py_and_reads_its_throughput() -> None:
     assert "| gdn_340m | 4 × 2048 | 45.0k | 43.2k | 0.960 |" in lightning_step.format_table(rows)
 
 
+def test_loglikelihood_suite_scores_packed_requests() -> None:
+    from memlab.bench import loglikelihood
+    from memlab.models import LanguageModel
+    from memlab.models.layers import MoMAttention
+
+    assert SUITES["loglikelihood"] is loglikelihood.run
+    net = LanguageModel(64, 32, 1, lambda **kw: MoMAttention(**kw, num_heads=2, head_dim=16)).eval()
+    pairs = loglikelihood.requests(6, 64)
+    assert all(64 <= len(c) <= 1024 and 1 <= len(t) <= 16 for c, t in pairs)
+    assert loglikelihood.scoring_tokens_per_s(net, pairs, batch_size=4) > 0
+    rows = [dict(model="gdn", config="gdn_340m", requests=256, batch_size=16, adapter_tokens_per_s=80e3,
+                 forward_tokens_per_s=200e3, vs_forward=0.4)]  # fmt: skip
+    assert "| gdn_340m | 80.0k | 200.0k | 0.40 |" in loglikelihood.format_table(rows)
+
+
 def test_decode_speed_floor_counts_the_cache_traffic() -> None:
     from memlab.bench.decode_speed import cache_traffic
     from memlab.models import LanguageModel

@@ -30,6 +30,9 @@ ABOUT = {
     "lightning_step": "`scripts/train.py` (Lightning, `trainer=gpu`, a local text corpus) against "
     "the plain training loop of `train_step`, same model and shape: tokens/s and their ratio "
     "(`memlab.bench.lightning_step`).",
+    "loglikelihood": "The lm-evaluation-harness adapter's loglikelihood scoring (requests packed "
+    "with cu_seqlens) against the same model's training forward, in tokens read per second "
+    "(`memlab.bench.loglikelihood`).",
     "mom": "The MoM layer against our GDN layer, SDPA attention and flash-linear-attention's layers, "
     "forward+backward (D 1024, 4 heads × 256, bf16, 32768 tokens per call; `memlab.bench.mom`).",
     "train_step": "Whole training steps at the 340M and 130M shapes: ms/step, tokens/s, MFU over "

@@ -24,7 +24,7 @@ from memlab.errors import ConfigError
 from memlab.eval.chunked import token_nll
 from memlab.eval.lm_eval.decoding import generate_until
 from memlab.eval.lm_eval.loading import load_text_model, run_config
-from memlab.eval.lm_eval.packing import score_packed
+from memlab.eval.packing import score_packed
 
 log = logging.getLogger(__name__)
 _AMP = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None, None: None}

@@ -1,0 +1,121 @@
+"""Benchmark: the lm-evaluation-harness adapter's loglikelihood scoring against the training forward.
+
+The adapter (``memlab.eval.lm_eval``) scores ``batch_size`` requests per forward pass, packed
+end to end with ``cu_seqlens`` and the LM head applied only where a continuation is predicted
+(``memlab.eval.packing.score_packed``). Timed here on synthetic requests shaped like a
+multiple-choice task (contexts of 64 to 1024 tokens, continuations of 1 to 16), against the
+same model's training forward at 4 × 2048 tokens (bf16 autocast, the chunked loss, no
+backward). Both in tokens read per second. Goal: the adapter at ≥ 50 % of the forward. Run by
+``scripts/bench.py --suite loglikelihood``, or alone by ``python -m memlab.bench.loglikelihood``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+from torch import nn
+
+from memlab.bench import train_step
+from memlab.bench.cli import require_cuda
+from memlab.bench.table import cell, report
+from memlab.bench.timing import time_ms
+from memlab.eval.packing import score_packed
+
+MODELS = ("transformer", "gdn", "mom")
+REQUESTS, BATCH_SIZE = 256, 16  # BATCH_SIZE: the adapter's default requests per pass
+FORWARD_SHAPE = (4, 2048)
+
+
+def requests(count: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """``count`` (context, continuation) token lists: contexts of 64-1024, continuations of 1-16."""
+    rng = random.Random(seed)
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(vocab) for _ in range(n)]
+
+    return [(ids(rng.randint(64, 1024)), ids(rng.randint(1, 16))) for _ in range(count)]
+
+
+def scoring_tokens_per_s(net: nn.Module, pairs: list, batch_size: int = BATCH_SIZE) -> float:
+    """Tokens read per second by score_packed over ``pairs``, ``batch_size`` per pass, under
+    bf16 autocast as the adapter runs it on a GPU (after one warm-up pass)."""
+    device = next(net.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    batches = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+    with autocast:
+        score_packed(net, batches[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for batch in batches:
+            score_packed(net, batch)  # returns Python floats: each pass ends synchronised
+        seconds = time.perf_counter() - start
+    return sum(len(c) + len(t) - 1 for c, t in pairs) / seconds
+
+
+def forward_tokens_per_s(net: nn.Module, batch: int, length: int) -> float:
+    """Tokens per second of the training forward (loss included, no backward) at batch × length."""
+    device = next(net.parameters()).device
+    ids = torch.randint(net.vocab_size, (batch, length + 1), device=device)
+
+    @torch.no_grad()
+    def forward() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            net(ids[:, :-1], targets=ids[:, 1:])
+
+    return batch * length / time_ms(forward, warmup_ms=300, rep_ms=2000) * 1e3
+
+
+def measure(models: tuple[str, ...] = MODELS) -> list[dict]:
+    """One row per model: the adapter's and the forward's tokens/s and their ratio."""
+    rows = []
+    for name in models:
+        net = train_step.build(name).cuda().eval()
+        pairs = requests(REQUESTS, net.vocab_size)
+        adapter = scoring_tokens_per_s(net, pairs)
+        forward = forward_tokens_per_s(net, *FORWARD_SHAPE)
+        row = {"model": name, "config": train_step.MODELS[name], "requests": REQUESTS}
+        row |= {"batch_size": BATCH_SIZE, "adapter_tokens_per_s": adapter, "forward_tokens_per_s": forward}
+        rows.append(row | {"vs_forward": adapter / forward})
+        del net
+        torch.cuda.empty_cache()
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| model | loglikelihood tokens/s | training forward tokens/s | ratio |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {cell(r['adapter_tokens_per_s'] / 1e3, '.1f')}k "
+            f"| {cell(r['forward_tokens_per_s'] / 1e3, '.1f')}k | {cell(r['vs_forward'], '.2f')} |"
+        )
+    batch, length = FORWARD_SHAPE
+    lines.append(
+        f"\nloglikelihood: {REQUESTS} requests (contexts 64-1024 tokens, continuations 1-16), "
+        f"{BATCH_SIZE} packed per pass, bf16 autocast; forward: {batch} × {length}, loss included, "
+        "no backward. Goal: ratio ≥ 0.5."
+    )
+    return "\n".join(lines)
+
+
+def run() -> tuple[list[dict], str]:
+    """The suite as ``scripts/bench.py`` runs it."""
+    rows = measure()
+    return rows, format_table(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=list(train_step.MODELS), default=list(MODELS))
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    require_cuda()
+    rows = measure(tuple(args.models))
+    report("loglikelihood", rows, format_table(rows), args.json)
+
+
+if __name__ == "__main__":
+    main()
