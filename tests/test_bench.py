@@ -145,9 +145,9 @@ def test_lightning_step_runs_train_py_and_reads_its_throughput() -> None:
     tiny = ("model.d_model=32", "model.n_layers=1", "trainer.accelerator=cpu", "trainer.precision=32-true")
     tiny += ("data.vocab_size=260", "data.num_workers=0")
     assert lightning_step.lightning_tokens_per_s("gdn", 2, 16, steps=4, skipped=1, extra=tiny) > 0
-    rows = [dict(model="gdn", config="gdn_340m", batch=4, T=2048, plain_tokens_per_s=45e3,
+    rows = [dict(model="gdn", config="gdn_340m", batch=4, T=2048, optimizer="fused", plain_tokens_per_s=45e3,
                  lightning_tokens_per_s=43.2e3, lightning_vs_plain=0.96)]  # fmt: skip
-    assert "| gdn_340m | 4 × 2048 | 45.0k | 43.2k | 0.960 |" in lightning_step.format_table(rows)
+    assert "| gdn_340m | 4 × 2048 | fused | 45.0k | 43.2k | 0.960 |" in lightning_step.format_table(rows)
 
 
 def test_loglikelihood_suite_scores_packed_requests() -> None:
