@@ -27,14 +27,14 @@ CHANNEL_TILE = 128
 @triton.jit
 def _conv_step_kernel(
     q, kv, visited, q_tail, k_tail, v_tail, q_conv, k_conv, v_conv, q_out, kv_out,
-    stride_kv_b, stride_kv_m,
+    stride_q_b, stride_kv_b, stride_kv_m,
     M, HK: tl.constexpr, HV: tl.constexpr, W: tl.constexpr, BC: tl.constexpr, EVERY: tl.constexpr,
 ):  # fmt: skip
     i_b, i_r, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = i_c * BC + tl.arange(0, BC)
     if i_r == M:  # the shared q: always advances
         m_c = c < HK
-        x = tl.load(q + i_b * HK + c, mask=m_c, other=0.0)
+        x = tl.load(q + i_b * stride_q_b + c, mask=m_c, other=0.0)
         y = conv_taps(x, q_tail + (i_b * HK + c) * (W - 1), q_conv + c * W, m_c, m_c, W)
         tl.store(q_out + i_b * HK + c, y * tl.sigmoid(y), mask=m_c)
     else:  # memory i_r's k (channels below HK), then its v
@@ -110,15 +110,16 @@ def gated_delta_rule_step_triton(
     scale: float,
 ) -> torch.Tensor:
     """Arguments as ``gated_delta_rule_step`` (which checks them): the state and the tails
-    contiguous; k and v read in place where they are adjacent in one row (k ‖ v, as one
-    projection gives them)."""
+    contiguous; q read in place with any row stride, and k and v where they are adjacent in one
+    row (k ‖ v, as one projection gives them)."""
     B, M, H, K, V = state.shape
     W = q_conv.shape[-1]
     kv = k if v.data_ptr() == k.data_ptr() + H * K * k.element_size() and k.stride() == v.stride() else None
     if kv is None or kv.stride(-1) != 1:
         kv = torch.cat([k, v], dim=-1)
     every = visited is None  # weights None too: every memory at weight 1, nothing to read
-    q = q.contiguous()
+    if q.stride(-1) != 1:
+        q = q.contiguous()
     if every:
         weights = visited = state  # never read
     else:
@@ -129,7 +130,7 @@ def gated_delta_rule_step_triton(
     _conv_step_kernel[(B, M + 1, triton.cdiv(H * (K + V), BC))](
         q, kv, visited, q_tail, k_tail, v_tail,
         q_conv.contiguous(), k_conv.contiguous(), v_conv.contiguous(), q_hat, kv_hat,
-        kv.stride(0), kv.stride(1), M, HK=H * K, HV=H * V, W=W, BC=BC, EVERY=every,
+        q.stride(0), kv.stride(0), kv.stride(1), M, HK=H * K, HV=H * V, W=W, BC=BC, EVERY=every,
     )  # fmt: skip
     if a.stride() != b.stride() or a.stride(-1) != 1:  # views of one projection share strides
         a, b = a.contiguous(), b.contiguous()

@@ -167,8 +167,12 @@ def _draw_step(d: Draw) -> dict:
     spec = {"dtype": d.dtype(), "K": d.head_dim(), "V": d.head_dim(), "H": d.randint(1, 2 if d.tiny else 4)}
     spec |= {"W": d.randint(1, 4), "B": d.batch(4), "M": d.launch.randint(1, 3 if d.tiny else 6)}
     spec |= {"gates": d.gate_kind(), "unvisited": d.launch.random() < 0.7}
-    # every memory visited at weight 1, given as weights = visited = None (a GDN layer's step)
-    return spec | {"implicit": not spec["unvisited"] and d.launch.random() < 0.5}
+    # every memory visited at weight 1, given as weights = visited = None (a GDN layer's step);
+    # q read from a wider row, as the layer's joined projection gives it
+    return spec | {
+        "implicit": not spec["unvisited"] and d.launch.random() < 0.5,
+        "q_row": d.launch.random() < 0.5,
+    }
 
 
 def _check_step(spec: dict, device: str) -> list[Measure]:
@@ -180,7 +184,12 @@ def _check_step(spec: dict, device: str) -> list[Measure]:
         weights = torch.where(torch.rand(B, M) < 0.2, 0.0, weights)
     g = gates(spec["gates"], (B, M, H))  # a = softplus⁻¹(−g / A) with A = 1: the drawn decay
     a = torch.where(g < -1e-12, torch.log(torch.expm1(-g.clamp(max=-1e-12))), -30.0)
-    x = {"q": _randn(B, H * K), "kvb": _randn(B, M, H * (K + V + 1)), "a": a, "weights": weights}
+    x = {
+        "q": _randn(B, H * K + 5 * spec.get("q_row", False)),
+        "kvb": _randn(B, M, H * (K + V + 1)),
+        "a": a,
+        "weights": weights,
+    }
     x |= {"state": _randn(B, M, H, K, V), "q_tail": _randn(B, H * K, W - 1)}
     x |= {"k_tail": _randn(B, M, H * K, W - 1), "v_tail": _randn(B, M, H * V, W - 1)}
     x |= {"q_conv": _randn(H * K, W), "k_conv": _randn(H * K, W), "v_conv": _randn(H * V, W)}
@@ -192,6 +201,7 @@ def _check_step(spec: dict, device: str) -> list[Measure]:
         def fn(q, kvb, a, weights, state, q_tail, k_tail, v_tail, **params):
             state, q_tail, k_tail, v_tail = (t.clone() for t in (state, q_tail, k_tail, v_tail))
             k, v, b = kvb.split([H * K, H * V, H], dim=-1)  # k ‖ v adjacent, as a projection gives them
+            q = q[:, : H * K]
             caches = {"state": state, "q_tail": q_tail, "k_tail": k_tail, "v_tail": v_tail}
             mixing = (None, None) if spec["implicit"] else (weights, visited.to(q.device))
             o = gated_delta_rule_step(q, k, v, a.to(b.dtype), b, *mixing, **caches, **params, backend=backend)

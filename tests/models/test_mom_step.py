@@ -93,3 +93,24 @@ def test_step_continues_a_cache_left_as_views() -> None:
     with torch.no_grad():
         layer(torch.randn(1, 1, D), state=state)
     assert all(t.is_contiguous() for t in (state.memory, state.q_tail, state.k_tail, state.v_tail))
+
+
+def test_step_sees_weights_changed_after_the_last_step() -> None:
+    # The step joins q, gate and memory projections into one cached weight: an optimizer step
+    # (in place) or a move to another dtype must rebuild it.
+    torch.manual_seed(3)
+    layer = MoMAttention(D, num_heads=2, head_dim=4, num_memories=3, topk=2, conv_size=2, backend="torch")
+    state = layer.init_state(2, torch.device("cpu"), torch.float32)
+    x = torch.randn(2, 1, D)
+    with torch.no_grad():
+        layer(x, state=state)
+        for p in (layer.q_proj.weight, layer.gate_proj.weight, layer.memory_proj):
+            p.add_(0.1 * torch.randn_like(p))
+    for dtype in (torch.float32, torch.float64):
+        layer.to(dtype)
+        stepped, chunked = (layer.init_state(2, torch.device("cpu"), dtype) for _ in range(2))
+        with torch.no_grad():
+            got = layer(x.to(dtype), state=stepped).hidden
+        with torch.enable_grad():
+            want = layer(x.to(dtype), state=chunked).hidden.detach()
+        torch.testing.assert_close(got, want)

@@ -17,9 +17,10 @@ from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
 from memlab.models.layers.mom.routing import load_balance, route
 from memlab.models.layers.mom.state import MoMState
 from memlab.models.mixer import MixerOutput
-from memlab.models.modules.autocast_input import autocast_input
+from memlab.models.modules.autocast_input import autocast_dtype, autocast_input
 from memlab.models.modules.gated_rmsnorm import GatedRMSNorm
 from memlab.models.modules.init import inverse_softplus, log_uniform_steps
+from memlab.models.modules.joined_weights import JoinedWeights
 from memlab.models.modules.short_conv import ShortConvolution
 from memlab.models.modules.varlen import check_packed
 
@@ -97,6 +98,7 @@ class MoMAttention(nn.Module):
         self.norm = GatedRMSNorm(V, norm_eps, backend)
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
         self.backend = backend
+        self._joined_projections = JoinedWeights()
 
     @property
     def backend(self) -> str | None:
@@ -198,15 +200,21 @@ class MoMAttention(nn.Module):
         for name in ("memory", "q_tail", "k_tail", "v_tail"):  # in place: a T = 1 forward with
             setattr(state, name, getattr(state, name).contiguous())  # grad may leave views
         tail_dtype = state.q_tail.dtype  # the model's; under autocast the projections' may differ
-        q = self.q_proj(token).to(tail_dtype)
-        kvba = torch.matmul(token[None], self.memory_proj.to(token.dtype)).transpose(0, 1)  # [B, M, F]
-        k, v, b, a = kvba.to(tail_dtype).split([H * K, H * V, H, H], dim=-1)
+        # q, the output gate and every memory's k/v/β/a in one GEMV: at one token a GEMV costs
+        # about the same whatever its height, so one beats three
+        M, _, width = self.memory_proj.shape
+        joined = self._joined_projections(
+            autocast_dtype(token), self.q_proj.weight, self.gate_proj.weight, self.memory_proj
+        )
+        q, gate, kvba = F.linear(token, joined).split([H * K, H * V, M * width], dim=-1)
+        k, v, b, a = kvba.unflatten(-1, (M, width)).to(tail_dtype).split([H * K, H * V, H, H], dim=-1)
+        q = q.to(tail_dtype)
         o = gated_delta_rule_step(
             q, k, v, a, b, weights, visited, state.memory, state.q_tail, state.k_tail, state.v_tail,
             self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self.A_log, self.dt_bias,
             scale=K**-0.5, backend=self.backend,
         )  # fmt: skip
-        o = self.norm(o.to(x.dtype).view(B, 1, H, V), self.gate_proj(x).view(B, 1, H, V))
+        o = self.norm(o.to(gate.dtype).view(B, 1, H, V), gate.view(B, 1, H, V))
         return MixerOutput(self.o_proj(o.reshape(B, 1, H * V)))
 
     def _step_weights(self, token: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
