@@ -1,0 +1,37 @@
+"""The projections of a decoding step: F.linear, or the GEMV kernel where it is faster."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from memlab.kernels import gemv
+from memlab.kernels.backend import HAS_TRITON, resolve_backend
+
+# Up to this many rows (sequences decoding together) the GEMV kernel runs; above, the
+# GEMM library's kernels, which read the weight once for all rows too.
+GEMV_ROWS = 4
+
+
+def step_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str | None = None
+) -> torch.Tensor:
+    """F.linear(x, weight, bias) for x [..., K] and weight [N, K] -> [..., N].
+
+    With at most GEMV_ROWS rows, gradients off, autocast off and x and weight of one 16-bit
+    dtype on CUDA, it runs ``gemv``, which reads the weight at the memory bandwidth where
+    the GEMM library's small-batch kernels reach about half of it (``backend``: the kernel
+    backend of the calling layer; "torch" keeps F.linear)."""
+    rows = x.numel() // max(1, x.shape[-1])
+    if (
+        x.is_cuda
+        and 1 <= rows <= GEMV_ROWS
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and weight.dtype == x.dtype
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cuda")
+        and resolve_backend(backend, x, "gemv", has_triton=HAS_TRITON) == "triton"
+    ):
+        y = gemv(x.reshape(rows, x.shape[-1]), weight, backend="triton").view(*x.shape[:-1], -1)
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
