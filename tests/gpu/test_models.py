@@ -114,6 +114,25 @@ def test_no_host_sync_in_mom_training_step(docs: list[int] | None) -> None:
     _step_without_sync(step)
 
 
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_no_host_sync_in_lm_training_loss_step(name: str) -> None:
+    """A bf16-autocast training step through the loss the Lightning module and the train_step
+    benchmark use (``targets=``: the chunked linear cross-entropy), for every mixer."""
+    model = language_model(name)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    ids = torch.randint(VOCAB, (4, 513), device=DEVICE)
+
+    def step() -> None:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            out = model(ids[:, :-1], targets=ids[:, 1:].flatten())
+        loss = out.loss + sum(out.aux_losses.values(), torch.zeros((), device=DEVICE))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    _step_without_sync(step)
+
+
 @pytest.mark.parametrize("name", ["mamba", "memmamba"])
 def test_no_host_sync_in_lm_training_step(name: str) -> None:
     """A bf16-autocast training step of a small language model (loss, backward, clipping,

@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from memlab.kernels import gemv
 from memlab.kernels.backend import HAS_TRITON, resolve_backend
 
-# Up to this many rows (sequences decoding together) the GEMV kernel runs; above, the
-# GEMM library's kernels, which read the weight once for all rows too.
-GEMV_ROWS = 4
+# Up to this many rows (sequences decoding together) the GEMV kernel runs; above, the GEMM
+# library's kernels, which read the weight once for all rows too. 0, the default, turns it
+# off: the kernel passes its conformance cases under Triton's interpreter and compiles for
+# sm_90, but has not yet been checked and timed on a GPU; 4 is the intended setting.
+GEMV_ROWS = 0
 
 
 def step_linear(
@@ -18,7 +20,7 @@ def step_linear(
 ) -> torch.Tensor:
     """F.linear(x, weight, bias) for x [..., K] and weight [N, K] -> [..., N].
 
-    With at most GEMV_ROWS rows, gradients off, autocast off and x and weight of one 16-bit
+    With at most GEMV_ROWS rows (none by default), gradients off, autocast off and x and weight of one 16-bit
     dtype on CUDA, it runs ``gemv``, which reads the weight at the memory bandwidth where
     the GEMM library's small-batch kernels reach about half of it (``backend``: the kernel
     backend of the calling layer; "torch" keeps F.linear)."""
