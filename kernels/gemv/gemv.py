@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import KernelInputError, refuse_grad, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, refuse_grad, resolve_fp32_backend
 from memlab.kernels.limits import MAX_GEMV_ROWS, check_size
 
 OP = "gemv"
@@ -18,6 +18,7 @@ def gemv_torch(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(compute), weight.to(compute)).to(x.dtype)
 
 
+@opaque
 def gemv(x: torch.Tensor, weight: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """y = x Wᵀ for at most eight rows of x, accumulated in fp32; forward only.
 
@@ -42,6 +43,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, backend: str | None = None) -> t
                                f"{list(x.shape)} and {list(weight.shape)}")  # fmt: skip
     if weight.dtype != x.dtype or weight.device != x.device:
         raise KernelInputError(f"{OP}: x and weight must share a dtype and a device")
+    if not weight.is_contiguous():  # a copy per call would cost more than the product
+        raise KernelInputError(f"{OP}: weight must be contiguous")
     check_size(OP, "M", M, MAX_GEMV_ROWS, "rows of x")
     refuse_grad(OP, {"x": x, "weight": weight})
     if resolve_fp32_backend(backend, x, OP, (x, weight)) == "triton":

@@ -55,7 +55,6 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     N = weight.shape[0]
     if x.stride(1) != 1:
         x = x.contiguous()
-    weight = weight.contiguous()
     y = buffers.empty(M, N, dtype=x.dtype, device=x.device)
     block_m, block_n, block_k = blocks(M, N, K)
     _gemv_kernel[(triton.cdiv(N, block_n),)](

@@ -550,7 +550,9 @@ TOPK_ROUTE = Family("topk_route", _draw_route, _check_route)
 
 def _draw_gemv(d: Draw) -> dict:
     spec = {"dtype": d.dtype(), "M": d.launch.randint(1, MAX_GEMV_ROWS), "wide_rows": d.launch.random() < 0.5}
-    spec |= {"N": d.choice((1, 5, 16, 37) if d.tiny else (1, 5, 16, 100, 1030, 2056, 4104, 6144))}
+    spec |= {
+        "N": d.choice((1, 5, 16, 37) if d.tiny else (1, 5, 16, 100, 1030, 2056, 4104, 6144, 32000, 50304))
+    }
     return spec | {"K": d.choice((1, 8, 15, 40) if d.tiny else (1, 8, 15, 64, 768, 1024, 1536, 3072))}
 
 

@@ -29,7 +29,7 @@ def test_gemv_steps_equal_linear_steps(name: str, batch: int, monkeypatch: pytes
     want = _decode_logits(model, ids, 20)
     monkeypatch.setattr(step_linear, "GEMV_ROWS", 4)
     got = _decode_logits(model, ids, 20)
-    assert rel_err(got, want) < 2e-2
+    assert rel_err(got[:, 20:], want[:, 20:]) < 2e-2  # the decoded positions: the prefill is shared
     tokens = model.generate(ids[:, :20], 16, cuda_graph=True)
     with torch.no_grad():
         logits = model(tokens[:, :-1]).logits.float()

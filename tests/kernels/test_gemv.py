@@ -24,6 +24,7 @@ def test_twin_equals_linear_in_fp64() -> None:
         ((torch.zeros(2, 8), torch.zeros(3, 8, dtype=torch.float64)), "share a dtype"),
         ((torch.zeros(2, 8, dtype=torch.long), torch.zeros(3, 8)), "x must be a 2-D floating"),
         ((torch.zeros(2, 8), torch.zeros(3, 8, requires_grad=True)), "has no backward"),
+        ((torch.zeros(2, 8), torch.zeros(8, 3).T), "weight must be contiguous"),
     ],
 )
 def test_refusals_name_the_argument(args: tuple, needle: str) -> None:

@@ -114,3 +114,28 @@ def test_step_sees_weights_changed_after_the_last_step() -> None:
         with torch.enable_grad():
             want = layer(x.to(dtype), state=chunked).hidden.detach()
         torch.testing.assert_close(got, want)
+
+
+def test_prepare_decoding_sees_writes_that_bypass_autograd_and_keeps_the_address() -> None:
+    # fused optimizers and .data writes leave the version counter alone: decoding prepares the
+    # join before each generation, in place, so that a captured graph reads the new weights
+    torch.manual_seed(4)
+    layer = MoMAttention(D, num_heads=2, head_dim=4, num_memories=3, topk=2, conv_size=2, backend="torch")
+    x = torch.randn(2, 1, D)
+    with torch.no_grad():
+        layer(x, state=layer.init_state(2, torch.device("cpu"), torch.float32))
+        address = layer._joined_projections(torch.float32, *layer._joined_sources()).data_ptr()
+        layer.q_proj.weight.data.add_(0.5)
+        layer.prepare_decoding(torch.float32)
+        assert layer._joined_projections(torch.float32, *layer._joined_sources()).data_ptr() == address
+        got = layer(x, state=layer.init_state(2, torch.device("cpu"), torch.float32)).hidden
+    with torch.enable_grad():
+        want = layer(x, state=layer.init_state(2, torch.device("cpu"), torch.float32)).hidden.detach()
+    torch.testing.assert_close(got, want)
+
+
+def test_step_of_a_layer_made_in_inference_mode() -> None:
+    with torch.inference_mode():
+        layer = MoMAttention(D, num_heads=1, head_dim=4, num_memories=2, topk=1, backend="torch")
+        state = layer.init_state(1, torch.device("cpu"), torch.float32)
+        assert layer(torch.randn(1, 1, D), state=state).hidden.shape == (1, 1, D)

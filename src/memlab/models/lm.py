@@ -14,6 +14,7 @@ from memlab.errors import ConfigError
 from memlab.models.block import Block
 from memlab.models.captured_step import CapturedStep
 from memlab.models.chunked import prefill
+from memlab.models.modules.autocast_input import autocast_dtype
 from memlab.models.modules.linear_cross_entropy import linear_cross_entropy
 from memlab.models.modules.step_linear import step_linear
 from memlab.models.sampling import SamplingConfig, sample
@@ -90,6 +91,14 @@ class LanguageModel(nn.Module):
             from memlab.interop import load_pretrained  # reads safetensors: an optional dependency
 
             load_pretrained(self, init_from)
+
+    def compile_blocks(self, **options: Any) -> None:
+        """``torch.compile`` each block in place (``options`` go to it): the code between the
+        kernels (projections, gates, norms, residuals, the MLP) is fused, while every memlab
+        kernel op stays one opaque call. The blocks share their code, so one compilation serves
+        them all; parameter names, and so checkpoints, are unchanged."""
+        for layer in self.layers:
+            layer.compile(**options)
 
     def init_states(
         self, batch_size: int, device: torch.device, dtype: torch.dtype, max_len: int | None = None
@@ -190,6 +199,7 @@ class LanguageModel(nn.Module):
         SamplingConfig(temperature, top_k, top_p)  # refuses bad values before any work
         param = next(self.parameters())
         B, T = input_ids.shape
+        self.prepare_decoding(autocast_dtype(param))
         if cuda_graph:
             step = self.captured_step(B, T + max_new_tokens, param.device, param.dtype)
             step.reset()
@@ -209,6 +219,15 @@ class LanguageModel(nn.Module):
                 logits = step.replay()
             else:
                 logits = self(nxt, states=states).logits[:, -1]
+
+    def prepare_decoding(self, dtype: torch.dtype) -> None:
+        """Let every mixer that keeps weights prepared for its decoding step rebuild them from
+        the weights as they are now, in ``dtype`` (its projections' dtype): ``stream`` does so
+        before each generation, since training may have changed them in place since."""
+        for layer in self.layers:
+            prepare = getattr(layer.mixer, "prepare_decoding", None)
+            if prepare is not None:
+                prepare(dtype)
 
     def captured_step(
         self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype

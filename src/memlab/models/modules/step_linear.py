@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from memlab.kernels import gemv
 from memlab.kernels.backend import HAS_TRITON, resolve_backend
+from memlab.models.modules.autocast_input import autocast_dtype
 
 # Up to this many rows (sequences decoding together) the GEMV kernel runs; above, the GEMM
 # library's kernels, which read the weight once for all rows too. 0, the default, turns it
@@ -20,20 +21,22 @@ def step_linear(
 ) -> torch.Tensor:
     """F.linear(x, weight, bias) for x [..., K] and weight [N, K] -> [..., N].
 
-    With at most GEMV_ROWS rows (none by default), gradients off, autocast off and x and weight of one 16-bit
-    dtype on CUDA, it runs ``gemv``, which reads the weight at the memory bandwidth where
-    the GEMM library's small-batch kernels reach about half of it (``backend``: the kernel
-    backend of the calling layer; "torch" keeps F.linear)."""
+    With at most GEMV_ROWS rows (none by default), gradients off, on CUDA, and the weight
+    already in the 16-bit dtype the product runs in (x's, or the autocast dtype), it runs
+    ``gemv``, which reads the weight at the memory bandwidth where the GEMM library's
+    small-batch kernels reach about a third of it (``backend``: the kernel backend of the
+    calling layer; "torch" keeps F.linear)."""
     rows = x.numel() // max(1, x.shape[-1])
+    dtype = autocast_dtype(x)
     if (
         x.is_cuda
         and 1 <= rows <= GEMV_ROWS
-        and x.dtype in (torch.float16, torch.bfloat16)
-        and weight.dtype == x.dtype
+        and dtype in (torch.float16, torch.bfloat16)
+        and weight.dtype == dtype
+        and (bias is None or bias.dtype == dtype)
         and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cuda")
         and resolve_backend(backend, x, "gemv", has_triton=HAS_TRITON) == "triton"
     ):
-        y = gemv(x.reshape(rows, x.shape[-1]), weight, backend="triton").view(*x.shape[:-1], -1)
+        y = gemv(x.reshape(rows, x.shape[-1]).to(dtype), weight, backend="triton").view(*x.shape[:-1], -1)
         return y if bias is None else y + bias
     return F.linear(x, weight, bias)

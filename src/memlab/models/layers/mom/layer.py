@@ -4,6 +4,7 @@ once over the segment layouts of layout.py."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,18 @@ class MoMAttention(nn.Module):
         for module in (self.q_conv, self.k_conv, self.v_conv, self.norm):
             module.backend = value
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MoMAttention:
+        self._joined_projections.clear()  # .to() / .cuda(): the step's join follows the weights
+        return super()._apply(fn, recurse)
+
+    def prepare_decoding(self, dtype: torch.dtype) -> None:
+        """Rebuild the step's joined projection (``step``) from the weights as they are now, in
+        ``dtype``, the dtype the step's projections run in (the autocast dtype under autocast)."""
+        self._joined_projections.refresh(dtype, *self._joined_sources())
+
+    def _joined_sources(self) -> tuple[torch.Tensor, ...]:
+        return self.q_proj.weight, self.gate_proj.weight, self.memory_proj
+
     @property
     def num_rows(self) -> int:
         """M: the memories per sequence and head, routed plus shared."""
@@ -204,9 +217,7 @@ class MoMAttention(nn.Module):
         # q, the output gate and every memory's k/v/β/a in one GEMV: at one token a GEMV costs
         # about the same whatever its height, so one beats three
         M, _, width = self.memory_proj.shape
-        joined = self._joined_projections(
-            autocast_dtype(token), self.q_proj.weight, self.gate_proj.weight, self.memory_proj
-        )
+        joined = self._joined_projections(autocast_dtype(token), *self._joined_sources())
         q, gate, kvba = step_linear(token, joined, backend=self.backend).split(
             [H * K, H * V, M * width], dim=-1
         )
