@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -23,6 +24,13 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 class KernelInputError(ValueError):
     """A kernel was called with inputs it cannot take (shape, dtype, device, backend)."""
+
+
+def opaque(op: Callable) -> Callable:
+    """The public op as one opaque call to ``torch.compile`` (a graph break around it): the
+    compiler neither traces its checks and Triton launches nor rewrites its PyTorch twin; the
+    code around it compiles."""
+    return torch.compiler.disable(op, recursive=True)
 
 
 def resolve_backend(backend: str | None, x: torch.Tensor, op: str, has_triton: bool) -> str:

@@ -130,8 +130,8 @@ def test_train_step_suite_steps_and_reports() -> None:
              ms=None, tokens_per_s=None, mfu=None, peak_gib=None, vs_transformer=None),
     ]  # fmt: skip
     table = train_step.format_table(rows)
-    assert "| transformer_340m | 4 × 2048 | none | 92.4 | 88.7k | 19.0 % | 16.8 | 1.00 |" in table
-    assert "| gdn_340m | 1 × 32768 | none | OOM |" in table
+    assert "| transformer_340m | 4 × 2048 | none | eager | 92.4 | 88.7k | 19.0 % | 16.8 | 1.00 |" in table
+    assert "| gdn_340m | 1 × 32768 | none | eager | OOM |" in table
     assert train_step.parse_shape("4x2048") == (4, 2048)
     with pytest.raises(argparse.ArgumentTypeError):
         train_step.parse_shape("4x")

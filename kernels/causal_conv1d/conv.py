@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, resolve_fp32_backend
 from memlab.kernels.causal_conv1d.torch_conv import causal_conv1d_torch
 from memlab.kernels.limits import MAX_CONV_WIDTH, check_size
 
@@ -47,6 +47,7 @@ def _check_inputs(x: object, weight: object, bias: object, cu_seqlens: object, a
             )
 
 
+@opaque
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,

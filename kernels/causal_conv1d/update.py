@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import KernelInputError, refuse_grad, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, refuse_grad, resolve_fp32_backend
 from memlab.kernels.causal_conv1d.conv import check_float_tensors
 from memlab.kernels.limits import MAX_CONV_WIDTH, check_size
 
@@ -46,6 +46,7 @@ def _check(x: object, tail: object, weight: object, bias: object) -> None:
     refuse_grad(OP, {"x": x, "tail": tail, "weight": weight, "bias": bias})
 
 
+@opaque
 def causal_conv1d_update(
     x: torch.Tensor,
     tail: torch.Tensor,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, resolve_fp32_backend
 from memlab.kernels.combine_routed.torch_combine import combine_routed_torch
 from memlab.kernels.limits import MAX_COMBINE_SLOTS, check_size
 
 OP = "combine_routed"
 
 
+@opaque
 def combine_routed(
     values: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, backend: str | None = None
 ) -> torch.Tensor:

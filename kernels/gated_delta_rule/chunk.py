@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import HAS_TRITON, resolve_fp32_backend
+from memlab.kernels.backend import HAS_TRITON, opaque, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import check_inputs
 from memlab.kernels.gated_delta_rule.torch_chunk import OP, chunk_gated_delta_rule_torch
 
@@ -23,6 +23,7 @@ if HAS_TRITON:
     _IMPLEMENTATIONS["triton"] = chunk_gated_delta_rule_triton
 
 
+@opaque
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

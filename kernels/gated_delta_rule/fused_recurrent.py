@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import HAS_TRITON, resolve_fp32_backend
+from memlab.kernels.backend import HAS_TRITON, opaque, resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.checks import check_inputs
 from memlab.kernels.gated_delta_rule.common import run_twin
 
@@ -83,6 +83,7 @@ if HAS_TRITON:
     _IMPLEMENTATIONS["triton"] = fused_recurrent_gated_delta_rule_triton
 
 
+@opaque
 def fused_recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

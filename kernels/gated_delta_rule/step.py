@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import HAS_TRITON, KernelInputError, refuse_grad, resolve_fp32_backend
+from memlab.kernels.backend import HAS_TRITON, KernelInputError, opaque, refuse_grad, resolve_fp32_backend
 from memlab.kernels.l2norm.torch_l2norm import EPS
 from memlab.kernels.limits import MAX_CONV_WIDTH, MAX_HEAD_DIM, check_size
 from memlab.kernels.precision import compute_dtype
@@ -152,6 +152,7 @@ def _check(named: dict[str, torch.Tensor]) -> None:
     refuse_grad(OP, named)
 
 
+@opaque
 def gated_delta_rule_step(
     q: torch.Tensor,
     k: torch.Tensor,

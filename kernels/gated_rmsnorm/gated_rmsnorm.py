@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, resolve_fp32_backend
 from memlab.kernels.gated_rmsnorm.torch_gated_rmsnorm import gated_rmsnorm_torch
 from memlab.kernels.limits import MAX_NORM_DIM, check_size
 
 OP = "gated_rmsnorm"
 
 
+@opaque
 def gated_rmsnorm(
     o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, backend: str | None = None
 ) -> torch.Tensor:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, resolve_fp32_backend
 from memlab.kernels.l2norm.torch_l2norm import EPS, l2norm_torch
 from memlab.kernels.limits import MAX_NORM_DIM, check_size
 
 OP = "l2norm"
 
 
+@opaque
 def l2norm(x: torch.Tensor, eps: float = EPS, backend: str | None = None) -> torch.Tensor:
     """x / sqrt(Σ x² + eps) over the last dim.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, resolve_fp32_backend
 from memlab.kernels.limits import MAX_STATE_SIZE, check_size
 from memlab.kernels.selective_scan.torch_scan import selective_scan_torch
 
@@ -96,6 +96,7 @@ def _check_scan_inputs(
         check_tensor(op, "z", z, seq, u, "u")
 
 
+@opaque
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import KernelInputError, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, resolve_fp32_backend
 from memlab.kernels.limits import MAX_STATE_SIZE, check_size
 from memlab.kernels.selective_scan.scan import check_grouped, check_tensor
 
@@ -93,6 +93,7 @@ def _state_update_torch(
     return out.to(x.dtype)
 
 
+@opaque
 def selective_state_update(
     state: torch.Tensor,
     x: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memlab.kernels.backend import KernelInputError, refuse_grad, resolve_fp32_backend
+from memlab.kernels.backend import KernelInputError, opaque, refuse_grad, resolve_fp32_backend
 from memlab.kernels.limits import MAX_ROUTED_MEMORIES, check_size
 
 OP = "topk_route"
@@ -27,6 +27,7 @@ def topk_route_torch(
     return weights, visited
 
 
+@opaque
 def topk_route(
     x: torch.Tensor, router: torch.Tensor, topk: int, shared_mem: bool, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ MoM's "340M" shape (``transformer_340m``, ``gdn_340m``, ``mom_340m``), Mamba and
 mamba-130m's (``mamba_130m``, ``memmamba_130m``), composed from configs/model/ as training
 builds them; and Hugging Face's Llama at the Transformer's shape when ``transformers`` is
 installed. Each at 4×2048, 1×8192 and 1×32768 tokens, with and without activation
-checkpointing (``model.activation_checkpointing``). MFU = 6 · active parameters · tokens/s over the
+checkpointing (``model.activation_checkpointing``), eager or with ``--compile compiled`` its
+blocks compiled (``compile_blocks``). MFU = 6 · active parameters · tokens/s over the
 GPU's peak bf16 throughput (memlab.models.flops). Run by ``scripts/bench.py --suite
 train_step``, or alone with other choices by ``python -m memlab.bench.train_step``.
 """
@@ -40,6 +41,7 @@ MODELS = {
 }
 SHAPES = ((4, 2048), (1, 8192), (1, 32768))
 CHECKPOINTING = ("none", "every_block")
+COMPILE = ("eager", "compiled")  # compiled: torch.compile of memlab's blocks (compile_blocks)
 
 
 def build(name: str, checkpointing: str = "none") -> nn.Module:
@@ -96,17 +98,21 @@ def train_step(model: nn.Module, batch: int, length: int) -> Callable[[], None]:
     return step
 
 
-def measure_one(name: str, batch: int, length: int, checkpointing: str, peak_flops: float | None) -> dict:
+def measure_one(
+    name: str, batch: int, length: int, checkpointing: str, peak_flops: float | None, compiled: bool = False
+) -> dict:
     """One row: ms per step (median), tokens/s, MFU, peak GiB (None where out of memory)."""
     row = {"model": name, "config": MODELS.get(name, "hf_llama"), "batch": batch, "T": length}
-    row["checkpointing"] = checkpointing
+    row |= {"checkpointing": checkpointing, "compiled": compiled}
     model = step = None
     try:
         model = build(name, checkpointing).cuda()
+        if compiled:
+            model.compile_blocks()
         row["params"] = sum(p.numel() for p in model.parameters())
         row["active_params"] = active_parameters(model) if name != "hf_llama" else _llama_active(model)
         step = train_step(model, batch, length)
-        step()  # the optimizer state and the kernels' compilation, outside the timing
+        step()  # the optimizer state and the kernels' (and blocks') compilation, outside the timing
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         step()
@@ -122,7 +128,8 @@ def measure_one(name: str, batch: int, length: int, checkpointing: str, peak_flo
         model = step = None
         gc.collect()
         torch.cuda.empty_cache()
-    print(f"train_step {name} {batch}x{length} {checkpointing}: {row.get('ms')} ms", flush=True)
+    label = f"{checkpointing}{', compiled' if compiled else ''}"
+    print(f"train_step {name} {batch}x{length} {label}: {row.get('ms')} ms", flush=True)
     return row
 
 
@@ -136,20 +143,27 @@ def measure(
     models: tuple[str, ...] = (*MODELS, "hf_llama"),
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     checkpointing: tuple[str, ...] = CHECKPOINTING,
+    compile_modes: tuple[str, ...] = ("eager",),
 ) -> list[dict]:
-    """Rows of every (model, shape, checkpointing) that applies; the ratio to memlab's
-    Transformer at the same shape and checkpointing in ``vs_transformer``."""
+    """Rows of every (model, shape, checkpointing, compile mode) that applies; the ratio to
+    memlab's Transformer at the same shape, checkpointing and compile mode in ``vs_transformer``."""
     peak = peak_bf16_flops(torch.cuda.get_device_name())
     rows = []
     for batch, length in shapes:
         for mode in checkpointing:
-            for name in models:
-                if name == "hf_llama" and (mode != "none" or not _has_transformers()):
-                    continue
-                rows.append(measure_one(name, batch, length, mode, peak))
-    base = {(r["batch"], r["T"], r["checkpointing"]): r["ms"] for r in rows if r["model"] == "transformer"}
+            for compiling in compile_modes:
+                for name in models:
+                    hf = name == "hf_llama"
+                    if hf and (mode != "none" or compiling != "eager" or not _has_transformers()):
+                        continue
+                    rows.append(measure_one(name, batch, length, mode, peak, compiling == "compiled"))
+
+    def key(r: dict) -> tuple:
+        return r["batch"], r["T"], r["checkpointing"], r.get("compiled", False)
+
+    base = {key(r): r["ms"] for r in rows if r["model"] == "transformer"}
     for r in rows:
-        ref = base.get((r["batch"], r["T"], r["checkpointing"]))
+        ref = base.get(key(r))
         r["vs_transformer"] = r["ms"] / ref if r["ms"] and ref else None
     return rows
 
@@ -170,15 +184,16 @@ def run() -> tuple[list[dict], str]:
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| model | B × T | checkpointing | ms / step | tokens/s | MFU | peak GiB | × Transformer |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | B × T | checkpointing | compile | ms / step | tokens/s | MFU | peak GiB | × Transformer |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e3
         mfu = None if r["mfu"] is None else 100 * r["mfu"]
         ms = cell(r["ms"], ".1f", "OOM")
         lines.append(
-            f"| {r['config']} | {r['batch']} × {r['T']} | {r['checkpointing']} | {ms} "
+            f"| {r['config']} | {r['batch']} × {r['T']} | {r['checkpointing']} "
+            f"| {'compiled' if r.get('compiled') else 'eager'} | {ms} "
             f"| {cell(tok, '.1f')}k | {cell(mfu, '.1f')} % | {cell(r['peak_gib'], '.1f')} "
             f"| {cell(r['vs_transformer'], '.2f')} |"
         )
@@ -205,10 +220,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=[*MODELS, "hf_llama"], default=[*MODELS, "hf_llama"])
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(SHAPES))
     parser.add_argument("--checkpointing", nargs="+", choices=CHECKPOINTING, default=list(CHECKPOINTING))
+    parser.add_argument("--compile", nargs="+", choices=COMPILE, default=["eager"], dest="compile_modes")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     require_cuda()
-    rows = measure(tuple(args.models), tuple(args.shapes), tuple(args.checkpointing))
+    rows = measure(
+        tuple(args.models), tuple(args.shapes), tuple(args.checkpointing), tuple(args.compile_modes)
+    )
     report("train_step", rows, format_table(rows), args.json)
 
 

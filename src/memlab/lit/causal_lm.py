@@ -40,6 +40,7 @@ class CausalLMModule(LightningModule):
         scheduler: builds the per-step learning-rate scheduler as ``scheduler(optimizer,
             total_steps=<the trainer's max_steps>)``. Default: ``warmup_cosine_schedule`` with
             warmup_steps 100, min_lr_ratio 0.1.
+        compile: ``torch.compile`` the network's blocks before training (``compile_blocks``).
 
     The checkpoint's hyper-parameters record both as plain values, ``{"optimizer": {"_target_":
     ..., "lr": ...}, "scheduler": {...}}``, for a resume to compare with its own.
@@ -50,8 +51,10 @@ class CausalLMModule(LightningModule):
         net: nn.Module,
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., LRScheduler] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_net, self._compiled = compile, False
         self.make_optimizer = optimizer or functools.partial(
             torch.optim.AdamW, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95)
         )
@@ -126,10 +129,14 @@ class CausalLMModule(LightningModule):
 
     def configure_model(self) -> None:
         """Under a sharding strategy (``trainer=fsdp``: ``memlab.lit.fsdp.FSDP2Strategy``) the
-        strategy shards the network; under any other the network stays whole."""
+        strategy shards the network; under any other the network stays whole. Then, with
+        ``compile``, its blocks are compiled."""
         shard = getattr(self.trainer.strategy, "shard", None)
         if callable(shard):
             shard(self.net)
+        if self.compile_net and not self._compiled:  # fit, then test: compiled once
+            self.net.compile_blocks()
+            self._compiled = True
 
     def configure_optimizers(self) -> dict:
         optimizer = self.make_optimizer(weight_decay_groups(self.net))
