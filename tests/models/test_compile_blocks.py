@@ -5,7 +5,6 @@ compiler's own code generation is checked on the GPU (tests/gpu/test_compile.py)
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
 
 import pytest
@@ -13,26 +12,7 @@ import torch
 
 from memlab.lit import CausalLMModule
 from memlab.models import LanguageModel
-from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
-
-MIXERS = {
-    "gdn": functools.partial(
-        MoMAttention, num_heads=2, head_dim=16, num_memories=1, topk=1, shared_mem=False
-    ),
-    "mom": functools.partial(MoMAttention, num_heads=2, head_dim=16, num_memories=4, topk=2),
-    "mamba": functools.partial(Mamba, d_state=8),
-    "memmamba": functools.partial(
-        MemMamba,
-        cross_layer_period=2,
-        chunk_size=8,
-        pool_size=4,
-        summary_dim=16,
-        num_heads=2,
-        head_dim=8,
-        backbone={"d_state": 8},
-    ),
-    "attention": functools.partial(Attention, num_heads=2),
-}
+from tests.models.mixers import MIXERS
 
 
 def _loss_and_grads(model: LanguageModel, ids: torch.Tensor) -> list[torch.Tensor]:
