@@ -82,15 +82,15 @@ class CausalLMModule(LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # The loss comes from the network chunk by chunk: no [tokens, vocab] logits in memory.
-        labels = batch["labels"]
-        mask = labels != IGNORE_INDEX
-        out = self.net(
-            batch["input_ids"], cu_seqlens=batch.get("cu_seqlens"), logits_mask=mask, targets=labels[mask]
-        )
+        # Every position goes to it, unlabelled ones (IGNORE_INDEX) left out of the mean: picking
+        # the labelled rows first would wait for the GPU (a data-dependent shape) every step.
+        targets = batch["labels"].flatten()
+        out = self.net(batch["input_ids"], cu_seqlens=batch.get("cu_seqlens"), targets=targets)
         ce = out.loss
         loss = ce + sum(out.aux_losses.values(), torch.zeros((), device=ce.device))
+        labelled = targets != IGNORE_INDEX
         self.log("train/loss", ce, prog_bar=True)
-        self.log("train/acc", out.correct.float().mean())
+        self.log("train/acc", (out.correct & labelled).sum() / labelled.sum().clamp_min(1))
         for name, value in out.aux_losses.items():
             self.log(f"train/aux/{name}", value)
         for tag, value in stat_tags(out.stats).items():
