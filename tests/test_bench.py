@@ -128,10 +128,16 @@ def test_train_step_suite_steps_and_reports() -> None:
              ms=92.4, tokens_per_s=88.7e3, mfu=0.19, peak_gib=16.8, vs_transformer=1.0),
         dict(model="gdn", config="gdn_340m", batch=1, T=32768, checkpointing="none",
              ms=None, tokens_per_s=None, mfu=None, peak_gib=None, vs_transformer=None),
+        dict(model="gdn", config="gdn_340m", batch=4, T=2048, checkpointing="none", mode="graph",
+             ms=105.8, tokens_per_s=77.4e3, mfu=0.18, peak_gib=15.1, vs_transformer=1.07),
+        dict(model="gdn", config="gdn_340m", batch=4, T=2048, checkpointing="none", compiled=True,
+             ms=183.4, tokens_per_s=44.7e3, mfu=0.105, peak_gib=14.7, vs_transformer=2.71),
     ]  # fmt: skip
     table = train_step.format_table(rows)
     assert "| transformer_340m | 4 × 2048 | none | eager | 92.4 | 88.7k | 19.0 % | 16.8 | 1.00 |" in table
     assert "| gdn_340m | 1 × 32768 | none | eager | OOM |" in table
+    assert "| gdn_340m | 4 × 2048 | none | graph | 105.8 |" in table
+    assert "| gdn_340m | 4 × 2048 | none | compiled | 183.4 |" in table  # rows of an older record
     assert train_step.parse_shape("4x2048") == (4, 2048)
     with pytest.raises(argparse.ArgumentTypeError):
         train_step.parse_shape("4x")
@@ -147,7 +153,7 @@ def test_lightning_step_runs_train_py_and_reads_its_throughput() -> None:
     assert lightning_step.lightning_tokens_per_s("gdn", 2, 16, steps=4, skipped=1, extra=tiny) > 0
     rows = [dict(model="gdn", config="gdn_340m", batch=4, T=2048, optimizer="fused", plain_tokens_per_s=45e3,
                  lightning_tokens_per_s=43.2e3, lightning_vs_plain=0.96)]  # fmt: skip
-    assert "| gdn_340m | 4 × 2048 | fused | 45.0k | 43.2k | 0.960 |" in lightning_step.format_table(rows)
+    assert "| gdn_340m | 4 × 2048 | fused | no | 45.0k | 43.2k | 0.960 |" in lightning_step.format_table(rows)
 
 
 def test_loglikelihood_suite_scores_packed_requests() -> None:

@@ -187,6 +187,7 @@ BAD_INPUTS = [
     (["scheduler.min_lr_ratio=2"], "scheduler.min_lr_ratio"),
     (["model.mixer.shared_mem=maybe"], "model.mixer.shared_mem"),
     (["model.mixer.backend=triton"], "model.mixer.backend=triton"),
+    (["module.cuda_graph=true", "trainer.accelerator=cpu"], "module.cuda_graph needs a CUDA device"),
 ]
 
 

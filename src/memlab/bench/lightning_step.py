@@ -33,6 +33,12 @@ from memlab.bench.table import cell, report
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = ("transformer", "gdn")
 SHAPE = (4, 2048)
+# (train.py's optimizer, CUDA graphs, its overrides); the plain loop always runs fused AdamW
+VARIANTS = (
+    ("default", False, ()),
+    ("fused", False, ("+optimizer.fused=true",)),
+    ("fused", True, ("+optimizer.fused=true", "module.cuda_graph=true")),
+)
 STEPS, SKIPPED = 40, 10  # steps run; first steps left out of the median (compilation, warm-up)
 WORDS = ("the", "of", "memory", "state", "token", "model", "layer", "recall", "router", "gate", "value")
 
@@ -90,13 +96,15 @@ def lightning_tokens_per_s(
     return statistics.median(figures)
 
 
-def plain_tokens_per_s(name: str, batch: int, length: int, steps: int = 20) -> float | None:
-    """Tokens per second of ``train_step``'s loop, by the wall clock over ``steps`` whole steps
-    after three of warm-up; None where it runs out of memory."""
+def plain_tokens_per_s(
+    name: str, batch: int, length: int, graph: bool = False, steps: int = 20
+) -> float | None:
+    """Tokens per second of ``train_step``'s loop (``graph``: replayed from CUDA graphs), by the
+    wall clock over ``steps`` whole steps after three of warm-up; None where it runs out of memory."""
     model = step = None
     try:
         model = train_step.build(name).cuda()
-        step = train_step.train_step(model, batch, length)
+        step = train_step.train_step(model, batch, length, graph=graph)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
@@ -113,34 +121,39 @@ def plain_tokens_per_s(name: str, batch: int, length: int, steps: int = 20) -> f
 
 
 def measure(models: tuple[str, ...] = MODELS, shape: tuple[int, int] = SHAPE) -> list[dict]:
-    """One row per model and train.py optimizer: the plain loop's and scripts/train.py's
-    tokens/s and their ratio."""
+    """One row per model and VARIANT: the plain loop's and scripts/train.py's tokens/s and
+    their ratio, both eager or both replayed from CUDA graphs."""
     batch, length = shape
     rows = []
     for name in models:
-        plain = plain_tokens_per_s(name, batch, length)
-        for optimizer, extra in (("default", ()), ("fused", ("+optimizer.fused=true",))):
+        plain = {graph: plain_tokens_per_s(name, batch, length, graph) for graph in (False, True)}
+        for optimizer, graph, extra in VARIANTS:
             lightning = lightning_tokens_per_s(train_step.MODELS[name], batch, length, extra=extra)
             row = {"model": name, "config": train_step.MODELS[name], "batch": batch, "T": length}
-            row |= {"optimizer": optimizer, "plain_tokens_per_s": plain, "lightning_tokens_per_s": lightning}
-            rows.append(row | {"lightning_vs_plain": lightning / plain if plain and lightning else None})
+            row |= {"optimizer": optimizer, "cuda_graph": graph}
+            row |= {"plain_tokens_per_s": plain[graph], "lightning_tokens_per_s": lightning}
+            ratio = lightning / plain[graph] if plain[graph] and lightning else None
+            rows.append(row | {"lightning_vs_plain": ratio})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| model | B × T | train.py AdamW | plain loop tokens/s | train.py tokens/s | train.py / plain |",
-        "|---|---|---|---|---|---|",
+        "| model | B × T | train.py AdamW | CUDA graphs | plain loop tokens/s | train.py tokens/s "
+        "| train.py / plain |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         plain, lit = (r[k] and r[k] / 1e3 for k in ("plain_tokens_per_s", "lightning_tokens_per_s"))
         lines.append(
-            f"| {r['config']} | {r['batch']} × {r['T']} | {r['optimizer']} | {cell(plain, '.1f')}k "
+            f"| {r['config']} | {r['batch']} × {r['T']} | {r['optimizer']} "
+            f"| {'yes' if r.get('cuda_graph') else 'no'} | {cell(plain, '.1f')}k "
             f"| {cell(lit, '.1f')}k | {cell(r['lightning_vs_plain'], '.3f')} |"
         )
     lines.append(
         f"\nplain: train_step's loop (fused AdamW, no clipping), wall clock over 20 steps; "
-        f"scripts/train.py: trainer=gpu on a local text corpus, its AdamW as configured or fused, "
+        f"scripts/train.py: trainer=gpu on a local text corpus, its AdamW as configured or fused; "
+        f"CUDA graphs: both replay forward and backward (train_step --modes graph, module.cuda_graph); "
         f"median of perf/tokens_per_s over steps {SKIPPED}-{STEPS - 1}. Goal: ≥ 0.95."
     )
     return "\n".join(lines)

@@ -7,10 +7,12 @@ MoM's "340M" shape (``transformer_340m``, ``gdn_340m``, ``mom_340m``), Mamba and
 mamba-130m's (``mamba_130m``, ``memmamba_130m``), composed from configs/model/ as training
 builds them; and Hugging Face's Llama at the Transformer's shape when ``transformers`` is
 installed. Each at 4×2048, 1×8192 and 1×32768 tokens, with and without activation
-checkpointing (``model.activation_checkpointing``), eager or with ``--compile compiled`` its
-blocks compiled (``compile_blocks``). MFU = 6 · active parameters · tokens/s over the
-GPU's peak bf16 throughput (memlab.models.flops). Run by ``scripts/bench.py --suite
-train_step``, or alone with other choices by ``python -m memlab.bench.train_step``.
+checkpointing (``model.activation_checkpointing``), in each ``--modes`` of running a step:
+``eager``; ``compiled``, its blocks compiled (``compile_blocks``); ``graph``, the forward and
+backward replayed from CUDA graphs (``memlab.models.captured_loss``). MFU = 6 · active
+parameters · tokens/s over the GPU's peak bf16 throughput (memlab.models.flops). Run by
+``scripts/bench.py --suite train_step``, or alone with other choices by ``python -m
+memlab.bench.train_step``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from memlab.bench.cli import require_cuda
 from memlab.bench.table import cell, report
 from memlab.bench.timing import time_ms
 from memlab.models import LanguageModel
+from memlab.models.captured_loss import CapturedLoss
 from memlab.models.flops import active_parameters
 from memlab.utils.gpu_peak import peak_bf16_flops
 
@@ -41,7 +44,7 @@ MODELS = {
 }
 SHAPES = ((4, 2048), (1, 8192), (1, 32768))
 CHECKPOINTING = ("none", "every_block")
-COMPILE = ("eager", "compiled")  # compiled: torch.compile of memlab's blocks (compile_blocks)
+MODES = ("eager", "compiled", "graph")
 
 
 def build(name: str, checkpointing: str = "none") -> nn.Module:
@@ -73,8 +76,9 @@ def _hf_llama() -> nn.Module:
     return LlamaForCausalLM(config)
 
 
-def train_step(model: nn.Module, batch: int, length: int) -> Callable[[], None]:
-    """One optimizer step of ``model`` on random tokens, as a closure."""
+def train_step(model: nn.Module, batch: int, length: int, graph: bool = False) -> Callable[[], None]:
+    """One optimizer step of ``model`` on random tokens, as a closure; with ``graph`` (memlab's
+    models) its forward and backward replayed from CUDA graphs."""
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
     vocab = vocab or model.embed.num_embeddings
@@ -84,11 +88,16 @@ def train_step(model: nn.Module, batch: int, length: int) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     chunked = isinstance(model, LanguageModel)  # memlab's models compute the loss as training does
+    targets = labels.flatten()
+    forward = model
+    if graph:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            forward = CapturedLoss(model, inputs, targets)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             if chunked:
-                loss = model(inputs, targets=labels.flatten()).loss
+                loss = forward(inputs, targets=targets).loss
             else:
                 loss = F.cross_entropy(model(inputs).logits.float().flatten(0, 1), labels.flatten())
         loss.backward()
@@ -99,19 +108,19 @@ def train_step(model: nn.Module, batch: int, length: int) -> Callable[[], None]:
 
 
 def measure_one(
-    name: str, batch: int, length: int, checkpointing: str, peak_flops: float | None, compiled: bool = False
+    name: str, batch: int, length: int, checkpointing: str, peak_flops: float | None, mode: str = "eager"
 ) -> dict:
     """One row: ms per step (median), tokens/s, MFU, peak GiB (None where out of memory)."""
     row = {"model": name, "config": MODELS.get(name, "hf_llama"), "batch": batch, "T": length}
-    row |= {"checkpointing": checkpointing, "compiled": compiled}
+    row |= {"checkpointing": checkpointing, "mode": mode}
     model = step = None
     try:
         model = build(name, checkpointing).cuda()
-        if compiled:
+        if mode == "compiled":
             model.compile_blocks()
         row["params"] = sum(p.numel() for p in model.parameters())
         row["active_params"] = active_parameters(model) if name != "hf_llama" else _llama_active(model)
-        step = train_step(model, batch, length)
+        step = train_step(model, batch, length, graph=mode == "graph")
         step()  # the optimizer state and the kernels' (and blocks') compilation, outside the timing
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -128,7 +137,7 @@ def measure_one(
         model = step = None
         gc.collect()
         torch.cuda.empty_cache()
-    label = f"{checkpointing}{', compiled' if compiled else ''}"
+    label = f"{checkpointing}, {mode}"
     print(f"train_step {name} {batch}x{length} {label}: {row.get('ms')} ms", flush=True)
     return row
 
@@ -143,29 +152,34 @@ def measure(
     models: tuple[str, ...] = (*MODELS, "hf_llama"),
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     checkpointing: tuple[str, ...] = CHECKPOINTING,
-    compile_modes: tuple[str, ...] = ("eager",),
+    modes: tuple[str, ...] = ("eager",),
 ) -> list[dict]:
-    """Rows of every (model, shape, checkpointing, compile mode) that applies; the ratio to
-    memlab's Transformer at the same shape, checkpointing and compile mode in ``vs_transformer``."""
+    """Rows of every (model, shape, checkpointing, mode) that applies; the ratio to memlab's
+    Transformer at the same shape, checkpointing and mode in ``vs_transformer``."""
     peak = peak_bf16_flops(torch.cuda.get_device_name())
     rows = []
     for batch, length in shapes:
         for mode in checkpointing:
-            for compiling in compile_modes:
+            for how in modes:
                 for name in models:
                     hf = name == "hf_llama"
-                    if hf and (mode != "none" or compiling != "eager" or not _has_transformers()):
+                    if hf and (mode != "none" or how != "eager" or not _has_transformers()):
                         continue
-                    rows.append(measure_one(name, batch, length, mode, peak, compiling == "compiled"))
+                    rows.append(measure_one(name, batch, length, mode, peak, how))
 
     def key(r: dict) -> tuple:
-        return r["batch"], r["T"], r["checkpointing"], r.get("compiled", False)
+        return r["batch"], r["T"], r["checkpointing"], row_mode(r)
 
     base = {key(r): r["ms"] for r in rows if r["model"] == "transformer"}
     for r in rows:
         ref = base.get(key(r))
         r["vs_transformer"] = r["ms"] / ref if r["ms"] and ref else None
     return rows
+
+
+def row_mode(row: dict) -> str:
+    """How a row's step ran; rows recorded before the modes carry only a ``compiled`` flag."""
+    return row.get("mode") or ("compiled" if row.get("compiled") else "eager")
 
 
 def _has_transformers() -> bool:
@@ -177,14 +191,15 @@ def _has_transformers() -> bool:
 
 
 def run() -> tuple[list[dict], str]:
-    """The suite as ``scripts/bench.py`` runs it: every model, shape and checkpointing mode."""
-    rows = measure()
+    """The suite as ``scripts/bench.py`` runs it: every model, shape and checkpointing mode,
+    eager and from CUDA graphs."""
+    rows = measure(modes=("eager", "graph"))
     return rows, format_table(rows)
 
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| model | B × T | checkpointing | compile | ms / step | tokens/s | MFU | peak GiB | × Transformer |",
+        "| model | B × T | checkpointing | mode | ms / step | tokens/s | MFU | peak GiB | × Transformer |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -193,7 +208,7 @@ def format_table(rows: list[dict]) -> str:
         ms = cell(r["ms"], ".1f", "OOM")
         lines.append(
             f"| {r['config']} | {r['batch']} × {r['T']} | {r['checkpointing']} "
-            f"| {'compiled' if r.get('compiled') else 'eager'} | {ms} "
+            f"| {row_mode(r)} | {ms} "
             f"| {cell(tok, '.1f')}k | {cell(mfu, '.1f')} % | {cell(r['peak_gib'], '.1f')} "
             f"| {cell(r['vs_transformer'], '.2f')} |"
         )
@@ -220,13 +235,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=[*MODELS, "hf_llama"], default=[*MODELS, "hf_llama"])
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(SHAPES))
     parser.add_argument("--checkpointing", nargs="+", choices=CHECKPOINTING, default=list(CHECKPOINTING))
-    parser.add_argument("--compile", nargs="+", choices=COMPILE, default=["eager"], dest="compile_modes")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager"])
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     require_cuda()
-    rows = measure(
-        tuple(args.models), tuple(args.shapes), tuple(args.checkpointing), tuple(args.compile_modes)
-    )
+    rows = measure(tuple(args.models), tuple(args.shapes), tuple(args.checkpointing), tuple(args.modes))
     report("train_step", rows, format_table(rows), args.json)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from memlab.errors import ConfigError
 from memlab.lit.metrics import GroupedAccuracy
 from memlab.lit.optim import warmup_cosine_schedule, weight_decay_groups
 from memlab.lit.stat_tags import stat_tags
+from memlab.models.captured_loss import CapturedLoss
+from memlab.models.captured_step import NotCapturable
 
 
 class CausalLMModule(LightningModule):
@@ -41,6 +44,10 @@ class CausalLMModule(LightningModule):
             total_steps=<the trainer's max_steps>)``. Default: ``warmup_cosine_schedule`` with
             warmup_steps 100, min_lr_ratio 0.1.
         compile: ``torch.compile`` the network's blocks before training (``compile_blocks``).
+        cuda_graph: replay the training forward and backward from CUDA graphs captured at the
+            first batch's shape (``memlab.models.captured_loss``): the same step without the
+            host's launch overhead. Batches of another shape, and packed documents
+            (``cu_seqlens``), run eagerly. Needs a GPU and an unsharded model.
 
     The checkpoint's hyper-parameters record both as plain values, ``{"optimizer": {"_target_":
     ..., "lr": ...}, "scheduler": {...}}``, for a resume to compare with its own.
@@ -52,9 +59,11 @@ class CausalLMModule(LightningModule):
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., LRScheduler] | None = None,
         compile: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         self.compile_net, self._compiled = compile, False
+        self.cuda_graph, self._captured, self._warned_packed = cuda_graph, None, False
         self.make_optimizer = optimizer or functools.partial(
             torch.optim.AdamW, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95)
         )
@@ -85,7 +94,7 @@ class CausalLMModule(LightningModule):
         # Every position goes to it, unlabelled ones (IGNORE_INDEX) left out of the mean: picking
         # the labelled rows first would wait for the GPU (a data-dependent shape) every step.
         targets = batch["labels"].flatten()
-        out = self.net(batch["input_ids"], cu_seqlens=batch.get("cu_seqlens"), targets=targets)
+        out = self._train_forward(batch["input_ids"], batch.get("cu_seqlens"), targets)
         ce = out.loss
         loss = ce + sum(out.aux_losses.values(), torch.zeros((), device=ce.device))
         labelled = targets != IGNORE_INDEX
@@ -96,6 +105,26 @@ class CausalLMModule(LightningModule):
         for tag, value in stat_tags(out.stats).items():
             self.log(tag, value)
         return loss
+
+    def _train_forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None, targets: torch.Tensor):
+        """The network's loss on a training batch: from the captured graphs with ``cuda_graph``
+        where the batch has the captured shape, else eagerly."""
+        if self.cuda_graph and cu_seqlens is None:
+            if self._captured is None:
+                try:
+                    self._captured = CapturedLoss(self.net, input_ids, targets)
+                except NotCapturable as error:
+                    raise ConfigError(f"module.cuda_graph: {error}; set module.cuda_graph=false") from None
+            if self._captured.matches(input_ids, targets):
+                return self._captured(input_ids, targets)
+        elif self.cuda_graph and not self._warned_packed:
+            warnings.warn("module.cuda_graph: packed documents (cu_seqlens) run eagerly", stacklevel=2)
+            self._warned_packed = True
+        return self.net(input_ids, cu_seqlens=cu_seqlens, targets=targets)
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> CausalLMModule:
+        self._captured = None  # new parameter storage (.to(), .cuda()): the graphs read the old
+        return super()._apply(fn, recurse)
 
     def _eval_step(self, stage: str, batch: dict) -> None:
         losses, correct, mask, _ = self._token_losses(batch)
@@ -137,6 +166,11 @@ class CausalLMModule(LightningModule):
         if self.compile_net and not self._compiled:  # fit, then test: compiled once
             self.net.compile_blocks()
             self._compiled = True
+
+    def on_fit_start(self) -> None:
+        sharded = callable(getattr(self.trainer.strategy, "shard", None))
+        if self.cuda_graph and (sharded or self.device.type != "cuda"):
+            raise ConfigError("module.cuda_graph needs one unsharded model on a GPU (trainer=gpu)")
 
     def configure_optimizers(self) -> dict:
         optimizer = self.make_optimizer(weight_decay_groups(self.net))

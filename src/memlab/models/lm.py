@@ -138,7 +138,11 @@ class LanguageModel(nn.Module):
             reads = getattr(layer.mixer, "reads_layer_memory", False)
             extra = {"layer_memory": list(memories)} if reads else {}
             if i in self.recomputed and states is None and torch.is_grad_enabled():
-                out = checkpoint(layer, h, cu_seqlens=cu_seqlens, use_reentrant=False, **extra)
+                # no random numbers are drawn in a forward, so no RNG state to restore (which a
+                # training step captured in a CUDA graph could not read)
+                out = checkpoint(
+                    layer, h, cu_seqlens=cu_seqlens, use_reentrant=False, preserve_rng_state=False, **extra
+                )
             else:
                 out = layer(h, state=None if states is None else states[i], cu_seqlens=cu_seqlens, **extra)
             memories.append(out.memory)

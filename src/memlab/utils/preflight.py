@@ -31,6 +31,7 @@ def check_training_config(cfg: DictConfig) -> list[str]:
         if cfg.get(key):
             _check_options(cfg[key], key)
     _check_backend(cfg.model, trainer.get("accelerator"))
+    _check_cuda_graph(cfg.module, trainer)
     _check_checkpoint_dirs(
         cfg.get("callbacks") or {}, fresh=cfg.get("train") and cfg.get("ckpt_path") is None
     )
@@ -72,12 +73,25 @@ def _check_backend(model: DictConfig, accelerator: str | None) -> None:
             continue
         if not HAS_TRITON:
             raise ConfigError(f"{where}: Triton is not installed; use backend=auto or torch")
-        cuda = accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available()
-        if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        if not _on_cuda(accelerator) and os.environ.get("TRITON_INTERPRET") != "1":
             raise ConfigError(
                 f"{where} runs Triton kernels, which need a CUDA device (trainer=gpu) or, on the "
                 "CPU, Triton's interpreter (TRITON_INTERPRET=1, slow); use backend=auto or torch"
             )
+
+
+def _check_cuda_graph(module: DictConfig, trainer: DictConfig) -> None:
+    """module.cuda_graph replays CUDA graphs: a GPU, and the whole model on each device."""
+    if not module.get("cuda_graph"):
+        return
+    if not _on_cuda(trainer.get("accelerator")):
+        raise ConfigError("module.cuda_graph needs a CUDA device (trainer=gpu)")
+    if "FSDP" in str(OmegaConf.select(trainer, "strategy._target_", default="")):
+        raise ConfigError("module.cuda_graph needs the whole model on each GPU, not sharded (trainer=fsdp)")
+
+
+def _on_cuda(accelerator: str | None) -> bool:
+    return accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def _backends(node: DictConfig, key: str) -> list[tuple[str, str | None]]:
