@@ -107,12 +107,15 @@ class CapturedLoss:
                 torch.autograd.grad(outputs, self.params, ones, allow_unused=True)
         torch.cuda.current_stream().wait_stream(side)
         self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.forward_graph):
+        # thread-local: a data loader's pinning thread may allocate host memory meanwhile
+        with torch.cuda.graph(self.forward_graph, capture_error_mode="thread_local"):
             self.outputs = self._forward()
         outputs = self._differentiable(self.outputs)
         self.is_differentiable = tuple(o.requires_grad for o in self.outputs)
         self.grad_outputs = [torch.empty_like(o) for o in outputs]
-        with torch.cuda.graph(self.backward_graph, pool=self.forward_graph.pool()):
+        with torch.cuda.graph(
+            self.backward_graph, pool=self.forward_graph.pool(), capture_error_mode="thread_local"
+        ):
             self.grads = torch.autograd.grad(outputs, self.params, self.grad_outputs, allow_unused=True)
 
     def release_aliases(self) -> None:
