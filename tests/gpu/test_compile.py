@@ -1,6 +1,6 @@
 """Blocks compiled by torch.compile (inductor; the kernel ops opaque) against eager, on the GPU
-in bf16 autocast, for every mixer: loss and every gradient within bf16 tolerance, and greedy
-decoding from the compiled model equal to the full forward's argmax."""
+in bf16 autocast, for every mixer: loss and every gradient as close to the fp32 eager ones as
+eager bf16's are, and greedy decoding from the compiled model equal to the full forward's argmax."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import torch
 from memlab.kernels.compare import rel_err
 from tests.gpu.test_models import DEVICE, MIXERS, VOCAB, language_model
 
+# compiled <= 2·eager + COMPILE_TOL against fp32 eager (the layer checks' rule): inductor rounds to
+# bf16 elsewhere than eager, and cancelling sums (decay, bias grads) lose up to tens of % to either.
+COMPILE_TOL = 1e-2
 
-def _loss_and_grads(model, ids: torch.Tensor) -> list[torch.Tensor]:
-    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+
+def _loss_and_grads(model, ids: torch.Tensor, bf16: bool = True) -> list[torch.Tensor]:
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
         out = model(ids[:, :-1], targets=ids[:, 1:].flatten())
     loss = out.loss + sum(out.aux_losses.values(), torch.zeros((), device=DEVICE))
     loss.backward()
@@ -25,12 +29,15 @@ def _loss_and_grads(model, ids: torch.Tensor) -> list[torch.Tensor]:
 def test_compiled_blocks_train_as_eager(name: str) -> None:
     model = language_model(name, n_layers=2)
     ids = torch.randint(VOCAB, (2, 257), device=DEVICE)
-    want = _loss_and_grads(model, ids)
+    names = ["loss", *(n for n, _ in model.named_parameters())]
+    ref = _loss_and_grads(model, ids, bf16=False)
+    bounds = [2 * rel_err(e, r) + COMPILE_TOL for e, r in zip(_loss_and_grads(model, ids), ref, strict=True)]
     model.compile_blocks()
     for _ in range(2):
         got = _loss_and_grads(model, ids)
-        worst = max(rel_err(a, b) for a, b in zip(got, want, strict=True))
-        assert worst < 3e-2, worst
+        errors = [rel_err(g, r) for g, r in zip(got, ref, strict=True)]
+        bad = [f"{n} {e:.2e} > {b:.2e}" for n, e, b in zip(names, errors, bounds, strict=True) if not e <= b]
+        assert not bad, "; ".join(bad)
     model.eval()
     tokens = model.generate(ids[:, :20], 8)
     with torch.no_grad():

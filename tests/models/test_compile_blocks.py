@@ -39,6 +39,25 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(name: str) -> None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_memmamba_leaves_its_chunk_layout_to_the_host() -> None:
+    """MemMamba's chunk layout is host code (integer work on the CPU, pinned copies to the
+    device, an lru_cache) that compiled blocks call as it is: traced, dynamo would drop the cache
+    and turn the layout into graph code, and on the GPU it fails on ``pin_memory``, which fake
+    tensors lack. No graph the compiler is given holds an op of it."""
+    traced: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        traced.extend(str(node.meta.get("stack_trace", "")) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = LanguageModel(64, 32, 2, MIXERS["memmamba"])
+    model.compile_blocks(backend=backend)
+    _loss_and_grads(model, torch.randint(64, (2, 33)))
+    host = ("in chunk_layout\n", "in _cached_layout\n", "in _build_layout\n")
+    assert traced and not [t for t in traced if any(name in t for name in host)]
+
+
 def test_module_compiles_its_network_once(monkeypatch: pytest.MonkeyPatch) -> None:
     net = LanguageModel(64, 32, 1, MIXERS["gdn"])
     calls = []

@@ -55,6 +55,10 @@ class ChunkLayout:
         return self.chunk_index.shape[0]
 
 
+# Host code that torch.compile calls as it is (a graph break around it): traced, dynamo would drop
+# the lru_cache, rebuild the layout as graph code every pass, and fail on ``pin_memory`` (no fake
+# tensor op).
+@torch.compiler.disable
 def chunk_layout(
     chunk_size: int,
     segments: list[tuple[int, int, int]],
