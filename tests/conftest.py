@@ -99,6 +99,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["MEMLAB_TEST_SEED"] = str(
         seed if seed is not None else int.from_bytes(os.urandom(4), "little")
     )
+    # Under --dist loadgroup the workers queue the GPU suite's groups longest first
+    # (tests/gpu/conftest.py): pytest-xdist is to keep that order, not sort them by size.
+    if getattr(config.option, "dist", "no") == "loadgroup":
+        config.option.loadscopereorder = False
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -8,10 +8,14 @@ a summary table of cases, failures and the worst error per family and dtype at t
 from __future__ import annotations
 
 import gc
+import heapq
+import itertools
 import json
+import math
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,9 @@ from tests.conformance.check import Measure
 from tests.conformance.draw import Draw, case_seed, palette_seed
 
 _rows: dict[tuple[str, str], dict] = defaultdict(lambda: {"cases": 0, "failed": 0, "worst": None})
+GPU_DIR = Path(__file__).resolve().parent
+# Families whose cases a scan kernel runs over, and the spec's name for the length it scans
+SCANNED = {"selective_scan": "L", "mamba": "T"}
 
 
 def run_seed() -> int:
@@ -31,7 +38,9 @@ def case_params(config: pytest.Config, families: dict, per_family: int) -> list:
     from the run's seed over ``--conformance-shapes`` compiled shapes per family (see
     ``palette_seed``); ids name the family, the index and the shape. The cases of one compiled
     shape form one xdist group, so that under ``--dist loadgroup`` one worker compiles each
-    shape once instead of several workers racing to compile it."""
+    shape once instead of several workers racing to compile it; a scan's cases also by the
+    length class they compile for (see ``length_class``), which a shape's other cases need not
+    wait for."""
     shapes = config.getoption("conformance_shapes")
     params = []
     for name, family in families.items():
@@ -39,9 +48,160 @@ def case_params(config: pytest.Config, families: dict, per_family: int) -> list:
             draw = Draw(palette_seed(run_seed(), name, i, shapes), case_seed=case_seed(run_seed(), name, i))
             spec = family.draw(draw)
             shape = ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", "")
-            group = pytest.mark.xdist_group(f"{name}-{i % shapes}")
-            params.append(pytest.param((name, i, spec), id=f"{name}-{i}-{shape}", marks=group))
+            group = f"{name}-{i % shapes}"
+            if name in SCANNED and spec.get("docs") is None:
+                group += f"-{length_class(spec[SCANNED[name]])}"
+            marks = pytest.mark.xdist_group(group)
+            params.append(pytest.param((name, i, spec), id=f"{name}-{i}-{shape}", marks=marks))
     return params
+
+
+def length_class(length: int) -> str:
+    """What the selective scan's kernels are compiled for beyond the shape: gcd(L, 16) and
+    whether L <= 16 are constants of theirs, and Triton specialises L / gcd(L, 16) on being 1
+    or a multiple of 16. Each class of a shape is a compilation (minutes at N = 256)."""
+    unit = math.gcd(length, 16)
+    units = length // unit
+    return f"L{unit}" + "s" * (length <= 16) + "u" * (units == 1) + "x" * (units % 16 == 0)
+
+
+# What a test costs, for the order the groups are queued in (pytest_collection_modifyitems).
+# Seconds on an H100 shared by 16 workers, fitted to the times of a 500-case run: a case's
+# family's (per case, per step of the case's length, per kernel variant it compiles; for the
+# scanned families, beside the scan's own SCAN_COMPILE_SECONDS).
+CASE_SECONDS = {
+    "gdn_chunk": (0.14, 2.3e-3, 16.0),
+    "gdn_recurrent": (0.1, 4.7e-3, 0.5),
+    "gdn_step": (0.22, 0.0, 0.5),
+    "selective_scan": (0.1, 3.7e-4, 0.0),
+    "state_update": (0.01, 0.0, 0.5),
+    "causal_conv1d": (0.05, 4.4e-4, 3.0),
+    "conv_update": (0.01, 0.0, 0.15),
+    "l2norm": (0.05, 0.0, 0.2),
+    "gated_rmsnorm": (0.07, 0.0, 0.5),
+    "combine_routed": (0.25, 0.0, 0.5),
+    "topk_route": (0.09, 0.0, 0.9),
+    "mom": (0.45, 0.0, 7.5),
+    "mamba": (0.5, 0.0, 2.0),
+    "memmamba": (1.6, 0.0, 0.0),
+}
+# The scan's forward unrolls a channel's next_power_of_2(N) / 4 state slots: its compilation
+# grows with them, from 1.5 s to these seconds (by next_power_of_2(N))
+SCAN_COMPILE_SECONDS = {16: 2.0, 32: 3.0, 64: 8.0, 128: 31.0, 256: 204.0}
+# the tests other than random cases, by function (3 s otherwise)
+TEST_SECONDS = {
+    "test_logits_match_fla": 45.0,
+    "test_first_layer_routes_every_token_alike": 45.0,
+    "test_compiled_blocks_train_as_eager": 30.0,
+    "test_gated_delta_rule": 13.0,
+    "test_no_host_sync_in_mom_training_step": 12.0,
+    "test_mom_published_head_shape": 10.0,
+}
+
+
+def _compiles(family: str, spec: dict) -> tuple[set, float]:
+    """The kernel variants a case needs beyond its shape's, and seconds to compile each: a
+    scan's length classes (a Mamba layer scans each document alone), the conv's T as Triton
+    specialises it, and one per shape elsewhere."""
+    seconds = CASE_SECONDS.get(family, (0.3, 0.0, 2.0))[2]
+    if family in SCANNED:
+        n = spec["N"] if family == "selective_scan" else spec["d_state"]
+        seconds += SCAN_COMPILE_SECONDS.get(1 << (n - 1).bit_length(), 1.5)
+        docs = spec.get("docs") or [0, spec[SCANNED[family]]]
+        return {length_class(e - s) for s, e in itertools.pairwise(docs) if e > s}, seconds
+    if family == "combine_routed" and spec["S"] >= 64:  # the backward unrolls the 64 slots
+        return {None}, 20.0
+    if family == "causal_conv1d":
+        return {(spec["T"] == 1, spec["T"] % 16 == 0)}, seconds
+    return {None}, seconds
+
+
+def unit_seconds(items: list[pytest.Item]) -> list[float]:
+    """Estimated seconds of each test of one xdist group, in order: a case compiles the kernel
+    variants its group's earlier cases did not."""
+    seconds, compiled = [], set()
+    for item in items:
+        case = item.callspec.params.get("case") if hasattr(item, "callspec") else None
+        if not isinstance(case, tuple):  # not a random case (test_interop's "case" is a name)
+            seconds.append(TEST_SECONDS.get(item.originalname, 3.0))
+            continue
+        family, _, spec = case
+        per_case, per_step, _ = CASE_SECONDS.get(family, (0.3, 0.0, 2.0))
+        variants, compile_seconds = _compiles(family, spec)
+        length = spec.get("L", spec.get("T", 0))
+        seconds.append(per_case + per_step * length + compile_seconds * len(variants - compiled))
+        compiled |= variants
+    return seconds
+
+
+def dispatch_order(units: list[list[float]], workers: int) -> list[int]:
+    """The order to queue work units in (each its tests' estimated seconds) for ``workers``
+    workers of ``--dist loadgroup``, which hands each worker a unit and then the next one in
+    the queue whenever it has at most two tests pending: a worker on a one-test unit holds the
+    next one already. Replaying that with the estimates, a worker that starts what it is handed
+    within half the run's expected length gets the longest unit left (longest processing time
+    first), any other the shortest, which it runs after its long one."""
+    left = sorted(range(len(units)), key=lambda u: sum(units[u]))
+    wait = sum(map(sum, units)) / workers / 2
+    order: list[int] = []
+    pending: list[deque] = [deque() for _ in range(workers)]
+
+    def hand_out(w: int) -> None:
+        if left:
+            u = left.pop() if sum(pending[w]) <= wait else left.pop(0)
+            order.append(u)
+            pending[w].extend(units[u])
+
+    for w in range(workers):
+        hand_out(w)
+    for w in range(workers):
+        if len(pending[w]) <= 2:
+            hand_out(w)
+    ends = [(pending[w][0], w) for w in range(workers) if pending[w]]
+    heapq.heapify(ends)
+    while ends:
+        now, w = heapq.heappop(ends)
+        pending[w].popleft()
+        if len(pending[w]) <= 2:
+            hand_out(w)
+        if pending[w]:
+            heapq.heappush(ends, (now + pending[w][0], w))
+    return order
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (as ``make test-gpu`` runs), queue the tests under tests/gpu
+    in ``dispatch_order`` of their groups, each group's tests together, so that no worker is
+    still compiling a large shape once the others are done. pytest-xdist would otherwise hand
+    out the groups largest first by number of tests, in collection order among equals (tests/
+    conftest.py turns that off); every worker orders its collection alike."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2 or not getattr(config.option, "loadgroup", False):  # a worker's --dist loadgroup
+        return
+    units: dict[str, list[pytest.Item]] = {}
+    others = []
+    for item in items:
+        if GPU_DIR not in item.path.parents:
+            others.append(item)
+            continue
+        mark = item.get_closest_marker("xdist_group")
+        units.setdefault(mark.args[0] if mark else item.nodeid, []).append(item)
+    groups = list(units.values())
+    order = dispatch_order([unit_seconds(g) for g in groups], workers)
+    items[:] = [item for u in order for item in groups[u]] + others
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The collected cases live until the run ends: out of the garbage collector's sight, each
+    case's gc.collect() (``_release_memory``) does not walk them again (about 0.4 s a test with
+    500 cases a family)."""
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    gc.unfreeze()  # for the interpreter's own clean-up at exit
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +242,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "call" and not (report.when == "setup" and report.failed):
         return
     times = os.environ.get("MEMLAB_CONFORMANCE_TIMES")
-    if times:  # one line per case as it ends, so that a run cut short still says where time went
+    # one line per case as it ends, so that a run cut short still says where time went; under
+    # pytest-xdist by the controller alone, which logs every worker's reports again
+    if times and "PYTEST_XDIST_WORKER" not in os.environ:
         with open(times, "a") as f:
             why = report.longreprtext.strip().splitlines()[-1:] if report.failed else []
             f.write(" ".join([f"{report.duration:.2f}", report.outcome, report.nodeid, *why]) + "\n")
