@@ -31,6 +31,7 @@ from memlab.bench.table import cell, report
 from memlab.bench.timing import time_ms
 from memlab.models import LanguageModel
 from memlab.models.captured_loss import CapturedLoss
+from memlab.models.captured_step import NotCapturable
 from memlab.models.flops import active_parameters
 from memlab.utils.gpu_peak import peak_bf16_flops
 
@@ -131,8 +132,10 @@ def measure_one(
         row["tokens_per_s"] = batch * length / row["ms"] * 1e3
         flops = 6 * row["active_params"] * row["tokens_per_s"]
         row["mfu"] = flops / peak_flops if peak_flops else None
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, NotCapturable) as error:
         row |= {"ms": None, "tokens_per_s": None, "mfu": None, "peak_gib": None}
+        if isinstance(error, NotCapturable):
+            row["not_capturable"] = str(error)
     finally:
         model = step = None
         gc.collect()
@@ -205,7 +208,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e3
         mfu = None if r["mfu"] is None else 100 * r["mfu"]
-        ms = cell(r["ms"], ".1f", "OOM")
+        ms = cell(r["ms"], ".1f", "not capturable" if r.get("not_capturable") else "OOM")
         lines.append(
             f"| {r['config']} | {r['batch']} × {r['T']} | {r['checkpointing']} "
             f"| {row_mode(r)} | {ms} "
