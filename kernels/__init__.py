@@ -3,7 +3,7 @@
 Public API (names and conventions of the linear-attention and Mamba ecosystems):
 ``chunk_gated_delta_rule``, ``fused_recurrent_gated_delta_rule``, ``gated_delta_rule_step``,
 ``selective_scan``, ``selective_state_update``, ``causal_conv1d``, ``causal_conv1d_update``,
-``l2norm``, ``gated_rmsnorm``, ``combine_routed``, ``topk_route``, ``gemv``. Every op takes
+``l2norm``, ``gated_rmsnorm``, ``combine_routed``, ``topk_route``. Every op takes
 ``backend="auto" | "triton" | "torch"``.
 """
 
@@ -16,7 +16,6 @@ from memlab.kernels.gated_delta_rule import (
     gated_delta_rule_step,
 )
 from memlab.kernels.gated_rmsnorm import gated_rmsnorm
-from memlab.kernels.gemv import gemv
 from memlab.kernels.l2norm import l2norm
 from memlab.kernels.selective_scan import selective_scan, selective_state_update
 from memlab.kernels.topk_route import topk_route
@@ -30,7 +29,6 @@ __all__ = [
     "fused_recurrent_gated_delta_rule",
     "gated_delta_rule_step",
     "gated_rmsnorm",
-    "gemv",
     "l2norm",
     "resolve_backend",
     "selective_scan",

@@ -15,7 +15,6 @@ MAX_CONV_WIDTH = 16  # W of causal_conv1d (its taps are unrolled)
 MAX_NORM_DIM = 8192  # D of l2norm and gated_rmsnorm (a row is one register tile)
 MAX_COMBINE_SLOTS = 64  # S of combine_routed (its slots are unrolled)
 MAX_ROUTED_MEMORIES = 64  # E of topk_route (a token's logits are one register tile)
-MAX_GEMV_ROWS = 8  # M of gemv (its rows share each weight tile in registers; more is a GEMM)
 
 
 def check_size(op: str, name: str, size: int, limit: int, what: str = "") -> None:

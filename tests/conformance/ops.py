@@ -23,7 +23,6 @@ from memlab.kernels import (
     combine_routed,
     fused_recurrent_gated_delta_rule,
     gated_rmsnorm,
-    gemv,
     l2norm,
     selective_scan,
     selective_state_update,
@@ -36,7 +35,6 @@ from memlab.kernels.gated_delta_rule.step import gated_delta_rule_step
 from memlab.kernels.limits import (
     MAX_COMBINE_SLOTS,
     MAX_CONV_WIDTH,
-    MAX_GEMV_ROWS,
     MAX_NORM_DIM,
     MAX_ROUTED_MEMORIES,
     MAX_STATE_SIZE,
@@ -544,35 +542,6 @@ def _check_route(spec: dict, device: str) -> list[Measure]:
 
 TOPK_ROUTE = Family("topk_route", _draw_route, _check_route)
 
-
-# ---- GEMV: a decoding step's projections ----
-
-
-def _draw_gemv(d: Draw) -> dict:
-    spec = {"dtype": d.dtype(), "M": d.launch.randint(1, MAX_GEMV_ROWS), "wide_rows": d.launch.random() < 0.5}
-    spec |= {
-        "N": d.choice((1, 5, 16, 37) if d.tiny else (1, 5, 16, 100, 1030, 2056, 4104, 6144, 32000, 50304))
-    }
-    return spec | {"K": d.choice((1, 8, 15, 40) if d.tiny else (1, 8, 15, 64, 768, 1024, 1536, 3072))}
-
-
-def _check_gemv(spec: dict, device: str) -> list[Measure]:
-    """fast and twin against fp64 on the same rounded inputs; x half the time a view of wider
-    rows (as a step's joined projection leaves it)."""
-    M, N, K = spec["M"], spec["N"], spec["K"]
-    pad = 3 if spec["wide_rows"] else 0
-    dt = DTYPES[spec["dtype"]]
-
-    def product(backend):
-        return lambda x, w: gemv(x[:, :K], w, backend=backend)
-
-    inputs = {"x": _randn(M, K + pad), "w": _randn(N, K) * K**-0.5}
-    return _compare(spec, product("triton"), product("torch"), product("torch"), inputs,
-                    {"x": dt, "w": dt}, device, grads=(), outs=("y",))  # fmt: skip
-
-
-GEMV = Family("gemv", _draw_gemv, _check_gemv)
-
 FAMILIES = {
     f.name: f
     for f in (
@@ -587,6 +556,5 @@ FAMILIES = {
         GATED_RMSNORM,
         COMBINE_ROUTED,
         TOPK_ROUTE,
-        GEMV,
     )
 }

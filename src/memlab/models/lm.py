@@ -16,7 +16,6 @@ from memlab.models.captured_step import CapturedStep
 from memlab.models.chunked import prefill
 from memlab.models.modules.autocast_input import autocast_dtype
 from memlab.models.modules.linear_cross_entropy import linear_cross_entropy
-from memlab.models.modules.step_linear import step_linear
 from memlab.models.sampling import SamplingConfig, sample
 
 # Captured decoding steps are shared by all lengths up to a multiple of this (attention's
@@ -153,9 +152,7 @@ class LanguageModel(nn.Module):
         if logits_mask is not None:
             h = h[logits_mask]
         if targets is None:
-            return LMOutput(
-                step_linear(self.norm(h), self.lm_head.weight), aux, stats
-            )  # a GEMV when decoding
+            return LMOutput(self.lm_head(self.norm(h)), aux, stats)
         h = self.norm(h).flatten(0, -2)
         loss, correct = linear_cross_entropy(h, self.lm_head.weight, targets.flatten(), return_correct=True)
         return LMOutput(None, aux, stats, loss, correct)

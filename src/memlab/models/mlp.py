@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memlab.models.modules.step_linear import step_linear
-
 
 class _SwiGLU(torch.autograd.Function):
     """silu(gate) ⊙ up from gate_up = [gate ‖ up] [..., 2H] -> [..., H], saving only gate_up:
@@ -43,7 +41,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.gate_up.weight.requires_grad):
-            return self.down(_SwiGLU.apply(self.gate_up(x)))
-        gate, up = step_linear(x, self.gate_up.weight).chunk(2, dim=-1)  # a GEMV when decoding
-        return step_linear(F.silu(gate) * up, self.down.weight)
+        gate_up = self.gate_up(x)
+        if torch.is_grad_enabled() and gate_up.requires_grad:
+            return self.down(_SwiGLU.apply(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)

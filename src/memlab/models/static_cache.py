@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from memlab.models.modules.rotary import apply_rotary, rotary_angles
-from memlab.models.modules.step_linear import step_linear
 
 if TYPE_CHECKING:  # the attention layer imports this module
     from memlab.models.layers import Attention
@@ -50,8 +49,7 @@ def attend(attn: Attention, x: torch.Tensor, cache: StaticKVCache) -> torch.Tens
     pos .. pos + T - 1 are written and pos advances by T. Writing past ``max_len`` is an index
     error (on CUDA, a device-side assert): no host check, which would synchronise."""
     B, T, _ = x.shape
-    qkv = step_linear(x, attn.qkv.weight)  # a GEMV when decoding
-    q, k, v = qkv.view(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = attn.qkv(x).view(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     positions = cache.pos + torch.arange(T, device=x.device)
     cos, sin = rotary_angles(positions, attn.head_dim, attn.rope_theta)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -61,4 +59,4 @@ def attend(attn: Attention, x: torch.Tensor, cache: StaticKVCache) -> torch.Tens
     visible = torch.arange(cache.max_len, device=x.device) <= positions[:, None]
     y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=visible)
     cache.pos += T
-    return step_linear(y.transpose(1, 2).reshape(B, T, -1), attn.out.weight)
+    return attn.out(y.transpose(1, 2).reshape(B, T, -1))

@@ -37,7 +37,6 @@ from memlab.kernels.selective_scan import selective_scan, selective_state_update
 from memlab.models.mixer import MixerOutput
 from memlab.models.modules.init import inverse_softplus, log_uniform_steps
 from memlab.models.modules.short_conv import continue_conv
-from memlab.models.modules.step_linear import step_linear
 from memlab.models.modules.varlen import check_packed, document_bounds
 from memlab.models.schema import Schema, option
 
@@ -223,24 +222,18 @@ class Mamba(nn.Module):
         projected in fp32, not in the weights' dtype), in five launches: in_proj, the conv
         step, x_proj, the state update (which projects dt and takes A from A_log itself) and
         out_proj."""
-        x_in, z = self._linear(x[:, 0], self.in_proj).chunk(2, dim=-1)  # [B, E] each
+        x_in, z = self.in_proj(x[:, 0]).chunk(2, dim=-1)  # [B, E] each
         state.conv_tail = state.conv_tail.contiguous()  # a T = 1 forward with grad leaves a view
         u = causal_conv1d_update(
             x_in.to(state.conv_tail.dtype), state.conv_tail, self.conv1d.weight[:, 0], self.conv1d.bias,
             "silu", self.backend,
         )  # fmt: skip
-        dt_low, B_ssm, C_ssm = self._linear(u, self.x_proj).split(
-            [self.dt_rank, self.d_state, self.d_state], -1
-        )
+        dt_low, B_ssm, C_ssm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         y = selective_state_update(
             state.ssm, u, dt_low, None, B_ssm, C_ssm, D=self.D, z=z, dt_bias=self.dt_proj.bias,
             dt_softplus=True, backend=self.backend, dt_proj=self.dt_proj.weight, A_log=self.A_log,
         )  # fmt: skip
-        return MixerOutput(self._linear(y.to(x.dtype), self.out_proj)[:, None])
-
-    def _linear(self, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-        """A projection of the decoding step (a GEMV kernel for few sequences)."""
-        return step_linear(x, layer.weight, layer.bias, self.backend)
+        return MixerOutput(self.out_proj(y.to(x.dtype))[:, None])
 
     def _scan(
         self,

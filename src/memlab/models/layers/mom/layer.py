@@ -23,7 +23,6 @@ from memlab.models.modules.gated_rmsnorm import GatedRMSNorm
 from memlab.models.modules.init import inverse_softplus, log_uniform_steps
 from memlab.models.modules.joined_weights import JoinedWeights
 from memlab.models.modules.short_conv import ShortConvolution
-from memlab.models.modules.step_linear import step_linear
 from memlab.models.modules.varlen import check_packed
 
 
@@ -218,9 +217,7 @@ class MoMAttention(nn.Module):
         # about the same whatever its height, so one beats three
         M, _, width = self.memory_proj.shape
         joined = self._joined_projections(autocast_dtype(token), *self._joined_sources())
-        q, gate, kvba = step_linear(token, joined, backend=self.backend).split(
-            [H * K, H * V, M * width], dim=-1
-        )
+        q, gate, kvba = F.linear(token, joined).split([H * K, H * V, M * width], dim=-1)
         k, v, b, a = kvba.unflatten(-1, (M, width)).to(tail_dtype).split([H * K, H * V, H, H], dim=-1)
         q = q.to(tail_dtype)
         o = gated_delta_rule_step(
@@ -229,7 +226,7 @@ class MoMAttention(nn.Module):
             scale=K**-0.5, backend=self.backend,
         )  # fmt: skip
         o = self.norm(o.to(gate.dtype).view(B, 1, H, V), gate.view(B, 1, H, V))
-        return MixerOutput(step_linear(o.reshape(B, 1, H * V), self.o_proj.weight, backend=self.backend))
+        return MixerOutput(self.o_proj(o.reshape(B, 1, H * V)))
 
     def _step_weights(self, token: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Each memory's weight [B, M] for tokens [B, D] (``route``'s renormalised top-k
