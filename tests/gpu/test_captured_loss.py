@@ -4,12 +4,15 @@ steps that update the weights in place, under gradient accumulation, and through
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from memlab.kernels.compare import rel_err
 from memlab.models.captured_loss import CapturedLoss
 from memlab.train import train
+from tests.conftest import TINY, compose_config
 from tests.gpu.test_models import DEVICE, MIXERS, VOCAB, language_model
 
 # The replay runs the eager step's kernels; only the order of atomic additions may differ.
@@ -48,8 +51,9 @@ def test_captured_steps_train_as_eager_steps(name: str) -> None:
     assert _worst(graphed, eager) < TOLERANCE
 
 
-def test_lightning_trains_from_graphs_as_eagerly(make_cfg) -> None:
-    args = ["trainer=gpu", "trainer.max_steps=12", "trainer.val_check_interval=6", "test=false"]
-    eager = train(make_cfg(args, run="eager"))
-    graphed = train(make_cfg([*args, "module.cuda_graph=true"], run="graphed"))
+def test_lightning_trains_from_graphs_as_eagerly(tmp_path: Path) -> None:
+    on_gpu = [arg for arg in TINY if not arg.startswith("trainer.accelerator")]
+    args = [*on_gpu, "trainer=gpu", "trainer.max_steps=12", "trainer.val_check_interval=6", "test=false"]
+    eager = train(compose_config(args, tmp_path / "eager"))
+    graphed = train(compose_config([*args, "module.cuda_graph=true"], tmp_path / "graphed"))
     assert abs(graphed["val/loss"] - eager["val/loss"]) < 1e-2 * abs(eager["val/loss"])
