@@ -10,7 +10,7 @@ from torch import nn
 
 from memlab.models.mixer import MixerOutput
 from memlab.models.modules.rotary import apply_rotary, rotary_angles
-from memlab.models.modules.varlen import document_positions
+from memlab.models.modules.varlen import DocumentRows, check_packed, document_rows
 from memlab.models.schema import Schema, option
 from memlab.models.static_cache import StaticKVCache, attend
 
@@ -94,27 +94,34 @@ class Attention(nn.Module):
     ) -> MixerOutput:
         if isinstance(state, StaticKVCache):
             return MixerOutput(attend(self, x, state))
+        check_packed("Attention", x.shape[0], cu_seqlens, state)
+        if cu_seqlens is not None:
+            return MixerOutput(self._attend_documents(x, document_rows("Attention", cu_seqlens, x)))
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         offset = state.length if state is not None else 0
-        mask = None
-        if cu_seqlens is not None:
-            doc, positions = document_positions(cu_seqlens, T)
-            mask = (doc[:, None] == doc[None, :]) & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        else:
-            positions = torch.arange(offset, offset + T, device=x.device)
+        positions = torch.arange(offset, offset + T, device=x.device)
         cos, sin = rotary_angles(positions, self.head_dim, self.rope_theta)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if state is not None:
             k = torch.cat([state.k, k], dim=2)
             v = torch.cat([state.v, v], dim=2)
             state.k, state.v = k, v
-        if mask is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif offset == 0:
+        if offset == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # Query i (absolute position offset + i) sees keys up to offset + i.
             visible = torch.ones(T, offset + T, dtype=torch.bool, device=x.device).tril(diagonal=offset)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
         return MixerOutput(self.out(y.transpose(1, 2).reshape(B, T, -1)))
+
+    def _attend_documents(self, x: torch.Tensor, rows: DocumentRows) -> torch.Tensor:
+        """Packed documents x [1, T, D] attended as a batch of rows, each padded at its end:
+        causal attention within a row never reaches the padding, and the work grows with the
+        number of documents times the longest one's square rather than with T², with no mask."""
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = rows.pad(self.qkv(x)).unflatten(-1, (3, H, hd)).permute(2, 0, 3, 1, 4)  # [N, H, L, hd]
+        cos, sin = rotary_angles(torch.arange(rows.shape[1], device=x.device), hd, self.rope_theta)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(rows.unpad(y.transpose(1, 2).flatten(2)))

@@ -14,7 +14,7 @@ from memlab.kernels import gated_delta_rule_step, topk_route
 from memlab.kernels.limits import MAX_ROUTED_MEMORIES
 from memlab.models.layers.mom.config import MoMConfig
 from memlab.models.layers.mom.layout import choose_layout
-from memlab.models.layers.mom.padded import DocumentRows, PaddedLayout
+from memlab.models.layers.mom.padded import PaddedLayout
 from memlab.models.layers.mom.routing import load_balance, route
 from memlab.models.layers.mom.state import MoMState
 from memlab.models.mixer import MixerOutput
@@ -23,7 +23,7 @@ from memlab.models.modules.gated_rmsnorm import GatedRMSNorm
 from memlab.models.modules.init import inverse_softplus, log_uniform_steps
 from memlab.models.modules.joined_weights import JoinedWeights
 from memlab.models.modules.short_conv import ShortConvolution
-from memlab.models.modules.varlen import check_packed
+from memlab.models.modules.varlen import check_packed, document_rows
 
 
 class MoMAttention(nn.Module):
@@ -171,7 +171,7 @@ class MoMAttention(nn.Module):
         Layout = choose_layout(self.backend, x, self.num_rows, state, cu_seqlens)
         documents = None
         if cu_seqlens is not None and Layout is PaddedLayout:  # it takes documents as rows
-            documents = DocumentRows(cu_seqlens, x)
+            documents = document_rows("MoMAttention", cu_seqlens, x)
             x, cu_seqlens = documents.pad(x), None
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_dim, self.value_dim

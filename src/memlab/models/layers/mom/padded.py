@@ -13,7 +13,6 @@ from memlab.models.layers.mom.dispatch import padded_layout
 from memlab.models.layers.mom.routing import Routing
 from memlab.models.layers.mom.state import MoMState
 from memlab.models.modules.short_conv import ShortConvolution
-from memlab.models.modules.varlen import document_bounds, document_positions
 
 
 class PaddedLayout:
@@ -112,25 +111,3 @@ class PaddedLayout:
         return combine_routed(
             o.reshape(B * M * T, -1), self.destination.view(B * T, S), weights.reshape(B * T, S), self.backend
         )
-
-
-class DocumentRows:
-    """Packed documents (cu_seqlens int [N+1] over x [1, T, D]) as a batch of N rows padded to
-    the longest document, so that the padded layout's routing, convs and memories restart at
-    every document. Sizing the rows reads cu_seqlens on the host, which the PyTorch twin does
-    anyway; the packed layout never does."""
-
-    def __init__(self, cu_seqlens: torch.Tensor, x: torch.Tensor) -> None:
-        bounds = document_bounds("MoMAttention", cu_seqlens, x.shape[1])
-        self.shape = (len(bounds), max(end - start for start, end in bounds))
-        self.doc, self.position = document_positions(cu_seqlens, x.shape[1])
-        mask = torch.zeros(self.shape, dtype=torch.bool, device=x.device)
-        self.mask = mask.index_put((self.doc, self.position), torch.ones_like(self.doc, dtype=torch.bool))
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[1, T, D] -> [N, L, D], zeros after each document's end."""
-        return x.new_zeros(*self.shape, x.shape[-1]).index_put((self.doc, self.position), x[0])
-
-    def unpad(self, rows: torch.Tensor) -> torch.Tensor:
-        """[N, L, D] -> [1, T, D]."""
-        return rows[self.doc, self.position][None]
