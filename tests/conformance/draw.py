@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
+import math
 import random
 import zlib
 
@@ -9,6 +13,9 @@ import torch
 
 HEAD_DIMS = (1, 8, 15, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256)
 LENGTHS = (1, 2, 15, 16, 17, 63, 64, 65, 127, 129, 1000)
+# The selective scan's forward walks chunks of 16 steps, its backward blocks of 16 or 32: a
+# length class's lengths nearest these on either side are drawn as often as LENGTHS are
+EDGES = (16, 32, 64, 128, 256, 512, 1024)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -24,16 +31,72 @@ def palette_seed(run_seed: int, family: str, index: int, shapes: int) -> int:
     return case_seed(run_seed, family, index % shapes)
 
 
+def palette_slot(run_seed: int, family: str, index: int, shapes: int) -> int:
+    """The number of the compiled shape of case ``index`` among the ``shapes`` of its family,
+    counted from an offset the run's seed sets: the shapes take the scan's length classes in
+    turn (``Draw.scan_class``), each class its share of them, in every run."""
+    return zlib.crc32(f"{run_seed}/{family}/slots".encode()) + index % shapes
+
+
+def length_class(length: int) -> str:
+    """What the selective scan's kernels (kernels/selective_scan/triton_scan.py) are compiled
+    for beyond a shape, given the length L of one scan: L_UNIT = gcd(L, 16) and STATE_EVERY
+    (16 when L <= 16, else 32) are constexprs of theirs, and Triton specialises the integer
+    argument L / gcd(L, 16) on being 1 or a multiple of 16. Each class of a shape is a
+    compilation (minutes at N = 256): L1su (L = 1), L2su, L4su, L8su, L16su (2, 4, 8, 16), L1s,
+    L2s, L4s (the other lengths up to 16), L1, L2, L4, L8, L16 (beyond 16 by gcd(L, 16)) and
+    L16x (multiples of 256)."""
+    unit = math.gcd(length, 16)
+    units = length // unit
+    return f"L{unit}" + "s" * (length <= 16) + "u" * (units == 1) + "x" * (units % 16 == 0)
+
+
+@functools.cache
+def _class_members(cls: str) -> tuple[int, ...]:
+    """The lengths up to 1024 in length class ``cls``, ascending."""
+    return tuple(t for t in range(1, 1025) if length_class(t) == cls)
+
+
+def class_lengths(cls: str, cap: int) -> tuple[int, ...]:
+    """The lengths up to ``cap`` (at most 1024) in length class ``cls``, ascending."""
+    members = _class_members(cls)
+    return members[: bisect.bisect_right(members, cap)]
+
+
+@functools.cache
+def length_classes(cap: int) -> tuple[str, ...]:
+    """The length classes with a length up to ``cap``, by their shortest length."""
+    return tuple(dict.fromkeys(length_class(t) for t in range(1, cap + 1)))
+
+
+@functools.cache
+def marked_lengths(cls: str, cap: int) -> tuple[int, ...]:
+    """The lengths of class ``cls`` up to ``cap`` drawn as often as LENGTHS are: those of
+    LENGTHS, and those nearest each of EDGES on either side."""
+    members = class_lengths(cls, cap)
+    marked = {t for t in LENGTHS if t in members}
+    for edge in EDGES:
+        at = bisect.bisect_left(members, edge)
+        marked |= {members[i] for i in (at - 1, at) if 0 <= i < len(members)}
+        if at < len(members) and members[at] == edge and at + 1 < len(members):
+            marked.add(members[at + 1])
+    return tuple(sorted(marked))
+
+
 class Draw(random.Random):
     """random.Random with the draws the cases share, in two streams: this one, seeded by
-    ``seed``, for what a kernel is compiled for (dtype, head and state sizes, heads, flags);
-    one seeded by ``case_seed`` (default ``seed``) for what it is launched with (``length``,
-    ``documents``, ``batch``, ``gate_kind``). ``tiny`` keeps shapes small enough for Triton's
+    ``seed``, for what a kernel is compiled for (dtype, head and state sizes, heads, flags, the
+    scan's ``scan_class``); one seeded by ``case_seed`` (default ``seed``) for what it is
+    launched with (``length``, ``documents``, ``batch``, ``gate_kind``). ``slot``: the shape's
+    ``palette_slot``, if drawn for a palette. ``tiny`` keeps shapes small enough for Triton's
     interpreter on a CPU (and leaves out bf16, whose interpreted tl.dot is wrong)."""
 
-    def __init__(self, seed: int, tiny: bool = False, case_seed: int | None = None) -> None:
+    def __init__(
+        self, seed: int, tiny: bool = False, case_seed: int | None = None, slot: int | None = None
+    ) -> None:
         super().__init__(seed)
         self.tiny = tiny
+        self.slot = slot
         self.launch = random.Random(seed if case_seed is None else case_seed)
 
     def dtype(self) -> str:
@@ -42,12 +105,24 @@ class Draw(random.Random):
     def head_dim(self) -> int:
         return self.choice(tuple(d for d in HEAD_DIMS if d <= 40) if self.tiny else HEAD_DIMS)
 
-    def length(self, cap: int = 1000) -> int:
-        """One of LENGTHS (chunk edges, 1, 1000) or, one time in three, any length up to ``cap``."""
+    def length(self, cap: int = 1000, within: str | None = None) -> int:
+        """One of LENGTHS (chunk edges, 1, 1000) or, one time in three, any length up to ``cap``;
+        ``within`` a length class (``scan_class``), one of its ``marked_lengths`` or, one time
+        in three, any of its lengths up to ``cap`` (at least its shortest)."""
         cap = min(cap, 70) if self.tiny else cap
+        if within is not None:
+            wild = self.launch.random() < 1 / 3
+            return self.launch.choice(class_lengths(within, cap) if wild else marked_lengths(within, cap))
         if self.launch.random() < 1 / 3:
             return self.launch.randint(1, cap)
         return self.launch.choice([t for t in LENGTHS if t <= cap] or [cap])
+
+    def scan_class(self, cap: int = 1000) -> str:
+        """The length class (``length_class``) of every scan of a shape, of those with a length
+        up to ``cap``: the shapes of a palette take them in turn (by ``slot``), others one at
+        random. The selective scan compiles once per class and shape."""
+        classes = length_classes(min(cap, 70) if self.tiny else cap)
+        return classes[self.slot % len(classes)] if self.slot is not None else self.choice(classes)
 
     def batch(self, most: int) -> int:
         """A batch size from 1 to ``most`` (2 when tiny)."""
@@ -64,6 +139,23 @@ class Draw(random.Random):
         if r.random() < 0.5:  # an empty document
             cuts.append(cuts[0] if cuts and r.random() < 0.5 else r.randint(0, total))
         return [0, *sorted(cuts), total]
+
+    def class_documents(self, within: str, cap: int) -> list[int]:
+        """cu_seqlens offsets of 1 to 6 documents, up to ``cap`` tokens in all, each of a
+        length of class ``within`` (``length``), and half the time one or two empty ones among
+        them: a layer that scans its documents one by one compiles the scan for one class. A
+        one-token document is of class L1su, in which every document has one token."""
+        r = self.launch
+        cap = min(cap, 70) if self.tiny else cap
+        least = class_lengths(within, cap)[0]
+        count = r.randint(1, min(6, cap // least))
+        lengths: list[int] = []
+        for k in range(count):  # room left for the documents after this one
+            lengths.append(self.length(cap - sum(lengths) - least * (count - 1 - k), within))
+        if r.random() < 0.5:
+            for _ in range(r.randint(1, 2)):
+                lengths.insert(r.randint(0, len(lengths)), 0)
+        return [0, *itertools.accumulate(lengths)]
 
     def gate_kind(self) -> str:
         return self.launch.choice(("mixed", "mixed", "uniform", "strong", "zero"))

@@ -21,7 +21,7 @@ from memlab.kernels.limits import MAX_CONV_WIDTH
 from memlab.models import LanguageModel
 from memlab.models.layers import Mamba, MemMamba, MoMAttention
 from tests.conformance.check import FLOOR, Measure
-from tests.conformance.draw import Draw
+from tests.conformance.draw import Draw, length_class
 from tests.conformance.ops import STATE_SIZES, Family
 
 # fast <= 2·twin + LAYER_TOL against fp64; the twin's own check is its fp32 run, within
@@ -110,6 +110,18 @@ def _lengths(d: Draw, spec: dict, cap: int) -> dict:
     return spec | {"B": d.batch(3), "T": T}
 
 
+def _scanned_lengths(d: Draw, spec: dict, cap: int, packed: bool = True) -> dict:
+    """``_lengths`` for a layer over the selective scan, which it runs on each document alone:
+    the length and every document's length in the shape's length class (``Draw.scan_class``),
+    so that the cases of a shape compile the scan once. Packed documents if ``packed`` allows;
+    a quarter of the packed shapes have one-token documents, and so class L1su."""
+    if packed and d.random() < 0.3:
+        within = length_class(1) if d.random() < 0.25 else d.scan_class(cap)
+        docs = d.class_documents(within, cap)
+        return spec | {"B": 1, "T": docs[-1], "docs": docs}
+    return spec | {"B": d.batch(3), "T": d.length(cap, d.scan_class(cap))}
+
+
 def _precision(d: Draw) -> str:
     return "fp32" if d.tiny or d.random() < 0.5 else "bf16"
 
@@ -178,7 +190,7 @@ def _draw_mamba(d: Draw) -> dict:
     spec = {"dtype": _precision(d), "d_model": d.choice((4, 8, 16) if d.tiny else (8, 16, 64, 128))}
     spec |= {"d_state": d.choice(STATE_SIZES[:8] if d.tiny else STATE_SIZES)}
     spec |= {"d_conv": d.randint(1, MAX_CONV_WIDTH), "expand": d.choice((1, 2))}
-    return _lengths(d, spec, 300)
+    return _scanned_lengths(d, spec, 300)
 
 
 def _check_mamba(spec: dict, device: str) -> list[Measure]:
@@ -218,10 +230,7 @@ def _draw_memmamba(d: Draw) -> dict:
     # layers' inputs differ, a jump rather than an error; a bf16 stack scores by position.
     learned = spec["lm"] is None or spec["dtype"] == "fp32"
     spec["note_scorer"] = d.choice(("learned", "positional")) if learned else "positional"
-    spec = _lengths(d, spec, 300)
-    if spec["lm"] is not None:
-        spec.pop("docs", None)
-    return spec
+    return _scanned_lengths(d, spec, 300, packed=spec["lm"] is None)  # a stack takes no documents
 
 
 def _check_memmamba(spec: dict, device: str) -> list[Measure]:

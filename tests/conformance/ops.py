@@ -225,13 +225,16 @@ SCAN_DIMS = (1, 2, 3, 8, 15, 16, 17, 64, 100, 256)
 STATE_SIZES = (1, 2, 3, 4, 8, 15, 16, 17, 32, 64, 128, MAX_STATE_SIZE)
 
 
-def _draw_scan(d: Draw) -> dict:
+def _draw_scan(d: Draw, classed: bool = True) -> dict:
+    """A scan's case, its length in the shape's length class (``Draw.scan_class``) if
+    ``classed``, so that the cases of a shape compile the kernels once."""
     dim = d.choice(SCAN_DIMS[:4] if d.tiny else SCAN_DIMS)
     N = d.choice(STATE_SIZES[:8] if d.tiny else STATE_SIZES)
     groups = [None, *(g for g in range(1, dim + 1) if dim % g == 0)]
     spec = {"dtype": d.dtype(), "batch": d.batch(4), "dim": dim, "N": N}
+    cap = 40 if d.tiny else 1000
     spec |= {
-        "L": d.length(40 if d.tiny else 1000),
+        "L": d.length(cap, d.scan_class(cap) if classed else None),
         "groups_B": d.choice(groups),
         "groups_C": d.choice(groups),
     }
@@ -277,7 +280,7 @@ SELECTIVE_SCAN = Family("selective_scan", _draw_scan, _check_scan)
 
 
 def _draw_state_update(d: Draw) -> dict:
-    spec = _draw_scan(d)
+    spec = _draw_scan(d, classed=False)
     del spec["L"], spec["last_state"], spec["channels_last"]
     spec["strided_state"] = d.random() < 0.3
     spec["strided_inputs"] = d.random() < 0.3  # x, dt, z, B, C as views of wider rows

@@ -11,7 +11,6 @@ import gc
 import heapq
 import itertools
 import json
-import math
 import os
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -21,12 +20,13 @@ import pytest
 import torch
 
 from tests.conformance.check import Measure
-from tests.conformance.draw import Draw, case_seed, palette_seed
+from tests.conformance.draw import Draw, case_seed, length_class, palette_seed, palette_slot
 
 _rows: dict[tuple[str, str], dict] = defaultdict(lambda: {"cases": 0, "failed": 0, "worst": None})
 GPU_DIR = Path(__file__).resolve().parent
-# Families whose cases a scan kernel runs over, and the spec's name for the length it scans
-SCANNED = {"selective_scan": "L", "mamba": "T"}
+# Families whose cases the selective scan runs over, and the spec's name for the length it
+# scans: a palette shape of theirs includes the scan's length class (``Draw.scan_class``)
+SCANNED = {"selective_scan": "L", "mamba": "T", "memmamba": "T"}
 
 
 def run_seed() -> int:
@@ -38,37 +38,32 @@ def case_params(config: pytest.Config, families: dict, per_family: int) -> list:
     from the run's seed over ``--conformance-shapes`` compiled shapes per family (see
     ``palette_seed``); ids name the family, the index and the shape. The cases of one compiled
     shape form one xdist group, so that under ``--dist loadgroup`` one worker compiles each
-    shape once instead of several workers racing to compile it; a scan's cases also by the
-    length class they compile for (see ``length_class``), which a shape's other cases need not
-    wait for."""
+    shape once instead of several workers racing to compile it (a scan's shape includes the
+    length class its kernels are compiled for: see ``length_class``)."""
     shapes = config.getoption("conformance_shapes")
     params = []
     for name, family in families.items():
         for i in range(per_family):
-            draw = Draw(palette_seed(run_seed(), name, i, shapes), case_seed=case_seed(run_seed(), name, i))
-            spec = family.draw(draw)
+            seed, slot = palette_seed(run_seed(), name, i, shapes), palette_slot(run_seed(), name, i, shapes)
+            spec = family.draw(Draw(seed, case_seed=case_seed(run_seed(), name, i), slot=slot))
             shape = ",".join(f"{k}={v}" for k, v in spec.items()).replace(" ", "")
-            group = f"{name}-{i % shapes}"
-            if name in SCANNED and spec.get("docs") is None:
-                group += f"-{length_class(spec[SCANNED[name]])}"
-            marks = pytest.mark.xdist_group(group)
+            marks = pytest.mark.xdist_group(f"{name}-{i % shapes}")
             params.append(pytest.param((name, i, spec), id=f"{name}-{i}-{shape}", marks=marks))
     return params
 
 
-def length_class(length: int) -> str:
-    """What the selective scan's kernels are compiled for beyond the shape: gcd(L, 16) and
-    whether L <= 16 are constants of theirs, and Triton specialises L / gcd(L, 16) on being 1
-    or a multiple of 16. Each class of a shape is a compilation (minutes at N = 256)."""
-    unit = math.gcd(length, 16)
-    units = length // unit
-    return f"L{unit}" + "s" * (length <= 16) + "u" * (units == 1) + "x" * (units % 16 == 0)
+def scan_lengths(family: str, spec: dict) -> list[int]:
+    """The lengths the selective scan runs over in a case of a ``SCANNED`` family: a Mamba
+    layer (MemMamba's backbone too) scans each non-empty document alone."""
+    docs = spec.get("docs") or [0, spec[SCANNED[family]]]
+    return [e - s for s, e in itertools.pairwise(docs) if e > s]
 
 
 # What a test costs, for the order the groups are queued in (pytest_collection_modifyitems).
 # Seconds on an H100 shared by 16 workers, fitted to the times of a 500-case run: a case's
 # family's (per case, per step of the case's length, per kernel variant it compiles; for the
-# scanned families, beside the scan's own SCAN_COMPILE_SECONDS).
+# scanned families, beside the scan's own SCAN_COMPILE_SECONDS, once per shape: its cases share
+# their length class).
 CASE_SECONDS = {
     "gdn_chunk": (0.14, 2.3e-3, 16.0),
     "gdn_recurrent": (0.1, 4.7e-3, 0.5),
@@ -101,14 +96,13 @@ TEST_SECONDS = {
 
 def _compiles(family: str, spec: dict) -> tuple[set, float]:
     """The kernel variants a case needs beyond its shape's, and seconds to compile each: a
-    scan's length classes (a Mamba layer scans each document alone), the conv's T as Triton
+    scan's length classes (one per shape: see ``Draw.scan_class``), the conv's T as Triton
     specialises it, and one per shape elsewhere."""
     seconds = CASE_SECONDS.get(family, (0.3, 0.0, 2.0))[2]
     if family in SCANNED:
         n = spec["N"] if family == "selective_scan" else spec["d_state"]
         seconds += SCAN_COMPILE_SECONDS.get(1 << (n - 1).bit_length(), 1.5)
-        docs = spec.get("docs") or [0, spec[SCANNED[family]]]
-        return {length_class(e - s) for s, e in itertools.pairwise(docs) if e > s}, seconds
+        return set(map(length_class, scan_lengths(family, spec))), seconds
     if family == "combine_routed" and spec["S"] >= 64:  # the backward unrolls the 64 slots
         return {None}, 20.0
     if family == "causal_conv1d":
