@@ -60,6 +60,8 @@ class CapturedLoss:
         self.autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         try:
             self._capture()
+        except torch.OutOfMemoryError:
+            raise  # a sizing matter, reported as such
         except RuntimeError as error:  # a host read or a synchronisation inside the step
             raise NotCapturable(f"the training step cannot be captured in a CUDA graph: {error}") from error
         self._static_grads = {g.data_ptr() for g in self.grads if g is not None}
