@@ -3,7 +3,9 @@
 The models as training builds them (``transformer_340m``, ``gdn_340m``, ``mom_340m``,
 ``mamba_130m``, ``memmamba_130m`` from configs/model/), in bf16 weights: a random prompt of 512
 tokens, then 128 new tokens chosen greedily, at batch 1, 16 and 64, through
-``LanguageModel.stream`` eagerly and with ``cuda_graph=True``. Reported: prefill and decode
+``LanguageModel.stream`` eagerly and with ``cuda_graph=True`` (and, with ``--modes
+compiled_graph``, from the graph of blocks compiled by ``compile_blocks``, whose code between
+the kernel ops inductor fuses). Reported: prefill and decode
 tokens/s (batch included), the graph's speed-up, and each step's byte floor — reading the
 weights once and the caches' traffic (see ``cache_traffic``) at the GPU's memory bandwidth.
 Hugging Face's Llama at the Transformer's shape (its ``generate``, greedy, static shapes off)
@@ -30,7 +32,8 @@ from memlab.utils.gpu_peak import memory_bandwidth
 
 BATCHES = (1, 16, 64)
 PROMPT, NEW_TOKENS = 512, 128
-MODES = ("eager", "graph")
+MODES = ("eager", "graph")  # the suite's; compiled_graph on request
+ALL_MODES = (*MODES, "compiled_graph")
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -56,7 +59,7 @@ def generate_once(model: nn.Module, batch: int, prompt_len: int, new_tokens: int
         )
         decode_s = total - prefill_s
     else:
-        pieces = model.stream(prompt, new_tokens, cuda_graph=mode == "graph")
+        pieces = model.stream(prompt, new_tokens, cuda_graph=mode != "eager")
         prefill_s = _timed(lambda: next(pieces))
         decode_s = _timed(lambda: list(pieces))
     return {
@@ -95,8 +98,12 @@ def measure(
     rows = []
     for name in models:
         model = build(name).to(device="cuda", dtype=torch.bfloat16).eval()
+        compiled = None
         if name == "hf_llama":
             model.generation_config.pad_token_id = 0
+        elif "compiled_graph" in modes:
+            compiled = build(name).to(device="cuda", dtype=torch.bfloat16).eval()
+            compiled.compile_blocks()
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         for batch in batches:
             for mode in ("hf",) if name == "hf_llama" else modes:
@@ -106,8 +113,9 @@ def measure(
                 row["step_gb"] = step_bytes / 1e9
                 row["floor_tokens_per_s"] = batch * bandwidth / step_bytes if bandwidth else None
                 try:
-                    generate_once(model, batch, prompt_len, 4, mode)  # compile, capture
-                    row |= generate_once(model, batch, prompt_len, new_tokens, mode)
+                    run = compiled if mode == "compiled_graph" else model
+                    generate_once(run, batch, prompt_len, 4, mode)  # compile, capture
+                    row |= generate_once(run, batch, prompt_len, new_tokens, mode)
                 except (torch.OutOfMemoryError, RuntimeError) as err:
                     note = str(err).split("\n")[0]
                     row |= {"prefill_tokens_per_s": None, "tokens_per_s": None, "note": note}
@@ -115,13 +123,13 @@ def measure(
                 rows.append(row)
                 gc.collect()
                 torch.cuda.empty_cache()
-        model = None
+        model = compiled = None
         gc.collect()
         torch.cuda.empty_cache()
     eager = {(r["model"], r["batch"]): r["tokens_per_s"] for r in rows if r["mode"] == "eager"}
     for r in rows:
         base = eager.get((r["model"], r["batch"]))
-        graph = r["mode"] == "graph" and r["tokens_per_s"] and base
+        graph = r["mode"] != "eager" and r["tokens_per_s"] and base
         r["vs_eager"] = r["tokens_per_s"] / base if graph else None
     return rows
 
@@ -162,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=[*MODELS, "hf_llama"], default=[*MODELS, "hf_llama"])
     parser.add_argument("--batches", nargs="+", type=positive_int, default=list(BATCHES))
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=ALL_MODES, default=list(MODES))
     parser.add_argument("--prompt", type=positive_int, default=PROMPT)
     parser.add_argument("--new-tokens", type=positive_int, default=NEW_TOKENS)
     parser.add_argument("--json", help="also write the rows to this file")
