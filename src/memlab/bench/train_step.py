@@ -162,13 +162,13 @@ def measure(
     peak = peak_bf16_flops(torch.cuda.get_device_name())
     rows = []
     for batch, length in shapes:
-        for mode in checkpointing:
-            for how in modes:
+        for recompute in checkpointing:
+            for mode in modes:
                 for name in models:
                     hf = name == "hf_llama"
-                    if hf and (mode != "none" or how != "eager" or not _has_transformers()):
+                    if hf and (recompute != "none" or mode != "eager" or not _has_transformers()):
                         continue
-                    rows.append(measure_one(name, batch, length, mode, peak, how))
+                    rows.append(measure_one(name, batch, length, recompute, peak, mode))
 
     def key(r: dict) -> tuple:
         return r["batch"], r["T"], r["checkpointing"], row_mode(r)
