@@ -23,6 +23,7 @@ from memlab.lit.optim import warmup_cosine_schedule, weight_decay_groups
 from memlab.lit.stat_tags import stat_tags
 from memlab.models.captured_loss import CapturedLoss
 from memlab.models.captured_step import NotCapturable
+from memlab.models.lm import LMOutput
 
 
 class CausalLMModule(LightningModule):
@@ -106,7 +107,9 @@ class CausalLMModule(LightningModule):
             self.log(tag, value)
         return loss
 
-    def _train_forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None, targets: torch.Tensor):
+    def _train_forward(
+        self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None, targets: torch.Tensor
+    ) -> LMOutput:
         """The network's loss on a training batch: from the captured graphs with ``cuda_graph``
         where the batch has the captured shape, else eagerly."""
         if self.cuda_graph and cu_seqlens is None:
