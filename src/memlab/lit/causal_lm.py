@@ -25,6 +25,9 @@ from memlab.models.captured_loss import CapturedLoss
 from memlab.models.captured_step import NotCapturable
 from memlab.models.lm import LMOutput
 
+# CUDA graphs replay fixed parameter storage, which sharding gathers and frees every step
+SHARDED_CUDA_GRAPH = "module.cuda_graph needs the whole model on each GPU, not sharded (trainer=fsdp)"
+
 
 class CausalLMModule(LightningModule):
     """Next-token cross-entropy on labelled positions (label −100 = ignored) + the model's aux losses.
@@ -171,9 +174,9 @@ class CausalLMModule(LightningModule):
             self._compiled = True
 
     def on_fit_start(self) -> None:
-        sharded = callable(getattr(self.trainer.strategy, "shard", None))
-        if self.cuda_graph and (sharded or self.device.type != "cuda"):
-            raise ConfigError("module.cuda_graph needs one unsharded model on a GPU (trainer=gpu)")
+        # a device without CUDA is refused by the capture itself, at the first batch
+        if self.cuda_graph and callable(getattr(self.trainer.strategy, "shard", None)):
+            raise ConfigError(SHARDED_CUDA_GRAPH)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.make_optimizer(weight_decay_groups(self.net))

@@ -14,6 +14,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from memlab.errors import ConfigError
+from memlab.lit.causal_lm import SHARDED_CUDA_GRAPH
 from memlab.lit.optim import OPTIONS
 from memlab.utils.checkpoints import LAST_NAMES
 from memlab.utils.declared_types import check_declared_types
@@ -87,7 +88,7 @@ def _check_cuda_graph(module: DictConfig, trainer: DictConfig) -> None:
     if not _on_cuda(trainer.get("accelerator")):
         raise ConfigError("module.cuda_graph needs a CUDA device (trainer=gpu)")
     if "FSDP" in str(OmegaConf.select(trainer, "strategy._target_", default="")):
-        raise ConfigError("module.cuda_graph needs the whole model on each GPU, not sharded (trainer=fsdp)")
+        raise ConfigError(SHARDED_CUDA_GRAPH)
 
 
 def _on_cuda(accelerator: str | None) -> bool:
