@@ -57,14 +57,13 @@ def _scanned_families() -> dict:
 
 
 def test_length_classes_are_what_the_scan_kernels_specialise_on() -> None:
-    # gcd(L, 16) and L <= 16 (STATE_EVERY) are constexprs; Triton specialises L / gcd(L, 16) on 1
-    # and on multiples of 16
+    # gcd(L, 16) and L <= 16 (STATE_EVERY) are constexprs; L / gcd(L, 16) is not specialised on
     from tests.conformance.draw import class_lengths, length_class, length_classes
 
     classes = [length_class(n) for n in (1, 2, 15, 16, 17, 64, 256, 1000)]
-    assert classes == ["L1su", "L2su", "L1s", "L16su", "L1", "L16", "L16x", "L8"]
-    assert len(length_classes(1000)) == len(length_classes(300)) == 14
-    assert class_lengths("L16x", 1000) == (256, 512, 768) and class_lengths("L4s", 300) == (12,)
+    assert classes == ["L1s", "L2s", "L1s", "L16s", "L1", "L16", "L16", "L8"]
+    assert len(length_classes(1000)) == len(length_classes(300)) == 10
+    assert class_lengths("L16s", 1000) == (16,) and class_lengths("L4s", 300) == (4, 12)
 
 
 def test_cases_of_a_palette_shape_share_the_scans_length_class(monkeypatch: pytest.MonkeyPatch) -> None:

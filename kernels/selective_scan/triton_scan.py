@@ -46,6 +46,9 @@ import triton.language as tl
 from memlab.kernels import buffers
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+# The forward unrolls its loop over a lane's state slots up to this many (N <= 64 at 4 lanes):
+# unrolled, its code grows with the square of the slots (minutes of compilation at N = 256).
+MAX_UNROLLED_SLOTS: tl.constexpr = tl.constexpr(16)
 
 # The forward stores the state before every _STATE_EVERY-th step for the backward, whose blocks
 # of that many steps are tiles of at least 16 (for short sequences too: the GPU compiler
@@ -117,7 +120,50 @@ def _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.c
     return tl.where(mask, dt, 0.0)
 
 
-@triton.jit(do_not_specialize=["n_blocks"])
+@triton.jit
+def _slot_chunk(
+    k,
+    h,
+    y_lanes,
+    A_ptr,
+    B_rows,
+    C_rows,
+    d,
+    d_mask,
+    dt,
+    dtu,
+    t0,
+    L_BC,
+    N,
+    LANES: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """One slot's states (n = k·LANES + lane) through one chunk of the forward: h [SLOTS, LANES,
+    BLOCK_D] (the states carried into the chunk) and y_lanes [BLOCK_T, LANES, BLOCK_D] (the
+    partial ys) are returned with slot k's part advanced. Unrolled over a static k, the slot
+    selects fold into register moves; over a runtime k they are SLOTS-wide selects."""
+    tt = tl.arange(0, BLOCK_T)
+    lane = tl.arange(0, LANES)
+    slot = tl.arange(0, h.shape[0])
+    n = k * LANES + lane
+    n_mask = n < N
+    A_k = tl.load(A_ptr + d[None, :] * N + n[:, None], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    B_k = tl.load(B_rows + n[None, :] * L_BC + t0 + tt[:, None], mask=n_mask[None, :], other=0.0)
+    C_k = tl.load(C_rows + n[None, :] * L_BC + t0 + tt[:, None], mask=n_mask[None, :], other=0.0)
+    decay = tl.exp2(dt[:, None, :] * (A_k.to(tl.float32) * LOG2E)[None, :, :])
+    x = dtu[:, None, :] * B_k[:, :, None]
+    # The carried state enters through the chunk's first input; time is in registers, so these
+    # selects (and the one of the last step) cost nothing.
+    h_k = tl.sum(tl.where(slot[:, None, None] == k, h, 0.0), axis=0)
+    x = tl.where(tt[:, None, None] == 0, decay * h_k[None, :, :] + x, x)
+    # Along an axis that one thread holds, the scan is the plain recurrence, in order.
+    _, hs = tl.associative_scan((decay, x), 0, _linear_combine)
+    y_lanes += hs * C_k[:, :, None]
+    h_last = tl.sum(tl.where(tt[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
+    return tl.where(slot[:, None, None] == k, h_last[None, :, :], h), y_lanes
+
+
+@triton.jit(do_not_specialize=["L_units", "n_blocks"])
 def _scan_fwd_kernel(
     u_ptr,
     delta_ptr,
@@ -171,7 +217,8 @@ def _scan_fwd_kernel(
     as y). The last state leaves as [batch, dim, N].
 
     L = L_units·L_UNIT, L_UNIT the largest power of two up to 16 dividing L: it tells Triton how
-    far rows are aligned, which bounds the vector loads."""
+    far rows are aligned, which bounds the vector loads (L_units tells nothing more, so Triton
+    does not specialise on it: a compilation per length class is enough)."""
     SLOTS: tl.constexpr = BLOCK_N // LANES
     L = L_units * L_UNIT
     g, b, d, d_mask = program_channels(dg, BLOCK_D)
@@ -197,25 +244,16 @@ def _scan_fwd_kernel(
         dt = _load_dt(delta_ptr, offs, mask, bias, HAS_BIAS, SOFTPLUS)  # padded steps: no input
         dtu = dt * u
         y_lanes = tl.zeros((BLOCK_T, LANES, BLOCK_D), dtype=tl.float32)
-        for k in tl.static_range(SLOTS):
-            n = k * LANES + lane
-            n_mask = n < N
-            A_k = tl.load(
-                A_ptr + d[None, :] * N + n[:, None], mask=n_mask[:, None] & d_mask[None, :], other=0.0
-            )
-            B_k = tl.load(B_rows + n[None, :] * L_BC + t0 + tt[:, None], mask=n_mask[None, :], other=0.0)
-            C_k = tl.load(C_rows + n[None, :] * L_BC + t0 + tt[:, None], mask=n_mask[None, :], other=0.0)
-            decay = tl.exp2(dt[:, None, :] * (A_k.to(tl.float32) * LOG2E)[None, :, :])
-            x = dtu[:, None, :] * B_k[:, :, None]
-            # The carried state enters through the chunk's first input; time is in registers,
-            # so these selects (and the one of the last step) cost nothing.
-            h_k = tl.sum(tl.where(slot[:, None, None] == k, h, 0.0), axis=0)
-            x = tl.where(tt[:, None, None] == 0, decay * h_k[None, :, :] + x, x)
-            # Along an axis that one thread holds, the scan is the plain recurrence, in order.
-            _, hs = tl.associative_scan((decay, x), 0, _linear_combine)
-            y_lanes += hs * C_k[:, :, None]
-            h_last = tl.sum(tl.where(tt[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
-            h = tl.where(slot[:, None, None] == k, h_last[None, :, :], h)
+        if SLOTS <= MAX_UNROLLED_SLOTS:
+            for k in tl.static_range(SLOTS):
+                h, y_lanes = _slot_chunk(
+                    k, h, y_lanes, A_ptr, B_rows, C_rows, d, d_mask, dt, dtu, t0, L_BC, N, LANES, BLOCK_T
+                )
+        else:
+            for k in tl.range(SLOTS):
+                h, y_lanes = _slot_chunk(
+                    k, h, y_lanes, A_ptr, B_rows, C_rows, d, d_mask, dt, dtu, t0, L_BC, N, LANES, BLOCK_T
+                )
         y = tl.sum(y_lanes, axis=1)
         if HAS_D:
             y += Dv[None, :] * u
@@ -231,7 +269,7 @@ def _scan_fwd_kernel(
     tl.store(last_ptr + (b * dim + d[None, None, :]) * N + n3, h, mask=nd_mask)
 
 
-@triton.jit(do_not_specialize=["n_blocks"])
+@triton.jit(do_not_specialize=["L_units", "n_blocks"])
 def _scan_bwd_kernel(
     u_ptr,
     delta_ptr,

@@ -41,14 +41,10 @@ def palette_slot(run_seed: int, family: str, index: int, shapes: int) -> int:
 def length_class(length: int) -> str:
     """What the selective scan's kernels (kernels/selective_scan/triton_scan.py) are compiled
     for beyond a shape, given the length L of one scan: L_UNIT = gcd(L, 16) and STATE_EVERY
-    (16 when L <= 16, else 32) are constexprs of theirs, and Triton specialises the integer
-    argument L / gcd(L, 16) on being 1 or a multiple of 16. Each class of a shape is a
-    compilation (minutes at N = 256): L1su (L = 1), L2su, L4su, L8su, L16su (2, 4, 8, 16), L1s,
-    L2s, L4s (the other lengths up to 16), L1, L2, L4, L8, L16 (beyond 16 by gcd(L, 16)) and
-    L16x (multiples of 256)."""
-    unit = math.gcd(length, 16)
-    units = length // unit
-    return f"L{unit}" + "s" * (length <= 16) + "u" * (units == 1) + "x" * (units % 16 == 0)
+    (16 when L <= 16, else 32) are constexprs of theirs. Each class of a shape is a compilation
+    (tens of seconds at N = 64): L1s (L = 1), L2s, L4s, L8s, L16s (the other lengths up to 16
+    by gcd(L, 16)) and L1, L2, L4, L8, L16 (beyond 16)."""
+    return f"L{math.gcd(length, 16)}" + "s" * (length <= 16)
 
 
 @functools.cache

@@ -228,6 +228,13 @@ def test_many_states():
 
 
 @interpreted
+def test_state_slots_in_a_runtime_loop():
+    # N = 65: 32 slots on each of 4 lanes, past the unrolled 16, so the forward loops over them
+    # at run time; two chunks carry the states across a chunk edge.
+    check(make_inputs(17, 65, dim=2), softplus=True)
+
+
+@interpreted
 @pytest.mark.parametrize(("L", "N"), [(40, 16)])  # N = 16: 4 states on each of 4 lanes
 def test_forward_without_grad_and_non_contiguous(L, N):
     # Nothing stored for a backward: the inference path.
