@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from memlab.kernels.compare import rel_err
 from memlab.models.captured_loss import CapturedLoss
@@ -15,40 +16,53 @@ from memlab.train import train
 from tests.conftest import TINY, compose_config
 from tests.gpu.test_models import DEVICE, MIXERS, VOCAB, language_model
 
-# The replay runs the eager step's kernels; only the order of atomic additions may differ.
-TOLERANCE = 2e-3
+# The replay runs the eager step's kernels, but several of them sum with atomics: a bf16
+# gradient of a step varies from run to run, most where a sum cancels (a small parameter, two
+# accumulated batches pulling apart). So each gradient of the replay is held to the fp32 one as
+# eager bf16's is: within GRAD_FACTOR times its error, plus TOLERANCE.
+TOLERANCE, GRAD_FACTOR = 2e-3, 1.5
 
 
-def _backward(forward, ids: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+def _backward(forward, ids: torch.Tensor, bf16: bool = True) -> torch.Tensor:
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
         out = forward(ids[:, :-1], targets=ids[:, 1:].flatten())
     loss = out.loss + sum(out.aux_losses.values(), torch.zeros((), device=DEVICE))
     loss.backward()
     return loss.detach()
 
 
-def _worst(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    return max(rel_err(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+def _assert_grads_as_eager(graphed: nn.Module, eager: nn.Module, reference: nn.Module) -> None:
+    bad = []
+    pairs = zip(eager.parameters(), reference.parameters(), strict=True)
+    for (name, g), (e, r) in zip(graphed.named_parameters(), pairs, strict=True):
+        error, bound = rel_err(g.grad, r.grad), GRAD_FACTOR * rel_err(e.grad, r.grad) + TOLERANCE
+        if not error <= bound:
+            bad.append(f"{name} {error:.2e} > {bound:.2e}")
+    assert not bad, "; ".join(bad)
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
 def test_captured_steps_train_as_eager_steps(name: str) -> None:
-    eager, graphed = language_model(name, n_layers=2), language_model(name, n_layers=2)
+    models = reference, eager, graphed = [language_model(name, n_layers=2) for _ in range(3)]
     batches = [torch.randint(VOCAB, (2, 257), device=DEVICE) for _ in range(4)]
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         captured = CapturedLoss(graphed, batches[0][:, :-1], batches[0][:, 1:].flatten())
     assert all(p.grad is None for p in graphed.parameters())  # capturing trains nothing
     for ids in batches[:2]:  # the graphs read the weights an optimizer updated in place
         want, got = _backward(eager, ids), _backward(captured, ids)
-        assert rel_err(got, want) < TOLERANCE and _worst(graphed, eager) < TOLERANCE
-        for model in (eager, graphed):
-            with torch.no_grad():
-                for p in model.parameters():
-                    p -= 1e-2 * p.grad
+        _backward(reference, ids, bf16=False)
+        assert rel_err(got, want) < TOLERANCE  # the forward replays eager's kernels exactly
+        _assert_grads_as_eager(graphed, eager, reference)
+        with torch.no_grad():  # one update for all three (eager's), so that they stay equal
+            for params in zip(*(m.parameters() for m in models), strict=True):
+                update = 1e-2 * params[1].grad
+                for p in params:
+                    p -= update
+        for model in models:
             model.zero_grad(set_to_none=True)
     for ids in batches[2:]:  # accumulated, not zeroed: each backward adds to the last
-        _backward(eager, ids), _backward(captured, ids)
-    assert _worst(graphed, eager) < TOLERANCE
+        _backward(eager, ids), _backward(captured, ids), _backward(reference, ids, bf16=False)
+    _assert_grads_as_eager(graphed, eager, reference)
 
 
 def test_lightning_trains_from_graphs_as_eagerly(tmp_path: Path) -> None:

@@ -119,14 +119,18 @@ class CapturedLoss:
             self.backward_graph, pool=self.forward_graph.pool(), capture_error_mode="thread_local"
         ):
             self.grads = torch.autograd.grad(outputs, self.params, self.grad_outputs, allow_unused=True)
+        # Drop the captured autograd graph (its memory stays the graphs' own): its nodes would
+        # keep the parameters' gradient accumulators on the capture stream, off the training's.
+        self.outputs = tuple(o.detach() for o in self.outputs)
 
     def release_aliases(self) -> None:
         """Give every parameter whose ``.grad`` is a captured gradient buffer a copy of its own.
 
-        Autograd hands a parameter the buffer itself where its grad was None (no copy), which
-        the next replay would overwrite: while the grad is consumed before the next backward
-        (set to None by ``zero_grad``) that costs nothing; a grad kept for accumulation must
-        first stop sharing the buffer.
+        Autograd hands a parameter the buffer itself where its grad was None (no copy). The two
+        graphs share one memory pool, in which the forward's temporaries occupy the blocks the
+        backward later returns its gradients in: the next forward replay overwrites them. While
+        the grad is consumed before then (set to None by ``zero_grad``) that costs nothing; a
+        grad kept for accumulation must first stop sharing the buffer.
         """
         for p in self.params:
             if p.grad is not None and p.grad.data_ptr() in self._static_grads:
@@ -141,6 +145,7 @@ class _Replay(torch.autograd.Function):
     def forward(ctx, captured: CapturedLoss, input_ids: torch.Tensor, targets: torch.Tensor, *params):
         captured.input_ids.copy_(input_ids)
         captured.targets.copy_(targets)
+        captured.release_aliases()
         captured.forward_graph.replay()
         ctx.captured = captured
         # copies: the next replay overwrites the captured outputs, and a logged loss may outlive it
@@ -156,7 +161,6 @@ class _Replay(torch.autograd.Function):
         wanted = (g for g, d in zip(grads, captured.is_differentiable, strict=True) if d)
         for static, grad in zip(captured.grad_outputs, wanted, strict=True):
             static.copy_(grad)
-        captured.release_aliases()
         captured.backward_graph.replay()
         param_grads = tuple(None if g is None else g.detach() for g in captured.grads)
         return (None, None, None, *param_grads)
