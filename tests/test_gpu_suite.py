@@ -153,3 +153,20 @@ def test_case_times_are_written_once_under_xdist(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("PYTEST_XDIST_WORKER")
     pytest_runtest_logreport(report)
     assert times.read_text() == "1.50 passed t@g\n"
+
+
+def test_failures_outside_the_cases_have_a_row_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a case that raised counts under its family; any other failed test under "(other tests)"
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    import tests.gpu.conftest as gpu
+
+    rows = defaultdict(lambda: {"cases": 0, "failed": 0, "worst": None})
+    monkeypatch.setattr(gpu, "_rows", rows)
+    monkeypatch.delenv("MEMLAB_CONFORMANCE_TIMES", raising=False)
+    for nodeid in ("tests/gpu/test_ops.py::test_op[l2norm-3-dtype=fp32]@l2norm-1", "t.py::test_x[attention]"):
+        report = SimpleNamespace(when="call", failed=True, nodeid=nodeid, user_properties=[])
+        gpu.pytest_runtest_logreport(report)
+    failed = {key: row["failed"] for key, row in rows.items()}
+    assert failed == {("l2norm", "?"): 1, ("(other tests)", "-"): 1}

@@ -4,7 +4,7 @@ cotangents, compared by the norm-relative error with an absolute floor."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -88,16 +88,22 @@ def run(
 
 
 def measure(
-    path: str, got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], bounds: Callable[[str], float]
+    path: str,
+    got: dict[str, torch.Tensor],
+    ref: dict[str, torch.Tensor],
+    bounds: Callable[[str], float],
+    floors: Mapping[str, float] | None = None,
 ) -> list[Measure]:
     """A Measure for every quantity of ``ref`` (and for a second backward's "<name> again" where
-    ``got`` has one); a missing or misshapen one measures NaN."""
+    ``got`` has one); a missing or misshapen one measures NaN. ``floors``: the zero floor of a
+    quantity whose scale is not O(1) (FLOOR otherwise)."""
     out = []
     for name, r in ref.items():
         for key in (name, f"{name} again"):
             g = got.get(key)
             if key == name or g is not None:
-                error = rel_err(g, r, FLOOR) if g is not None and g.shape == r.shape else math.nan
+                floor = (floors or {}).get(name, FLOOR)
+                error = rel_err(g, r, floor) if g is not None and g.shape == r.shape else math.nan
                 out.append(Measure(path, key, error, bounds(name)))
     return out
 

@@ -252,9 +252,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             if row["worst"] is None or entry["ratio"] > row["worst"][0]:
                 row["worst"] = (entry["ratio"], entry["worst"])
             return
-    if report.failed:  # failed before measuring (an exception): count it under its family
-        family = report.nodeid.rsplit("[", 1)[-1].split("-", 1)[0]
-        row = _rows[family, "?"]
+    if report.failed:  # a case failed before measuring (an exception), or another test failed
+        case = "::test_op[" in report.nodeid or "::test_layer[" in report.nodeid
+        family = report.nodeid.rsplit("[", 1)[-1].split("-", 1)[0] if case else "(other tests)"
+        row = _rows[family, "?" if case else "-"]
         row["cases"] += 1
         row["failed"] += 1
 

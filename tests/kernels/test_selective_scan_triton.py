@@ -222,15 +222,9 @@ def test_gate_without_grad(L):
 
 
 @interpreted
-def test_many_states():
-    # N = 17: 8 states on each of 4 lanes, 15 of them unused.
-    check(make_inputs(16, 17), softplus=True)
-
-
-@interpreted
 def test_state_slots_in_a_runtime_loop():
-    # N = 65: 32 slots on each of 4 lanes, past the unrolled 16, so the forward loops over them
-    # at run time; two chunks carry the states across a chunk edge.
+    # N = 65: 32 state slots on each of 4 lanes (63 of the 128 states unused), past the unrolled
+    # 16, so the forward loops over them at run time; two chunks carry the states across an edge.
     check(make_inputs(17, 65, dim=2), softplus=True)
 
 
