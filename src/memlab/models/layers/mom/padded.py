@@ -24,10 +24,13 @@ class PaddedLayout:
     ) -> None:
         assert cu_seqlens is None, "packed documents reach the padded layout as rows (DocumentRows)"
         self.state, self.backend = state, backend
-        self.destination, self.counts = padded_layout(routing.visited, routing.chosen)  # [B, T, S], [B, M]
         self.B, self.T, self.M = routing.visited.shape
-        # Gated DeltaNet: dispatch and combine would be identity copies (kept alive for backward)
+        # Gated DeltaNet: every token visits the one memory, the rows are the sequences, and
+        # dispatch, combine and the padding mask would be identity work (the layout's cumsum
+        # along time alone took 0.12 ms per layer at 4 × 2048 on an H100)
         self.single = self.M == 1
+        if not self.single:  # destination [B, T, S], counts [B, M]
+            self.destination, self.counts = padded_layout(routing.visited, routing.chosen)
 
     def time_conv(self, conv: ShortConvolution, u: torch.Tensor) -> torch.Tensor:
         """conv over each sequence in time order, continuing the state's q tail: u [B, T, C]."""
@@ -58,7 +61,8 @@ class PaddedLayout:
         """The k and v convs per row, over one memory's routed subsequence: they restart at every
         (sequence, memory) boundary and never read another memory's tokens. k, v: [B, M, T, C]
         -> [B·M, T, C]."""
-        B, M, T, lengths, state = self.B, self.M, self.T, self.counts.flatten(), self.state
+        B, M, T, state = self.B, self.M, self.T, self.state
+        lengths = None if self.single else self.counts.flatten()  # None: every row is whole
         k_tail = v_tail = None
         if state is not None:
             k_tail, v_tail = state.k_tail.flatten(0, 1), state.v_tail.flatten(0, 1)
@@ -81,7 +85,9 @@ class PaddedLayout:
         and into the state's memories. q [B, M, T, H·K]; k [B·M, T, H·K]; v [B·M, T, H·V];
         g, beta [B, M, T, H] -> o [B·M, T, H, V]."""
         B, M, T, H, state = self.B, self.M, self.T, g.shape[-1], self.state
-        real = (torch.arange(T, device=g.device) < self.counts[..., None])[..., None]  # [B, M, T, 1]
+        if not self.single:  # padding must not decay or write
+            real = (torch.arange(T, device=g.device) < self.counts[..., None])[..., None]  # [B, M, T, 1]
+            g, beta = g * real, beta * real
         # T == 1 with a cache is a decoding step; everything else, training at any T included,
         # takes the chunked form.
         kernel = fused_recurrent_gated_delta_rule if state is not None and T == 1 else chunk_gated_delta_rule
@@ -90,8 +96,8 @@ class PaddedLayout:
             q.reshape(B * M, T, H, -1).to(k.dtype),
             k.view(B * M, T, H, -1),
             v.view(B * M, T, H, -1),
-            (g * real).reshape(B * M, T, H),  # padding must not decay or write
-            (beta * real).reshape(B * M, T, H),
+            g.reshape(B * M, T, H),
+            beta.reshape(B * M, T, H),
             scale=scale,
             initial_state=None if state is None else state.memory.flatten(0, 1),
             output_final_state=state is not None,
@@ -105,9 +111,9 @@ class PaddedLayout:
     def combine(self, o: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ over each token's S visits of weight · output: o [B·M, T, H, V] -> [B·T, H·V]."""
         B, T, M = self.B, self.T, self.M
-        S = self.destination.shape[2]
         if self.single:  # each token's one visit, at weight 1
             return o.reshape(B * T, -1)
+        S = self.destination.shape[2]
         return combine_routed(
             o.reshape(B * M * T, -1), self.destination.view(B * T, S), weights.reshape(B * T, S), self.backend
         )
