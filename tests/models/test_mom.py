@@ -138,6 +138,18 @@ def test_single_memory_is_gated_deltanet() -> None:
     assert out.aux_losses == {} and out.stats == {}
 
 
+def test_single_memory_lays_nothing_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every token visits the one memory: the rows are the sequences, with or without a state
+    def refuse(*args):
+        raise AssertionError("padded_layout called with a single memory")
+
+    monkeypatch.setattr(padded, "padded_layout", refuse)
+    layer = make_layer(1, 1, shared_mem=False)
+    x = torch.randn(2, 9, D, dtype=F64)
+    state = layer.init_state(2, torch.device("cpu"), F64)
+    torch.testing.assert_close(layer(x, state=state).hidden, layer(x).hidden, rtol=1e-12, atol=1e-12)
+
+
 def routed_inputs(sign: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """x [B, T, D] whose channel 0 is ±scale (sign [B, T]) and whose other channels are noise."""
     x = torch.randn(*sign.shape, D, dtype=F64)
