@@ -33,6 +33,9 @@ LAYER_TOL = {"fp32": 1e-4, "bf16": 1e-2}
 TWIN_TOL = 1e-3
 # A MoM head of one channel: its l2 norm q/sqrt(q²+eps) is a step whose slope near q = 0 is
 # 1/sqrt(eps), so fp32 rounding inside the layer moves its weights' gradients by up to ~5e-3.
+# In bf16 that slope makes every gradient ill-conditioned (the bf16 twin lands 15-25 % from
+# fp64, and the fast path anywhere up to ~3 times as far: 30 draws on an H100), so such cases
+# judge the output and the routing; the fp32 cases of one channel judge the gradients.
 TWIN_TOL_ONE_CHANNEL = 1e-2
 # MoM fast against twin; its per-head decay parameters' gradients, sums over every token of
 # terms of both signs, differ between two correct bf16 paths by up to several percent.
@@ -164,9 +167,12 @@ def _check_mom(spec: dict, device: str) -> list[Measure]:
     if spec["empty_memory"]:
         load = fast["stats"]["router_load"][-1].item()
         measures.append(Measure("fast", "load of the empty memory", load, 0.0))
+    one_channel = spec["head_dim"] == 1
+    if one_channel and spec["dtype"] == "bf16":  # gradients ill-conditioned: fp32 cases judge them
+        paths = {path: {n: run[n] for n in ("out", "stats")} for path, run in paths.items()}
+        fast, twin = paths["fast"], paths["twin"]
     if _routes_alike(paths["ref"], twin):
-        twin_tol = TWIN_TOL_ONE_CHANNEL if spec["head_dim"] == 1 else TWIN_TOL
-        return measures + _as_accurate(spec, paths, twin_tol)
+        return measures + _as_accurate(spec, paths, TWIN_TOL_ONE_CHANNEL if one_channel else TWIN_TOL)
     for name, t in twin.items():
         if name != "stats":
             decay = spec["dtype"] == "bf16" and name in MOM_DECAY_GRADS

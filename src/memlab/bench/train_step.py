@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlab.bench.cli import require_cuda
+from memlab.bench.stamp import write_results
 from memlab.bench.table import cell, report
 from memlab.bench.timing import time_ms
 from memlab.models import LanguageModel
@@ -156,9 +157,11 @@ def measure(
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     checkpointing: tuple[str, ...] = CHECKPOINTING,
     modes: tuple[str, ...] = ("eager",),
+    on_row: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Rows of every (model, shape, checkpointing, mode) that applies; the ratio to memlab's
-    Transformer at the same shape, checkpointing and mode in ``vs_transformer``."""
+    Transformer at the same shape, checkpointing and mode in ``vs_transformer``. ``on_row``
+    sees the rows so far after each one (a run cut short keeps what it measured)."""
     peak = peak_bf16_flops(torch.cuda.get_device_name())
     rows = []
     for batch, length in shapes:
@@ -169,6 +172,14 @@ def measure(
                     if hf and (recompute != "none" or mode != "eager" or not _has_transformers()):
                         continue
                     rows.append(measure_one(name, batch, length, recompute, peak, mode))
+                    if on_row:
+                        on_row(_with_ratios(rows))
+    return _with_ratios(rows)
+
+
+def _with_ratios(rows: list[dict]) -> list[dict]:
+    """``rows`` with ``vs_transformer`` set: the ratio to memlab's Transformer at the same
+    shape, checkpointing and mode, where that row was measured."""
 
     def key(r: dict) -> tuple:
         return r["batch"], r["T"], r["checkpointing"], row_mode(r)
@@ -242,7 +253,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     require_cuda()
-    rows = measure(tuple(args.models), tuple(args.shapes), tuple(args.checkpointing), tuple(args.modes))
+    save = (lambda rows: write_results(args.json, {"train_step": rows})) if args.json else None
+    rows = measure(tuple(args.models), tuple(args.shapes), tuple(args.checkpointing), tuple(args.modes), save)
     report("train_step", rows, format_table(rows), args.json)
 
 
