@@ -149,6 +149,7 @@ def _check_gdn(spec: dict, device: str, chunked: bool) -> list[Measure]:
         cu_seqlens=_cu_seqlens(spec, device),
         use_qk_l2norm_in_kernel=spec["l2norm_in_kernel"],
     )
+    floors = {f"d{n}": _norm_floor(x[n].to(dt)) for n in ("q", "k")} if spec["l2norm_in_kernel"] else None
     return _compare(
         spec,
         lambda **a: op(**a, backend="triton"),
@@ -161,6 +162,7 @@ def _check_gdn(spec: dict, device: str, chunked: bool) -> list[Measure]:
         outs=("o", "S"),
         gradient_sums=("dg", "dbeta"),
         fast_grads=chunked,
+        floors=floors,
         fast_slack=ONE_VALUE_CHANNEL_SLACK if one_channel_16bit else 1.0,
         **kwargs,
     )
@@ -447,6 +449,15 @@ def _draw_norm(d: Draw) -> dict:
     return {"dtype": d.dtype(), "D": D, "shape": [rows, d.launch.randint(1, 3)]}
 
 
+def _norm_floor(x: torch.Tensor, eps: float = 1e-6, scale: torch.Tensor | float = 1.0) -> float:
+    """The zero floor of the gradient of a normalized ``x`` (rows over the last dimension).
+    d x = r·(d y − (y·d y)·y), r = 1/‖x‖, is of scale r·``scale``, not 1, and cancels to about
+    eps·r³ at one channel: any fp32 path misses it by a few ulps of r·``scale``, which is far
+    over FLOOR's 1e-3·TOL where a row is small."""
+    r = (x.double().square().sum(-1, keepdim=True) + eps).rsqrt()
+    return max(FLOOR, FLOOR * (r * scale).square().mean().sqrt().item())
+
+
 def _check_l2norm(spec: dict, device: str) -> list[Measure]:
     x = {"x": _randn(*spec["shape"], spec["D"])}
     dt = DTYPES[spec["dtype"]]
@@ -454,10 +465,7 @@ def _check_l2norm(spec: dict, device: str) -> list[Measure]:
     def reference(x):
         return x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6)
 
-    # dx = r·(dy − (y·dy)·y) with r = 1/‖x‖ is of scale r, not 1, and cancels to ~eps·r/x² at
-    # D = 1: any fp32 path misses it by a few ulps of r.
-    r = (x["x"].to(dt).double().square().sum(-1) + 1e-6).rsqrt()
-    floors = {"dx": max(FLOOR, FLOOR * r.square().mean().sqrt().item())}
+    floors = {"dx": _norm_floor(x["x"].to(dt))}
     return _compare(
         spec, lambda x: l2norm(x, backend="triton"), lambda x: l2norm(x, backend="torch"), reference,
         x, {"x": dt}, device, grads=("x",), outs=("y",), floors=floors,
@@ -472,12 +480,15 @@ def _check_rmsnorm(spec: dict, device: str) -> list[Measure]:
     def reference(o, gate, weight):
         return o * torch.rsqrt((o * o).mean(-1, keepdim=True) + 1e-5) * weight * F.silu(gate)
 
+    # the RMS over D is ‖o‖/√D: d o is of scale √D·r·weight·silu(gate)
+    D, gate = spec["D"], x["gate"].to(dt).double()
+    floors = {"do": _norm_floor(x["o"].to(dt), 1e-5 * D, D**0.5 * x["weight"] * F.silu(gate))}
     return _compare(
         spec,
         lambda **a: gated_rmsnorm(**a, eps=1e-5, backend="triton"),
         lambda **a: gated_rmsnorm(**a, eps=1e-5, backend="torch"),
         reference, x, {"o": dt, "gate": dt}, device,
-        grads=tuple(x), outs=("y",), gradient_sums=("dweight",),
+        grads=tuple(x), outs=("y",), gradient_sums=("dweight",), floors=floors,
     )  # fmt: skip
 
 

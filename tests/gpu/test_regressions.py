@@ -106,3 +106,24 @@ def test_l2norm_of_one_channel_in_fp32() -> None:
     torch.manual_seed(case_seed(20261212, "l2norm", 462))
     measures = FAMILIES["l2norm"].check({"dtype": "fp32", "D": 1, "shape": [1, 2]}, "cuda")
     assert all(m.ok for m in measures), report(measures)
+
+
+def test_gated_rmsnorm_of_one_channel_in_fp32() -> None:
+    """Seed 731947, case gated_rmsnorm-265 (H100): d o of a one-channel row, 1.3e-3 in size,
+    cancels from terms of scale r·weight·silu(gate) ≈ 7, and the kernel missed it by 1.2e-6 per
+    element (the twin alike), over the floor of 1e-3 that assumed unit scale. Its floor now
+    scales with r·weight·silu(gate) (see tests/conformance/ops.py)."""
+    torch.manual_seed(case_seed(731947, "gated_rmsnorm", 265))
+    measures = FAMILIES["gated_rmsnorm"].check({"dtype": "fp32", "D": 1, "shape": [2, 1]}, "cuda")
+    assert all(m.ok for m in measures), report(measures)
+
+
+def test_gated_delta_rule_l2norm_of_one_channel_in_fp32() -> None:
+    """Seed 731947, case gdn_chunk-429 (H100): K = 1 with the l2 norm in the kernel, whose d k
+    cancels as the l2norm op's does; the fp32 twin missed it by 1.3e-3 of the unit floor. The
+    floors of d q and d k now scale with 1/‖q‖ and 1/‖k‖."""
+    spec = GDN | {"dtype": "fp32", "K": 1, "V": 8, "H": 5, "B": 1, "T": 2, "h0": True} | L2
+    spec["docs"] = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    torch.manual_seed(case_seed(731947, "gdn_chunk", 429))
+    measures = GDN_CHUNK.check(spec, "cuda")
+    assert all(m.ok for m in measures), report(measures)
