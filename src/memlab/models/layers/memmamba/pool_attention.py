@@ -101,10 +101,13 @@ class PoolAttention(nn.Module):
         G = 0 if key_offset is None else key_offset.shape[0]
         if G and S_k % G:
             raise ValueError(f"PoolAttention: {S_k} slots do not split into {G} equal groups")
-        return _PoolAttend.apply(
+        out, weights = _PoolAttend.apply(
             x, summary, log_priority, key_offset, output_scale, self.q_proj.weight, self.k_proj.weight,
             self.null_key, self.v_proj.weight, self.o_proj.weight, self.null_value, autocast_dtype(x),
         )  # fmt: skip
+        # Detached here, not marked non-differentiable inside: torch 2.11's AOT autograd fails
+        # on a compiled Function output so marked ("element 1 of tensors does not require grad").
+        return out, weights.detach()
 
     @torch.no_grad()
     def step(
@@ -192,9 +195,7 @@ class _PoolAttend(torch.autograd.Function):
         )
         ctx.shape = (B, C, W, D, S_k, S, H, G)
         ctx.dtypes = (x.dtype, summary.dtype, log_priority.dtype)
-        weights = probs.view(B, C, W, H, S_k + 1)
-        ctx.mark_non_differentiable(weights)
-        return out, weights
+        return out, probs.view(B, C, W, H, S_k + 1)
 
     @staticmethod
     @once_differentiable
