@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from memlab.bench.cli import positive_int, require_cuda
+from memlab.bench.stamp import write_results
 from memlab.bench.table import cell, report
 from memlab.bench.train_step import MODELS, build
 from memlab.models.captured_step import cache_leaves
@@ -91,9 +92,11 @@ def measure(
     modes: tuple[str, ...] = MODES,
     prompt_len: int = PROMPT,
     new_tokens: int = NEW_TOKENS,
+    on_row: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """One row per (model, batch, mode); None values where a run ran out of memory or the
-    model cannot be captured (``note`` says why)."""
+    model cannot be captured (``note`` says why). ``on_row`` gets the rows so far after each
+    one, so a run cut short keeps what it measured."""
     bandwidth = memory_bandwidth(torch.cuda.get_device_name())
     rows = []
     for name in models:
@@ -121,11 +124,18 @@ def measure(
                     row |= {"prefill_tokens_per_s": None, "tokens_per_s": None, "note": note}
                 print(f"decode_speed {name} batch {batch} {mode}: {row.get('tokens_per_s')}", flush=True)
                 rows.append(row)
+                if on_row:
+                    on_row(_with_ratios(rows))
                 gc.collect()
                 torch.cuda.empty_cache()
         model = compiled = None
         gc.collect()
         torch.cuda.empty_cache()
+    return _with_ratios(rows)
+
+
+def _with_ratios(rows: list[dict]) -> list[dict]:
+    """``rows`` with ``vs_eager`` set: each graph mode's tokens/s over eager's at its model and batch."""
     eager = {(r["model"], r["batch"]): r["tokens_per_s"] for r in rows if r["mode"] == "eager"}
     for r in rows:
         base = eager.get((r["model"], r["batch"]))
@@ -176,7 +186,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     require_cuda()
-    rows = measure(tuple(args.models), tuple(args.batches), tuple(args.modes), args.prompt, args.new_tokens)
+    save = (lambda rows: write_results(args.json, {"decode_speed": rows})) if args.json else None
+    options = (tuple(args.batches), tuple(args.modes), args.prompt, args.new_tokens, save)
+    rows = measure(tuple(args.models), *options)
     report("decode_speed", rows, format_table(rows), args.json)
 
 
