@@ -32,8 +32,8 @@ def main() -> int:
         rows, table = SUITES[name]()
         results[name] = rows
         print(f"\n## {name}\n\n{table}", flush=True)
-    if args.json:
-        write_results(args.json, results, here)
+        if args.json:  # after every suite: a run cut short keeps the suites it finished
+            write_results(args.json, results, here)
     return 0
 
 
