@@ -8,6 +8,7 @@ variable set.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -20,13 +21,18 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.interpreted
 
 
-def run_under_interpreter(test_file: str) -> None:
+def run_under_interpreter(test_file: str, workers: int = 1) -> None:
     """Run the ``interpreted`` tests of ``test_file`` under TRITON_INTERPRET=1; fail with their
-    output unless they all pass."""
+    output unless they all pass. ``workers`` > 1 spreads them over that many pytest-xdist
+    processes (at most one per core): the interpreter runs on one thread, and the calling
+    pytest only waits meanwhile."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[1]
     env = os.environ | {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore"]
+    workers = min(workers, os.cpu_count() or 1)
+    if workers > 1 and importlib.util.find_spec("xdist") is not None:
+        command += ["-n", str(workers)]
     command += ["-m", "interpreted", test_file]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]

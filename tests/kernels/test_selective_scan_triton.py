@@ -98,7 +98,7 @@ def check(x: dict[str, torch.Tensor], softplus: bool, dtype: torch.dtype = torch
 
 
 def test_triton_kernels_under_interpreter() -> None:
-    run_under_interpreter(__file__)
+    run_under_interpreter(__file__, workers=2)
 
 
 @interpreted
