@@ -44,7 +44,8 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         scale, index = ctx.scale, ctx.index
         gcum, Ai, w, u = prepare(k, v, g, beta, index)
         h, v_new, _ = state_pass(k, w, u, gcum, initial_state, False, index)
-        do = do.contiguous()
+        # the kernels read dense rows: a gradient may come broadcast (that of final_state.sum())
+        do, dht = do.contiguous(), (None if dht is None else dht.contiguous())
         dv_local = intra_dv(q, k, do, gcum, scale, index)
         dh, dv_new, dh0 = state_grad_pass(
             q, k, w, do, dv_local, gcum, dht, initial_state is not None, scale, index, h.dtype

@@ -127,3 +127,30 @@ def test_gated_delta_rule_l2norm_of_one_channel_in_fp32() -> None:
     torch.manual_seed(case_seed(731947, "gdn_chunk", 429))
     measures = GDN_CHUNK.check(spec, "cuda")
     assert all(m.ok for m in measures), report(measures)
+
+
+def test_gated_delta_rule_with_broadcast_output_gradients() -> None:
+    """Found on the CPU under Triton's interpreter: the gradient of final_state.sum() arrives
+    broadcast (stride 0), and the backward's state-gradient pass read it as dense [N, H, K, V]
+    rows, past its single element. The op now makes it contiguous first."""
+    from memlab.kernels.compare import rel_err
+    from memlab.kernels.gated_delta_rule import chunk_gated_delta_rule, naive_recurrent_gated_delta_rule
+
+    torch.manual_seed(0)
+    B, T, H, K, V = 2, 129, 2, 64, 32
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, K, device="cuda"), dim=-1) for _ in "qk")
+    inputs = {
+        "q": q, "k": k, "v": torch.randn(B, T, H, V, device="cuda"),
+        "g": torch.nn.functional.logsigmoid(torch.randn(B, T, H, device="cuda")),
+        "beta": torch.rand(B, T, H, device="cuda"), "initial_state": torch.randn(B, H, K, V, device="cuda"),
+    }  # fmt: skip
+
+    def grads(fn, x, **kwargs):
+        x = {n: t.detach().requires_grad_() for n, t in x.items()}
+        o, S = fn(**x, output_final_state=True, **kwargs)
+        return torch.autograd.grad(o.sum() + S.sum(), list(x.values()))
+
+    want = grads(naive_recurrent_gated_delta_rule, {n: t.double() for n, t in inputs.items()})
+    got = grads(chunk_gated_delta_rule, inputs, backend="triton")
+    errors = {n: rel_err(a, b) for n, a, b in zip(inputs, got, want, strict=True)}
+    assert all(err < 1e-3 for err in errors.values()), errors

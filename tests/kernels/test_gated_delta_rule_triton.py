@@ -111,6 +111,24 @@ def test_triton_kernels_under_interpreter() -> None:
 
 
 @interpreted
+def test_chunk_takes_broadcast_output_gradients():
+    """The gradients of o.sum() and final_state.sum() arrive broadcast (stride 0). The kernels
+    read dense rows, so the op makes them contiguous first: a broadcast final-state gradient
+    once had the backward read past its single element."""
+    inputs = make_inputs(70, 32, 16, batch=2)
+
+    def grads(fn, x, **kwargs):
+        o, S = fn(**x, output_final_state=True, **kwargs)
+        return torch.autograd.grad(o.sum() + S.sum(), list(x.values()))
+
+    reference = {n: t.detach().to(F64).requires_grad_() for n, t in inputs.items()}
+    want = grads(naive_recurrent_gated_delta_rule, reference)
+    got = grads(chunk_gated_delta_rule, inputs, backend="triton")
+    errors = {f"d{n}": rel_err(a, b) for n, a, b in zip(inputs, got, want, strict=True)}
+    assert all(err < TOL[torch.float32] for err in errors.values()), errors
+
+
+@interpreted
 @pytest.mark.parametrize(
     ("T", "K", "V", "with_state", "l2norm"),
     [
