@@ -27,9 +27,10 @@ class KernelInputError(ValueError):
 
 
 def opaque(op: Callable) -> Callable:
-    """The public op as one opaque call to ``torch.compile`` (a graph break around it): the
-    compiler neither traces its checks and Triton launches nor rewrites its PyTorch twin; the
-    code around it compiles."""
+    """``op`` as one opaque call to ``torch.compile`` (a graph break around it): the compiler
+    neither traces its checks and Triton launches nor rewrites a PyTorch twin; the code around
+    it compiles. For the ops without custom ops and for the twins; the ops whose Triton path
+    is a custom op (``kernels/<op>/library.py``) are traced whole, without a break."""
     return torch.compiler.disable(op, recursive=True)
 
 

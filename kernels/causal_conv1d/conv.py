@@ -10,6 +10,9 @@ from memlab.kernels.limits import MAX_CONV_WIDTH, check_size
 
 OP = "causal_conv1d"
 ACTIVATIONS = (None, "silu")
+# torch.compile traces the op's checks and its Triton path (custom ops: library.py); the twin
+# stays a graph break, as it always was
+_causal_conv1d_twin = opaque(causal_conv1d_torch)
 
 
 def check_float_tensors(op: str, named: dict[str, object], optional: tuple[str, ...] = ()) -> None:
@@ -47,7 +50,6 @@ def _check_inputs(x: object, weight: object, bias: object, cu_seqlens: object, a
             )
 
 
-@opaque
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -80,4 +82,4 @@ def causal_conv1d(
         from memlab.kernels.causal_conv1d.triton_conv import causal_conv1d_triton
 
         return causal_conv1d_triton(x, weight, bias, cu_seqlens, activation)
-    return causal_conv1d_torch(x, weight, bias, cu_seqlens, activation)
+    return _causal_conv1d_twin(x, weight, bias, cu_seqlens, activation)

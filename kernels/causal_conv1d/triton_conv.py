@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from memlab.kernels import buffers
+from memlab.kernels.causal_conv1d.library import causal_conv1d_op
 from memlab.kernels.causal_conv1d.segments import segment_starts
 
 _BLOCK_T, _BLOCK_C, _WARPS = 32, 128, 4
@@ -199,45 +200,66 @@ def _grid(B: int, T: int, C: int) -> tuple[int, int, int]:
     return triton.cdiv(T, _BLOCK_T), triton.cdiv(C, _BLOCK_C), B
 
 
+def conv_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: torch.Tensor | None, silu: bool
+) -> torch.Tensor:
+    """y [B, T, C] (contiguous, x's dtype) for x [B, T, C], weight [C, W] contiguous, bias [C]
+    or None, start int32 [T] (each token's sequence start) or None."""
+    B, T, C = x.shape
+    W = weight.shape[1]
+    y = buffers.empty(B, T, C, dtype=x.dtype, device=x.device)
+    _conv_fwd_kernel[_grid(B, T, C)](
+        x, weight, bias, start, y, T, C, *x.stride(),
+        W=W, HAS_BIAS=bias is not None, HAS_START=start is not None, SILU=silu,
+        BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C, num_warps=_WARPS,
+    )  # fmt: skip
+    return y
+
+
+def conv_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    start: torch.Tensor | None,
+    silu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """dx [B, T, C] (x's dtype), dweight [C, W] (weight's dtype) and dbias [C] (bias's dtype, or
+    None without bias), all contiguous, for dy [B, T, C] and conv_forward's inputs."""
+    B, T, C = x.shape
+    W = weight.shape[1]
+    grid = _grid(B, T, C)
+    pre_grid = (triton.cdiv(T, _BWD_ROWS), triton.cdiv(C, _BWD_BLOCK_C), B)
+    parts = B * pre_grid[0]
+    dpre = buffers.empty(B, T, C, dtype=torch.float32, device=x.device) if silu else dy
+    dw_part = buffers.empty(parts, W, C, dtype=torch.float32, device=x.device)
+    db_part = None if bias is None else buffers.empty(parts, C, dtype=torch.float32, device=x.device)
+    _conv_bwd_pre_kernel[pre_grid](
+        x, weight, bias, start, dy, dpre, dw_part, db_part, T, C, *x.stride(), *dy.stride(),
+        W=W, W_POW2=triton.next_power_of_2(W), HAS_BIAS=bias is not None,
+        HAS_START=start is not None, SILU=silu, ROWS=_BWD_ROWS,
+        BLOCK_T=_BWD_BLOCK_T, BLOCK_C=_BWD_BLOCK_C, num_warps=_BWD_WARPS,
+    )  # fmt: skip
+    dx = buffers.empty(B, T, C, dtype=x.dtype, device=x.device)
+    _conv_bwd_dx_kernel[grid](
+        dpre, weight, start, dx, T, C, *dpre.stride(),
+        W=W, HAS_START=start is not None, BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C, num_warps=_WARPS,
+    )  # fmt: skip
+    dw = dw_part.sum(0).T.contiguous().to(weight.dtype)
+    db = None if bias is None else db_part.sum(0).to(bias.dtype)
+    return dx, dw, db
+
+
 class _CausalConv1d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, start, silu):
-        B, T, C = x.shape
-        W = weight.shape[1]
-        y = buffers.empty(B, T, C, dtype=x.dtype, device=x.device)
-        _conv_fwd_kernel[_grid(B, T, C)](
-            x, weight, bias, start, y, T, C, *x.stride(),
-            W=W, HAS_BIAS=bias is not None, HAS_START=start is not None, SILU=silu,
-            BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C, num_warps=_WARPS,
-        )  # fmt: skip
         ctx.save_for_backward(x, weight, bias, start)
         ctx.silu = silu
-        return y
+        return conv_forward(x, weight, bias, start, silu)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, bias, start = ctx.saved_tensors
-        B, T, C = x.shape
-        W = weight.shape[1]
-        grid = _grid(B, T, C)
-        pre_grid = (triton.cdiv(T, _BWD_ROWS), triton.cdiv(C, _BWD_BLOCK_C), B)
-        parts = B * pre_grid[0]
-        dpre = buffers.empty(B, T, C, dtype=torch.float32, device=x.device) if ctx.silu else dy
-        dw_part = buffers.empty(parts, W, C, dtype=torch.float32, device=x.device)
-        db_part = None if bias is None else buffers.empty(parts, C, dtype=torch.float32, device=x.device)
-        _conv_bwd_pre_kernel[pre_grid](
-            x, weight, bias, start, dy, dpre, dw_part, db_part, T, C, *x.stride(), *dy.stride(),
-            W=W, W_POW2=triton.next_power_of_2(W), HAS_BIAS=bias is not None,
-            HAS_START=start is not None, SILU=ctx.silu, ROWS=_BWD_ROWS,
-            BLOCK_T=_BWD_BLOCK_T, BLOCK_C=_BWD_BLOCK_C, num_warps=_BWD_WARPS,
-        )  # fmt: skip
-        dx = buffers.empty(B, T, C, dtype=x.dtype, device=x.device)
-        _conv_bwd_dx_kernel[grid](
-            dpre, weight, start, dx, T, C, *dpre.stride(),
-            W=W, HAS_START=start is not None, BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C, num_warps=_WARPS,
-        )  # fmt: skip
-        dw = dw_part.sum(0).T.to(weight.dtype)
-        db = None if bias is None else db_part.sum(0).to(bias.dtype)
+        dx, dw, db = conv_backward(dy, *ctx.saved_tensors, ctx.silu)
         return dx, dw, db, None, None
 
 
@@ -250,4 +272,6 @@ def causal_conv1d_triton(
 ) -> torch.Tensor:
     """As ``causal_conv1d`` (inputs already checked): y [B, T, C] contiguous, in x's dtype."""
     start = None if cu_seqlens is None else segment_starts(cu_seqlens, x.shape[1], x.device).to(torch.int32)
+    if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+        return causal_conv1d_op(x, weight.contiguous(), bias, start, activation == "silu")
     return _CausalConv1d.apply(x, weight.contiguous(), bias, start, activation == "silu")

@@ -9,9 +9,11 @@ from memlab.kernels.combine_routed.torch_combine import combine_routed_torch
 from memlab.kernels.limits import MAX_COMBINE_SLOTS, check_size
 
 OP = "combine_routed"
+# torch.compile traces the op's checks and its Triton path (custom ops: library.py); the twin
+# stays a graph break, as it always was
+_combine_routed_twin = opaque(combine_routed_torch)
 
 
-@opaque
 def combine_routed(
     values: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, backend: str | None = None
 ) -> torch.Tensor:
@@ -46,4 +48,4 @@ def combine_routed(
         from memlab.kernels.combine_routed.triton_combine import combine_routed_triton
 
         return combine_routed_triton(values, index, weights)
-    return combine_routed_torch(values, index, weights)
+    return _combine_routed_twin(values, index, weights)

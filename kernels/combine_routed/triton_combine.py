@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from memlab.kernels import buffers
+from memlab.kernels.combine_routed.library import combine_routed_op
 
 _BLOCK_R, _BLOCK_F, _WARPS = 4, 512, 4
 
@@ -70,30 +71,45 @@ def _combine_bwd_kernel(
     tl.store(ptrs, b_dw.to(dweights.dtype.element_ty), mask=m_r[:, None] & (o_s < S)[None, :])
 
 
+def combine_forward(values: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out [R, F] (values' dtype) for values [N, F], index [R, S] and weights [R, S], contiguous."""
+    F, (R, S) = values.shape[1], index.shape
+    out = buffers.empty(R, F, dtype=values.dtype, device=values.device)
+    _combine_fwd_kernel[(triton.cdiv(R, _BLOCK_R),)](
+        values, index, weights, out, R, F, S=S, BLOCK_R=_BLOCK_R, BLOCK_F=_BLOCK_F, num_warps=_WARPS
+    )
+    return out
+
+
+def combine_backward(
+    dout: torch.Tensor, values: torch.Tensor, index: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """d values [N, F] and d weights [R, S] for dout [R, F] and combine_forward's inputs."""
+    F, (R, S) = values.shape[1], index.shape
+    dvalues = torch.zeros_like(values)
+    dweights = buffers.empty_like(weights)
+    _combine_bwd_kernel[(triton.cdiv(R, _BLOCK_R),)](
+        values, index, weights, dout.contiguous(), dvalues, dweights, R, F,
+        S=S, S_POW2=triton.next_power_of_2(S), BLOCK_R=_BLOCK_R, BLOCK_F=_BLOCK_F, num_warps=_WARPS,
+    )  # fmt: skip
+    return dvalues, dweights
+
+
 class _CombineRouted(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, index, weights):
-        F, (R, S) = values.shape[1], index.shape
-        out = buffers.empty(R, F, dtype=values.dtype, device=values.device)
-        _combine_fwd_kernel[(triton.cdiv(R, _BLOCK_R),)](
-            values, index, weights, out, R, F, S=S, BLOCK_R=_BLOCK_R, BLOCK_F=_BLOCK_F, num_warps=_WARPS
-        )
         ctx.save_for_backward(values, index, weights)
-        return out
+        return combine_forward(values, index, weights)
 
     @staticmethod
     def backward(ctx, dout):
-        values, index, weights = ctx.saved_tensors
-        F, (R, S) = values.shape[1], index.shape
-        dvalues = torch.zeros_like(values)
-        dweights = buffers.empty_like(weights)
-        _combine_bwd_kernel[(triton.cdiv(R, _BLOCK_R),)](
-            values, index, weights, dout.contiguous(), dvalues, dweights, R, F,
-            S=S, S_POW2=triton.next_power_of_2(S), BLOCK_R=_BLOCK_R, BLOCK_F=_BLOCK_F, num_warps=_WARPS,
-        )  # fmt: skip
+        dvalues, dweights = combine_backward(dout, *ctx.saved_tensors)
         return dvalues, None, dweights
 
 
 def combine_routed_triton(values: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """As ``combine_routed`` (inputs already checked): [R, F] in values' dtype."""
-    return _CombineRouted.apply(values.contiguous(), index.contiguous(), weights.contiguous())
+    args = (values.contiguous(), index.contiguous(), weights.contiguous())
+    if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+        return combine_routed_op(*args)
+    return _CombineRouted.apply(*args)

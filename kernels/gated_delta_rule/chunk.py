@@ -17,13 +17,13 @@ def chunk_gated_delta_rule_triton(*args, **kwargs) -> tuple[torch.Tensor, torch.
     return chunk_gated_delta_rule_triton(*args, **kwargs)
 
 
-# Backend name -> implementation.
-_IMPLEMENTATIONS = {"torch": chunk_gated_delta_rule_torch}
+# Backend name -> implementation. torch.compile traces the op's checks and its Triton path
+# (custom ops: library.py); the twin stays a graph break, as it always was.
+_IMPLEMENTATIONS = {"torch": opaque(chunk_gated_delta_rule_torch)}
 if HAS_TRITON:
     _IMPLEMENTATIONS["triton"] = chunk_gated_delta_rule_triton
 
 
-@opaque
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -14,47 +14,79 @@ import torch
 import torch.nn.functional as F
 
 from memlab.kernels.backend import KernelInputError
+from memlab.kernels.gated_delta_rule.library import chunk_gated_delta_rule_op
 from memlab.kernels.gated_delta_rule.torch_chunk import OP
 from memlab.kernels.gated_delta_rule.triton_chunk_bwd import dqkw, intra_dv, state_grad_pass, wy_backward
 from memlab.kernels.gated_delta_rule.triton_chunk_fwd import output, prepare, state_pass
-from memlab.kernels.gated_delta_rule.triton_chunk_index import build_chunk_index
+from memlab.kernels.gated_delta_rule.triton_chunk_index import ChunkIndex, build_chunk_index
 from memlab.kernels.l2norm import l2norm
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM = 16  # K and V below it are zero-padded to it
 
 
+def chunk_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None,
+    index: ChunkIndex,
+    scale: float,
+    output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """o [Tp, H, V] and the final states [N, H, K, V] fp32 (None unless output_final_state)
+    for q, k [Tp, H, K], v [Tp, H, V], g, beta [Tp, H] packed along Tp (contiguous), an fp32
+    initial state [N, H, K, V] or None, and the chunk layout (build_chunk_index)."""
+    gcum, _, w, u = prepare(k, v, g, beta, index)
+    h, v_new, final_state = state_pass(k, w, u, gcum, initial_state, output_final_state, index)
+    return output(q, k, v_new, h, gcum, scale, index), final_state
+
+
+def chunk_backward(
+    do: torch.Tensor,
+    dht: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None,
+    index: ChunkIndex,
+    scale: float,
+) -> tuple[torch.Tensor, ...]:
+    """dq, dk, dv, dg, dbeta (each like its input) and dh0 (fp32, None without an initial
+    state) for the output's and final state's gradients do, dht (or None) and chunk_forward's
+    inputs; prepare and the state pass run again rather than being kept from the forward."""
+    gcum, Ai, w, u = prepare(k, v, g, beta, index)
+    h, v_new, _ = state_pass(k, w, u, gcum, initial_state, False, index)
+    # the kernels read dense rows: a gradient may come broadcast (that of final_state.sum())
+    do, dht = do.contiguous(), (None if dht is None else dht.contiguous())
+    dv_local = intra_dv(q, k, do, gcum, scale, index)
+    dh, dv_new, dh0 = state_grad_pass(
+        q, k, w, do, dv_local, gcum, dht, initial_state is not None, scale, index, h.dtype
+    )
+    dq, dk_part, dw, dG_part = dqkw(q, k, v_new, do, dv_new, h, dh, gcum, scale, index)
+    dk, dv, dbeta, dg = wy_backward(k, v, beta, gcum, Ai, dw, dv_new, dk_part, dG_part, index)
+    if dh0 is not None:
+        dh0 = dh0.to(initial_state.dtype)
+    return dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dh0
+
+
 class _ChunkGatedDeltaRule(torch.autograd.Function):
-    """q, k [Tp, H, K], v [Tp, H, V], g, beta [Tp, H] packed along Tp, scale already chosen."""
+    """chunk_forward / chunk_backward for eager calls; the forward keeps only its inputs."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, initial_state, scale, output_final_state, index):
-        gcum, _, w, u = prepare(k, v, g, beta, index)
-        h, v_new, final_state = state_pass(k, w, u, gcum, initial_state, output_final_state, index)
-        o = output(q, k, v_new, h, gcum, scale, index)
+    def forward(ctx, q, k, v, g, beta, initial_state, index, scale, output_final_state):
         ctx.save_for_backward(q, k, v, g, beta, initial_state)
-        ctx.scale, ctx.index = scale, index
-        if final_state is not None:
-            return o, final_state
-        return o, None
+        ctx.index, ctx.scale = index, scale
+        return chunk_forward(q, k, v, g, beta, initial_state, index, scale, output_final_state)
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, beta, initial_state = ctx.saved_tensors
-        scale, index = ctx.scale, ctx.index
-        gcum, Ai, w, u = prepare(k, v, g, beta, index)
-        h, v_new, _ = state_pass(k, w, u, gcum, initial_state, False, index)
-        # the kernels read dense rows: a gradient may come broadcast (that of final_state.sum())
-        do, dht = do.contiguous(), (None if dht is None else dht.contiguous())
-        dv_local = intra_dv(q, k, do, gcum, scale, index)
-        dh, dv_new, dh0 = state_grad_pass(
-            q, k, w, do, dv_local, gcum, dht, initial_state is not None, scale, index, h.dtype
-        )
-        dq, dk_part, dw, dG_part = dqkw(q, k, v_new, do, dv_new, h, dh, gcum, scale, index)
-        dk, dv, dbeta, dg = wy_backward(k, v, beta, gcum, Ai, dw, dv_new, dk_part, dG_part, index)
-        if dh0 is not None:
-            dh0 = dh0.to(initial_state.dtype)
-        return dq, dk, dv, dg.to(g.dtype), dbeta.to(beta.dtype), dh0, None, None, None
+        grads = chunk_backward(do, dht, *ctx.saved_tensors, ctx.index, ctx.scale)
+        return (*grads, None, None, None)
 
 
 def chunk_gated_delta_rule_triton(
@@ -85,7 +117,6 @@ def chunk_gated_delta_rule_triton(
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q, backend="triton"), l2norm(k, backend="triton")
     scale = K**-0.5 if scale is None else float(scale)
-    index = build_chunk_index(B, T, cu_seqlens)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     # Heads narrower than MIN_HEAD_DIM run zero-padded to it, in fp32 (zero key and value
     # components leave every output and the state's other entries unchanged). Kernels compiled
@@ -96,16 +127,14 @@ def chunk_gated_delta_rule_triton(
         q, k = F.pad(q.float(), (0, pad_k)), F.pad(k.float(), (0, pad_k))
         v = F.pad(v.float(), (0, pad_v))
         h0 = None if h0 is None else F.pad(h0, (0, pad_v, 0, pad_k))
-    packed = (x.reshape(B * T, H, -1).contiguous() for x in (q, k, v))
-    o, final_state = _ChunkGatedDeltaRule.apply(
-        *packed,
-        g.reshape(B * T, H).contiguous(),
-        beta.reshape(B * T, H).contiguous(),
-        h0,
-        scale,
-        output_final_state,
-        index,
-    )
+    packed = [x.reshape(B * T, H, -1).contiguous() for x in (q, k, v)]
+    packed += [x.reshape(B * T, H).contiguous() for x in (g, beta)]
+    if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+        o, final_state = chunk_gated_delta_rule_op(*packed, h0, cu_seqlens, B, T, scale, output_final_state)
+        final_state = final_state if output_final_state else None
+    else:
+        index = build_chunk_index(B, T, cu_seqlens)
+        o, final_state = _ChunkGatedDeltaRule.apply(*packed, h0, index, scale, output_final_state)
     if not (pad_k or pad_v):
         return o.reshape(B, T, H, V), final_state
     o = o.reshape(B, T, H, V + pad_v)[..., :V].to(out_dtype).contiguous()

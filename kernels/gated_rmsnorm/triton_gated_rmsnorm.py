@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from memlab.kernels import buffers
+from memlab.kernels.gated_rmsnorm.library import gated_rmsnorm_op
 
 # Elements of the [rows, D] tile one program handles at a time; rows per backward program.
 _TILE, _BWD_ROWS = 4096, 256
@@ -80,40 +81,59 @@ def _blocks(D: int) -> tuple[int, int]:
     return max(1, _TILE // block_d), block_d
 
 
+def norm_forward(
+    rows: torch.Tensor, gates: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y [R, D] (rows' dtype) and rstd fp32 [R] for rows, gates [R, D] and weight [D], all
+    contiguous."""
+    R, D = rows.shape
+    block_r, block_d = _blocks(D)
+    y = buffers.empty_like(rows)
+    rstd = buffers.empty(R, dtype=torch.float32, device=rows.device)
+    _gated_rmsnorm_fwd_kernel[(triton.cdiv(R, block_r),)](
+        rows, gates, weight, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d
+    )
+    return y, rstd
+
+
+def norm_backward(
+    dy: torch.Tensor, rows: torch.Tensor, gates: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """d rows, d gates [R, D] and d weight [D] (weight's dtype) for dy [R, D] and
+    norm_forward's inputs and rstd."""
+    R, D = rows.shape
+    block_r, block_d = _blocks(D)
+    dy = dy.contiguous()
+    do, dgate = buffers.empty_like(rows), buffers.empty_like(gates)
+    programs = triton.cdiv(R, _BWD_ROWS)
+    dw_part = buffers.empty(programs, D, dtype=torch.float32, device=rows.device)
+    _gated_rmsnorm_bwd_kernel[(programs,)](
+        rows, gates, weight, rstd, dy, do, dgate, dw_part, R, D,
+        ROWS=_BWD_ROWS, BLOCK_R=min(block_r, triton.next_power_of_2(_BWD_ROWS)), BLOCK_D=block_d,
+    )  # fmt: skip
+    return do, dgate, dw_part.sum(0).to(weight.dtype)
+
+
 class _GatedRMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, o, gate, weight, eps):
-        D = o.shape[-1]
-        rows, gates = o.reshape(-1, D), gate.reshape(-1, D)
-        R = rows.shape[0]
-        block_r, block_d = _blocks(D)
-        y = buffers.empty_like(rows)
-        rstd = buffers.empty(R, dtype=torch.float32, device=o.device)
-        _gated_rmsnorm_fwd_kernel[(triton.cdiv(R, block_r),)](
-            rows, gates, weight, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d
-        )
+    def forward(ctx, rows, gates, weight, eps):
+        y, rstd = norm_forward(rows, gates, weight, eps)
         ctx.save_for_backward(rows, gates, weight, rstd)
-        ctx.shape = o.shape
-        return y.view(o.shape)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        rows, gates, weight, rstd = ctx.saved_tensors
-        R, D = rows.shape
-        block_r, block_d = _blocks(D)
-        dy = dy.reshape(R, D).contiguous()
-        do, dgate = buffers.empty_like(rows), buffers.empty_like(gates)
-        programs = triton.cdiv(R, _BWD_ROWS)
-        dw_part = buffers.empty(programs, D, dtype=torch.float32, device=rows.device)
-        _gated_rmsnorm_bwd_kernel[(programs,)](
-            rows, gates, weight, rstd, dy, do, dgate, dw_part, R, D,
-            ROWS=_BWD_ROWS, BLOCK_R=min(block_r, triton.next_power_of_2(_BWD_ROWS)), BLOCK_D=block_d,
-        )  # fmt: skip
-        return do.view(ctx.shape), dgate.view(ctx.shape), dw_part.sum(0).to(weight.dtype), None
+        return (*norm_backward(dy, *ctx.saved_tensors), None)
 
 
 def gated_rmsnorm_triton(
     o: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """As ``gated_rmsnorm`` (inputs already checked): [..., D] in o's dtype."""
-    return _GatedRMSNorm.apply(o.contiguous(), gate.contiguous(), weight.contiguous(), float(eps))
+    D = o.shape[-1]
+    rows, gates = o.contiguous().view(-1, D), gate.contiguous().view(-1, D)
+    if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+        y, _ = gated_rmsnorm_op(rows, gates, weight.contiguous(), float(eps))
+    else:
+        y = _GatedRMSNorm.apply(rows, gates, weight.contiguous(), float(eps))
+    return y.view(o.shape)

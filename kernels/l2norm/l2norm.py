@@ -9,9 +9,11 @@ from memlab.kernels.l2norm.torch_l2norm import EPS, l2norm_torch
 from memlab.kernels.limits import MAX_NORM_DIM, check_size
 
 OP = "l2norm"
+# torch.compile traces the op's checks and its Triton path (custom ops: library.py); the twin
+# stays a graph break, as it always was
+_l2norm_twin = opaque(l2norm_torch)
 
 
-@opaque
 def l2norm(x: torch.Tensor, eps: float = EPS, backend: str | None = None) -> torch.Tensor:
     """x / sqrt(Σ x² + eps) over the last dim.
 
@@ -34,4 +36,4 @@ def l2norm(x: torch.Tensor, eps: float = EPS, backend: str | None = None) -> tor
         from memlab.kernels.l2norm.triton_l2norm import l2norm_triton
 
         return l2norm_triton(x, eps)
-    return l2norm_torch(x, eps)
+    return _l2norm_twin(x, eps)

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from memlab.kernels import buffers
+from memlab.kernels.l2norm.library import l2norm_op
 
 # Elements of the [rows, D] tile one program handles.
 _TILE = 4096
@@ -57,36 +58,54 @@ def _blocks(D: int) -> tuple[int, int]:
     return max(1, _TILE // block_d), block_d
 
 
+def l2norm_forward(rows: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y [R, D] (rows' dtype) and rstd fp32 [R] for rows [R, D] contiguous."""
+    R, D = rows.shape
+    block_r, block_d = _blocks(D)
+    y = buffers.empty_like(rows)
+    rstd = buffers.empty(R, dtype=torch.float32, device=rows.device)
+    _l2norm_fwd_kernel[(triton.cdiv(R, block_r),)](rows, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d)
+    return y, rstd
+
+
+def l2norm_backward(
+    dy: torch.Tensor, saved: torch.Tensor, rstd: torch.Tensor, from_output: bool
+) -> torch.Tensor:
+    """dx [R, D] for dy [R, D] and the saved rows [R, D]: the output y if ``from_output``
+    (see FROM_OUTPUT_MIN_D), else the input x."""
+    R, D = saved.shape
+    block_r, block_d = _blocks(D)
+    dy = dy.contiguous()
+    dx = buffers.empty_like(saved)
+    _l2norm_bwd_kernel[(triton.cdiv(R, block_r),)](
+        saved, dy, rstd, dx, R, D, FROM_OUTPUT=from_output, BLOCK_R=block_r, BLOCK_D=block_d
+    )
+    return dx
+
+
+def saves_output(D: int) -> bool:
+    """Whether the backward reads the output rather than the input (FROM_OUTPUT_MIN_D)."""
+    return D >= FROM_OUTPUT_MIN_D
+
+
 class _L2Norm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, eps):
-        rows = x.reshape(-1, x.shape[-1])
-        R, D = rows.shape
-        block_r, block_d = _blocks(D)
-        y = buffers.empty_like(rows)
-        rstd = buffers.empty(R, dtype=torch.float32, device=x.device)
-        _l2norm_fwd_kernel[(triton.cdiv(R, block_r),)](
-            rows, y, rstd, R, D, eps, BLOCK_R=block_r, BLOCK_D=block_d
-        )
-        y = y.view(x.shape)
-        ctx.from_output = D >= FROM_OUTPUT_MIN_D
-        ctx.save_for_backward(y if ctx.from_output else x, rstd)
+    def forward(ctx, rows, eps):
+        y, rstd = l2norm_forward(rows, eps)
+        ctx.from_output = saves_output(rows.shape[1])
+        ctx.save_for_backward(y if ctx.from_output else rows, rstd)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        saved, rstd = ctx.saved_tensors
-        rows = saved.view(-1, saved.shape[-1])
-        R, D = rows.shape
-        block_r, block_d = _blocks(D)
-        dy = dy.reshape(R, D).contiguous()
-        dx = buffers.empty_like(rows)
-        _l2norm_bwd_kernel[(triton.cdiv(R, block_r),)](
-            rows, dy, rstd, dx, R, D, FROM_OUTPUT=ctx.from_output, BLOCK_R=block_r, BLOCK_D=block_d
-        )
-        return dx.view(saved.shape), None
+        return l2norm_backward(dy, *ctx.saved_tensors, ctx.from_output), None
 
 
 def l2norm_triton(x: torch.Tensor, eps: float) -> torch.Tensor:
     """As ``l2norm`` (x already checked): [..., D] in x's dtype."""
-    return _L2Norm.apply(x.contiguous(), eps)
+    rows = x.contiguous().view(-1, x.shape[-1])
+    if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+        y, _ = l2norm_op(rows, float(eps))
+    else:
+        y = _L2Norm.apply(rows, float(eps))
+    return y.view(x.shape)

@@ -94,8 +94,9 @@ class LanguageModel(nn.Module):
     def compile_blocks(self, **options: Any) -> None:
         """``torch.compile`` each block in place (``options`` go to it): the code between the
         kernels (projections, gates, norms, residuals, the MLP) is fused, while every memlab
-        kernel op stays one opaque call. The blocks share their code, so one compilation serves
-        them all; parameter names, and so checkpoints, are unchanged."""
+        kernel op stays one call (a custom op inside the graph, or a graph break: see
+        kernels/backend.py). The blocks share their code, so one compilation serves them all;
+        parameter names, and so checkpoints, are unchanged."""
         for layer in self.layers:
             layer.compile(**options)
 
