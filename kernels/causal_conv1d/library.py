@@ -31,7 +31,7 @@ def causal_conv1d_backward_op(
     from memlab.kernels.causal_conv1d.triton_conv import conv_backward
 
     dx, dw, db = conv_backward(dy, x, weight, bias, start, silu)
-    return dx, dw, (dw.new_empty(0) if db is None else db)
+    return dx, dw.contiguous(), (dw.new_empty(0) if db is None else db)  # as the fake kernel says
 
 
 @causal_conv1d_backward_op.register_fake

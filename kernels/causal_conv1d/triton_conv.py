@@ -224,8 +224,9 @@ def conv_backward(
     start: torch.Tensor | None,
     silu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """dx [B, T, C] (x's dtype), dweight [C, W] (weight's dtype) and dbias [C] (bias's dtype, or
-    None without bias), all contiguous, for dy [B, T, C] and conv_forward's inputs."""
+    """dx [B, T, C] (x's dtype, contiguous), dweight [C, W] (weight's dtype; a transposed view)
+    and dbias [C] (bias's dtype, or None without bias) for dy [B, T, C] and conv_forward's
+    inputs."""
     B, T, C = x.shape
     W = weight.shape[1]
     grid = _grid(B, T, C)
@@ -245,7 +246,7 @@ def conv_backward(
         dpre, weight, start, dx, T, C, *dpre.stride(),
         W=W, HAS_START=start is not None, BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C, num_warps=_WARPS,
     )  # fmt: skip
-    dw = dw_part.sum(0).T.contiguous().to(weight.dtype)
+    dw = dw_part.sum(0).T.to(weight.dtype)
     db = None if bias is None else db_part.sum(0).to(bias.dtype)
     return dx, dw, db
 
