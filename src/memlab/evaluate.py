@@ -6,14 +6,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from memlab.data.text import TextDataModule
 from memlab.errors import ConfigError
+from memlab.eval.text_task import TextTask
 from memlab.utils.checkpoint_match import check_same_network
 from memlab.utils.checkpoints import load_checkpoint
 from memlab.utils.config_tree import print_config_tree
@@ -126,7 +124,7 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
     amp = AMP_DTYPES[cfg.get("amp_dtype")] if device.type == "cuda" else None
     title = f"{cfg.task} — {Path(ckpt_path or run_cfg.model.init_from).name}"
     output_dir.mkdir(parents=True, exist_ok=True)
-    metrics, figure, table = task(net, datamodule, options, amp, title, output_dir)
+    metrics, figure, table = task(TextTask(net, datamodule, options, amp, title, output_dir))
     loggers = instantiate_group(cfg.get("logger"))
     _to_tensorboard(loggers, cfg.task, figure, table)
     for logger in loggers:
@@ -138,56 +136,37 @@ def _text_task(cfg: DictConfig, run_cfg: DictConfig, ckpt_path: str, output_dir:
     return metrics
 
 
-def _ppl_by_length(
-    net: nn.Module,
-    datamodule: TextDataModule,
-    options: dict[str, Any],
-    amp: torch.dtype | None,
-    title: str,
-    output_dir: Path,
-) -> tuple[dict[str, float], Any, str]:
+def _ppl_by_length(task: TextTask) -> tuple[dict[str, float], Any, str]:
     """Perplexity overall, by position and by length: (metrics, figure, markdown table)."""
-    from memlab.eval.ppl_by_length import concatenated_tokens, evaluate_ppl_by_length, plot_ppl_by_length
+    from memlab.eval.ppl_by_length import evaluate_ppl_by_length, plot_ppl_by_length
 
-    tokenizer = datamodule.tokenizer
-    lengths = options["lengths"]
-    documents = (text for _, text in datamodule.eval_documents(options["split"]))
-    tokens = concatenated_tokens(documents, tokenizer, options["max_blocks"] * (lengths[-1] + 1))
+    opts = task.options
+    lengths = opts["lengths"]
+    tokens = task.tokens(opts["max_blocks"] * (lengths[-1] + 1))
     result = evaluate_ppl_by_length(
-        net,
+        task.net,
         tokens,
         lengths,
-        tokenizer.name,
-        options["bucket"],
-        options["max_blocks"],
-        options["chunk_size"],
-        options["batch_size"],
-        amp,
+        task.datamodule.tokenizer.name,
+        opts["bucket"],
+        opts["max_blocks"],
+        opts["chunk_size"],
+        opts["batch_size"],
+        task.amp,
     )
     if not result.lengths:
         raise ConfigError(f"ppl_by_length: no length could be evaluated ({result.skipped})")
-    table = result.table()
-    (output_dir / "ppl_by_length.md").write_text(table)
-    figure = plot_ppl_by_length(result, title, output_dir / "ppl_by_length.png")
-    return result.metrics(), figure, table
+    return task.outputs(result, "ppl_by_length", plot_ppl_by_length)
 
 
-def _passkey(
-    net: nn.Module,
-    datamodule: TextDataModule,
-    options: dict[str, Any],
-    amp: torch.dtype | None,
-    title: str,
-    output_dir: Path,
-) -> tuple[dict[str, float], Any, None]:
+def _passkey(task: TextTask) -> tuple[dict[str, float], Any, None]:
     """Text passkey retrieval on the length × depth grid: (metrics, heatmap figure, no table)."""
     from memlab.eval.heatmap import plot_heatmap
     from memlab.eval.passkey_text import evaluate_passkey
 
-    result = evaluate_passkey(net, datamodule.tokenizer, **options, autocast=amp)
-    figure = plot_heatmap(
-        result.accuracy, result.lengths, result.depths, title, output_dir / "passkey_heatmap.png"
-    )
+    result = evaluate_passkey(task.net, task.datamodule.tokenizer, **task.options, autocast=task.amp)
+    path = task.output_dir / "passkey_heatmap.png"
+    figure = plot_heatmap(result.accuracy, result.lengths, result.depths, task.title, path)
     return result.metrics(), figure, None
 
 

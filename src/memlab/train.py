@@ -53,28 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint). A run that diverges raises NonFiniteError after writing its metrics (NaN
     included); one terminated by SIGTERM raises Terminated; both keep their checkpoints.
     """
-    if cfg.extras.get("ignore_warnings"):
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-    output_dir = Path(cfg.paths.output_dir)
-    # one tree per run, not one per process of a multi-GPU run (ranks are known from the environment)
-    if cfg.extras.get("print_config") and rank_zero_only.rank == 0:
-        print_config_tree(cfg, save_to=output_dir / "config_tree.log")
-    if cfg.get("train"):
-        # a job the cluster requeued continues from the newest checkpoint of its own folder
-        requeued = requeued_checkpoint(checkpoint_folders(cfg))
-        if requeued is not None:
-            cfg.ckpt_path = requeued
-    for warning in check_training_config(cfg):
-        print(f"warning: {warning}", file=sys.stderr)
-    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / cfg.run_name / "*"
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), [str(runs)], output_dir)
-    seed = cfg.get("seed")
-    if seed is not None:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-            raise ConfigError(f"seed must be an integer in [0, 2**32) or null (got {seed!r})")
-        L.seed_everything(seed, workers=True)
-
+    ckpt_path = _prepare(cfg)
     # plain Python containers, not OmegaConf ones, reach the objects (and their checkpoints)
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate_module(cfg)
@@ -108,6 +87,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "callbacks.nonfinite.max_skips=N skip up to N such steps"
         ) from diverged
     return metrics
+
+
+def _prepare(cfg: DictConfig) -> str | None:
+    """What comes before any object is built: the warning filters, the config tree, the checks
+    of the config (``memlab.utils.preflight``) and the seed. Returns the checkpoint to start
+    from (a requeued job's newest, else ``cfg.ckpt_path`` resolved), or None."""
+    if cfg.extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    output_dir = Path(cfg.paths.output_dir)
+    # one tree per run, not one per process of a multi-GPU run (ranks are known from the environment)
+    if cfg.extras.get("print_config") and rank_zero_only.rank == 0:
+        print_config_tree(cfg, save_to=output_dir / "config_tree.log")
+    if cfg.get("train"):
+        # a job the cluster requeued continues from the newest checkpoint of its own folder
+        requeued = requeued_checkpoint(checkpoint_folders(cfg))
+        if requeued is not None:
+            cfg.ckpt_path = requeued
+    for warning in check_training_config(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
+    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / cfg.run_name / "*"
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), [str(runs)], output_dir)
+    seed = cfg.get("seed")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32) or null (got {seed!r})")
+        L.seed_everything(seed, workers=True)
+    return ckpt_path
 
 
 def _check_checkpoint(ckpt_path: str, module: LightningModule, resuming: bool) -> None:

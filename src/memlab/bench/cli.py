@@ -25,3 +25,12 @@ def require_cuda() -> None:
     if not torch.cuda.is_available():
         print("error: no CUDA device; the benchmarks time GPU kernels", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_suite_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """A suite's own command line: ``parser``'s arguments and ``--json PATH`` (where to save the
+    rows), parsed; then ``require_cuda``, so that a mistake in either ends before any work."""
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    require_cuda()
+    return args

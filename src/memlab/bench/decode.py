@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from memlab.bench.cli import positive_int, require_cuda
-from memlab.bench.table import cell, report
+from memlab.bench.cli import parse_suite_args, positive_int
+from memlab.bench.table import cell, report, table_header, table_row, with_table
 from memlab.models import LanguageModel
 from memlab.models.captured_step import cache_leaves
 from memlab.models.layers import Attention, Mamba, MemMamba, MoMAttention
@@ -165,25 +165,19 @@ def measure(
 
 def run() -> tuple[list[dict], str]:
     """The suite as ``scripts/bench.py`` runs it: the four models, contexts 1K to 64K."""
-    rows = measure()
-    return rows, format_table(rows)
+    return with_table(measure(), format_table)
 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``measure``'s rows, then the goals' verdicts."""
 
-    lines = [
-        "| model | context | decode tok/s | cache MiB | decode peak MiB | prefill s |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = table_header("model", "context", "decode tok/s", "cache MiB", "decode peak MiB", "prefill s")
     for r in rows:
-        if r["oom"]:
-            lines.append(f"| {r['model']} | {r['context']} | OOM | OOM | OOM | OOM |")
-            continue
-        lines.append(
-            f"| {r['model']} | {r['context']} | {r['tokens_per_s']:.1f} | {r['cache_mib']:.2f} | "
-            f"{cell(r['peak_mib'], '.1f')} | {r['prefill_s']:.2f} |"
-        )
+        measured = ("OOM",) * 4
+        if not r["oom"]:
+            tok, peak = f"{r['tokens_per_s']:.1f}", cell(r["peak_mib"], ".1f")
+            measured = (tok, f"{r['cache_mib']:.2f}", peak, f"{r['prefill_s']:.2f}")
+        lines.append(table_row(r["model"], r["context"], *measured))
     if rows:
         r = rows[0]
         lines.append(
@@ -240,9 +234,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=positive_int, default=NEW_TOKENS)
     parser.add_argument("--prefill-chunk", type=positive_int, default=PREFILL_CHUNK)
     parser.add_argument("--batch", type=positive_int, default=BATCH)
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    require_cuda()
+    args = parse_suite_args(parser)
     rows = measure(
         tuple(args.models),
         tuple(args.contexts),

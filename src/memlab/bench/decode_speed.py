@@ -23,9 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from memlab.bench.cli import positive_int, require_cuda
+from memlab.bench.cli import parse_suite_args, positive_int
 from memlab.bench.stamp import write_results
-from memlab.bench.table import cell, report
+from memlab.bench.table import cell, report, table_header, table_row, with_table
 from memlab.bench.train_step import MODELS, build
 from memlab.models.captured_step import cache_leaves
 from memlab.models.static_cache import StaticKVCache
@@ -146,23 +146,19 @@ def _with_ratios(rows: list[dict]) -> list[dict]:
 
 def run() -> tuple[list[dict], str]:
     """The suite as ``scripts/bench.py`` runs it."""
-    rows = measure()
-    return rows, format_table(rows)
+    return with_table(measure(), format_table)
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| model | batch | decoding | prefill tok/s | decode tok/s | × eager | % of floor |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_header(
+        "model", "batch", "decoding", "prefill tok/s", "decode tok/s", "× eager", "% of floor"
+    )
     for r in rows:
         floor = r["floor_tokens_per_s"]
         share = 100 * r["tokens_per_s"] / floor if r["tokens_per_s"] and floor else None
         prefill, decode = cell(r["prefill_tokens_per_s"], ".0f", "n/a"), cell(r["tokens_per_s"], ".1f", "n/a")
-        lines.append(
-            f"| {r['config']} | {r['batch']} | {r['mode']} | {prefill} | {decode} "
-            f"| {cell(r['vs_eager'], '.2f')} | {cell(share, '.1f')} |"
-        )
+        ratios = cell(r["vs_eager"], ".2f"), cell(share, ".1f")
+        lines.append(table_row(r["config"], r["batch"], r["mode"], prefill, decode, *ratios))
     notes = sorted({f"{r['config']}: {r['note']}" for r in rows if r.get("note")})
     if rows:
         r = rows[0]
@@ -183,9 +179,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=ALL_MODES, default=list(MODES))
     parser.add_argument("--prompt", type=positive_int, default=PROMPT)
     parser.add_argument("--new-tokens", type=positive_int, default=NEW_TOKENS)
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    require_cuda()
+    args = parse_suite_args(parser)
     save = (lambda rows: write_results(args.json, {"decode_speed": rows})) if args.json else None
     options = (tuple(args.batches), tuple(args.modes), args.prompt, args.new_tokens, save)
     rows = measure(tuple(args.models), *options)

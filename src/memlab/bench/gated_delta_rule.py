@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from memlab.bench.table import cell
-from memlab.bench.timing import peak_memory_mib, time_ms
+from memlab.bench.table import cell, table_header, table_row
+from memlab.bench.timing import time_and_peak, time_ms
 
 HEADS, DIM, TOKENS = 16, 128, 32768
 LENGTHS = (2048, 8192, 32768)
@@ -140,13 +140,7 @@ def run() -> tuple[list[dict], str]:
             for name, fn in impls.items():
                 if name == "twin" and T > TWIN_MAX_T:
                     continue
-                try:
-                    call = make(fn, x)
-                    ms = time_ms(call)
-                    peak = peak_memory_mib(call)
-                except torch.cuda.OutOfMemoryError:
-                    ms = peak = None
-                torch.cuda.empty_cache()
+                ms, peak = time_and_peak(make, fn, x)
                 print(f"{op} T={T} {name}: {ms} ms", flush=True)
                 times[name] = ms
                 rows.append(
@@ -167,17 +161,12 @@ def run() -> tuple[list[dict], str]:
 
 
 def format_table(rows: list[dict], with_fla: bool) -> str:
-    lines = [
-        "| op | T | impl | ms | Mtok/s | peak MiB | speed-up vs fla | speed-up vs twin |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = table_header("op", "T", "impl", "ms", "Mtok/s", "peak MiB", "speed-up vs fla", "speed-up vs twin")
     for r in rows:
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e6
-        lines.append(
-            f"| {r['op']} | {r['T']} | {r['impl']} | {cell(r['ms'], '.3f')} | {cell(tok, '.1f')} | "
-            f"{cell(r['peak_mib'], '.0f')} | {cell(r.get('vs_fla'), '.2f')} | "
-            f"{cell(r.get('vs_twin'), '.1f')} |"
-        )
+        timed = cell(r["ms"], ".3f"), cell(tok, ".1f"), cell(r["peak_mib"], ".0f")
+        speedups = cell(r.get("vs_fla"), ".2f"), cell(r.get("vs_twin"), ".1f")
+        lines.append(table_row(r["op"], r["T"], r["impl"], *timed, *speedups))
     floor, gb, gflop = forward_floor_ms()
     lines.append(
         f"\nH={HEADS}, K=V={DIM}, bf16, {TOKENS} tokens per call; median of do_bench (L2 flushed). "

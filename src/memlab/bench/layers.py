@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from memlab.bench.cli import positive_int, require_cuda
-from memlab.bench.table import cell, report
+from memlab.bench.cli import parse_suite_args, positive_int
+from memlab.bench.table import cell, report, table_header, table_row, with_table
 from memlab.bench.timing import peak_memory_mib, time_ms
 from memlab.models.layers import Mamba, MemMamba
 from memlab.models.layers.memmamba import PoolView
@@ -142,24 +142,18 @@ def measure(
 
 def run() -> tuple[list[dict], str]:
     """The suite as ``scripts/bench.py`` runs it: d_model 768, L 2048 and 8192."""
-    rows = measure()
-    return rows, format_table(rows)
+    return with_table(measure(), format_table)
 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``measure``'s rows and the goal's verdict per L."""
 
-    lines = [
-        "| layer | L | batch | fwd+bwd ms | Mtok/s | peak MiB | × Mamba |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_header("layer", "L", "batch", "fwd+bwd ms", "Mtok/s", "peak MiB", "× Mamba")
     for r in rows:
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e6
         ms, tok = cell(r["ms"], ".2f", "OOM"), cell(tok, ".2f", "OOM")
-        lines.append(
-            f"| {r['layer']} | {r['L']} | {r['batch']} | {ms} | {tok} | "
-            f"{cell(r['peak_mib'], '.0f')} | {cell(r['vs_mamba'], '.2f')} |"
-        )
+        peak, ratio = cell(r["peak_mib"], ".0f"), cell(r["vs_mamba"], ".2f")
+        lines.append(table_row(r["layer"], r["L"], r["batch"], ms, tok, peak, ratio))
     d_model = rows[0]["d_model"] if rows else D_MODEL
     lines.append(
         f"\nd_model {d_model}, d_state {D_STATE}, expand {EXPAND}, MemMamba defaults; fp32 weights, "
@@ -182,9 +176,7 @@ def main() -> None:
     parser.add_argument(
         "--tokens", type=positive_int, default=TOKENS, help="tokens per call (batch = tokens // L)"
     )
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    require_cuda()
+    args = parse_suite_args(parser)
     rows = measure(args.d_model, tuple(args.lengths), args.tokens)
     report("layers", rows, format_table(rows), args.json)
 

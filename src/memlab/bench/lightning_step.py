@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from memlab.bench import train_step
-from memlab.bench.cli import require_cuda
-from memlab.bench.table import cell, report
+from memlab.bench.cli import parse_suite_args
+from memlab.bench.table import cell, report, table_header, table_row, with_table
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = ("transformer", "gdn")
@@ -137,19 +137,21 @@ def measure(models: tuple[str, ...] = MODELS, shape: tuple[int, int] = SHAPE) ->
     return rows
 
 
+def run() -> tuple[list[dict], str]:
+    """The suite as ``scripts/bench.py`` runs it."""
+    return with_table(measure(), format_table)
+
+
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| model | B × T | train.py AdamW | CUDA graphs | plain loop tokens/s | train.py tokens/s "
-        "| train.py / plain |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_header(
+        "model", "B × T", "train.py AdamW", "CUDA graphs", "plain loop tokens/s", "train.py tokens/s",
+        "train.py / plain",
+    )  # fmt: skip
     for r in rows:
         plain, lit = (r[k] and r[k] / 1e3 for k in ("plain_tokens_per_s", "lightning_tokens_per_s"))
-        lines.append(
-            f"| {r['config']} | {r['batch']} × {r['T']} | {r['optimizer']} "
-            f"| {'yes' if r.get('cuda_graph') else 'no'} | {cell(plain, '.1f')}k "
-            f"| {cell(lit, '.1f')}k | {cell(r['lightning_vs_plain'], '.3f')} |"
-        )
+        graphs = "yes" if r.get("cuda_graph") else "no"
+        rates = f"{cell(plain, '.1f')}k", f"{cell(lit, '.1f')}k", cell(r["lightning_vs_plain"], ".3f")
+        lines.append(table_row(r["config"], f"{r['batch']} × {r['T']}", r["optimizer"], graphs, *rates))
     lines.append(
         f"\nplain: train_step's loop (fused AdamW, no clipping), wall clock over 20 steps; "
         f"scripts/train.py: trainer=gpu on a local text corpus, its AdamW as configured or fused; "
@@ -159,19 +161,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run() -> tuple[list[dict], str]:
-    """The suite as ``scripts/bench.py`` runs it."""
-    rows = measure()
-    return rows, format_table(rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(train_step.MODELS), default=list(MODELS))
     parser.add_argument("--shape", type=train_step.parse_shape, default=SHAPE)
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    require_cuda()
+    args = parse_suite_args(parser)
     rows = measure(tuple(args.models), args.shape)
     report("lightning_step", rows, format_table(rows), args.json)
 

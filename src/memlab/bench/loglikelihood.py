@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from memlab.bench import train_step
-from memlab.bench.cli import require_cuda
-from memlab.bench.table import cell, report
+from memlab.bench.cli import parse_suite_args
+from memlab.bench.table import cell, report, table_header, table_row, with_table
 from memlab.bench.timing import time_ms
 from memlab.eval.packing import score_packed
 
@@ -92,12 +92,12 @@ def measure(models: tuple[str, ...] = MODELS) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | loglikelihood tokens/s | training forward tokens/s | ratio |", "|---|---|---|---|"]
+    lines = table_header("model", "loglikelihood tokens/s", "training forward tokens/s", "ratio")
     for r in rows:
-        lines.append(
-            f"| {r['config']} | {cell(r['adapter_tokens_per_s'] / 1e3, '.1f')}k "
-            f"| {cell(r['forward_tokens_per_s'] / 1e3, '.1f')}k | {cell(r['vs_forward'], '.2f')} |"
+        adapter, forward = (
+            f"{cell(r[k] / 1e3, '.1f')}k" for k in ("adapter_tokens_per_s", "forward_tokens_per_s")
         )
+        lines.append(table_row(r["config"], adapter, forward, cell(r["vs_forward"], ".2f")))
     batch, length = FORWARD_SHAPE
     lines.append(
         f"\nloglikelihood: {REQUESTS} requests (contexts 64-1024 tokens, continuations 1-16), "
@@ -109,16 +109,13 @@ def format_table(rows: list[dict]) -> str:
 
 def run() -> tuple[list[dict], str]:
     """The suite as ``scripts/bench.py`` runs it."""
-    rows = measure()
-    return rows, format_table(rows)
+    return with_table(measure(), format_table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(train_step.MODELS), default=list(MODELS))
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    require_cuda()
+    args = parse_suite_args(parser)
     rows = measure(tuple(args.models))
     report("loglikelihood", rows, format_table(rows), args.json)
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from memlab.bench.table import cell
-from memlab.bench.timing import peak_memory_mib, time_ms
+from memlab.bench.table import cell, table_header, table_row, with_table
+from memlab.bench.timing import time_and_peak
 from memlab.models.layers import Attention, MoMAttention
 
 D_MODEL, HEADS, HEAD_DIM, TOKENS = 1024, 4, 256, 32768
@@ -98,13 +98,7 @@ def run() -> tuple[list[dict], str]:
     for T in LENGTHS:
         x = torch.randn(TOKENS // T, T, D_MODEL, device="cuda", dtype=torch.bfloat16)
         for name, layer in named.items():
-            try:
-                call = _forward_backward(layer, x)
-                ms = time_ms(call)
-                peak = peak_memory_mib(call)
-            except torch.cuda.OutOfMemoryError:
-                ms = peak = None
-            torch.cuda.empty_cache()
+            ms, peak = time_and_peak(_forward_backward, layer, x)
             print(f"fwd+bwd T={T} {name}: {ms} ms", flush=True)
             tokens_per_s = TOKENS / ms * 1e3 if ms else None
             rows.append(
@@ -117,24 +111,21 @@ def run() -> tuple[list[dict], str]:
                     "tokens_per_s": tokens_per_s,
                 }
             )
-    return rows, format_table(rows)
+    return with_table(rows, format_table)
 
 
 def format_table(rows: list[dict]) -> str:
     ms = {(r["T"], r["impl"]): r["ms"] for r in rows}
-    lines = [
-        "| T | layer | ms | Mtok/s | peak MiB | time / our gdn | speed-up of our mom over it |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_header(
+        "T", "layer", "ms", "Mtok/s", "peak MiB", "time / our gdn", "speed-up of our mom over it"
+    )
     for r in rows:
         gdn, mom = ms.get((r["T"], "gdn")), ms.get((r["T"], "mom"))
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e6
         vs_gdn = r["ms"] / gdn if r["ms"] and gdn else None
         speedup = r["ms"] / mom if r["ms"] and mom else None
-        lines.append(
-            f"| {r['T']} | {r['impl']} | {cell(r['ms'], '.2f')} | {cell(tok, '.2f')} | "
-            f"{cell(r['peak_mib'], '.0f')} | {cell(vs_gdn, '.2f')} | {cell(speedup, '.2f')} |"
-        )
+        timed = cell(r["ms"], ".2f"), cell(tok, ".2f"), cell(r["peak_mib"], ".0f")
+        lines.append(table_row(r["T"], r["impl"], *timed, cell(vs_gdn, ".2f"), cell(speedup, ".2f")))
     lines.append(
         f"\nD={D_MODEL}; mom: {HEADS}x{HEAD_DIM}, {NUM_MEMORIES} memories, top-{TOPK}, shared; "
         f"gdn: same heads, one memory; attention: SDPA, {ATTENTION_HEADS} heads. bf16 weights and "

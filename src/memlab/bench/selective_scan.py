@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import torch
 
-from memlab.bench.cli import positive_int, require_cuda
-from memlab.bench.table import cell, report
+from memlab.bench.cli import parse_suite_args, positive_int
+from memlab.bench.table import cell, report, table_header, table_row, with_table
 from memlab.bench.timing import time_ms
 from memlab.kernels.selective_scan.torch_scan import selective_scan_torch
 
@@ -175,30 +175,25 @@ def measure(dtypes: tuple[str, ...] = ("bf16",), lengths: tuple[int, ...] = LENG
 
 def run() -> tuple[list[dict], str]:
     """The suite as ``scripts/bench.py`` runs it: bf16 and fp32, both lengths."""
-    rows = measure(("bf16", "fp32"))
-    return rows, format_table(rows)
+    return with_table(measure(("bf16", "fp32")), format_table)
 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of ``run``'s rows."""
 
-    lines = [
-        "| op | dtype | L | ours ms | twin ms | speedup | mamba-ssm ms | ours / mamba-ssm | floor ms "
-        "| % of floor | exponentials alone ms | % of floor at that time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = table_header(
+        "op", "dtype", "L", "ours ms", "twin ms", "speedup", "mamba-ssm ms", "ours / mamba-ssm", "floor ms",
+        "% of floor", "exponentials alone ms", "% of floor at that time",
+    )  # fmt: skip
     for r in rows:
-        floor = (
-            f"{r['floor_ms']:.3f} | {cell(r['pct_of_floor'], '.0f', 'OOM')} | {r['exp_ms']:.3f} | "
-            f"{r['pct_of_floor_if_exp_bound']:.0f}"
-            if "floor_ms" in r
-            else "- | - | - | -"
-        )
-        lines.append(
-            f"| {r['op']} | {r['dtype']} | {r['L']} | {cell(r['ours_ms'], '.3f', 'OOM')} | "
-            f"{cell(r['twin_ms'], '.2f', 'OOM')} | {cell(r['speedup'], '.1f', 'OOM')} | "
-            f"{cell(r['mamba_ssm_ms'], '.3f', '-')} | {cell(r['vs_mamba_ssm'], '.2f', '-')} | {floor} |"
-        )
+        floor = ("-",) * 4
+        if "floor_ms" in r:
+            pct, exp_pct = cell(r["pct_of_floor"], ".0f", "OOM"), f"{r['pct_of_floor_if_exp_bound']:.0f}"
+            floor = (f"{r['floor_ms']:.3f}", pct, f"{r['exp_ms']:.3f}", exp_pct)
+        ours = cell(r["ours_ms"], ".3f", "OOM"), cell(r["twin_ms"], ".2f", "OOM")
+        speedup = cell(r["speedup"], ".1f", "OOM")
+        theirs = cell(r["mamba_ssm_ms"], ".3f", "-"), cell(r["vs_mamba_ssm"], ".2f", "-")
+        lines.append(table_row(r["op"], r["dtype"], r["L"], *ours, speedup, *theirs, *floor))
     bw = rows[0]["copy_gbs"] if rows else float("nan")
     lines.append(f"\nbatch {BATCH}, dim {DIM}, N {N}; D, z, delta_bias, softplus on; copy {bw:.0f} GB/s")
     return "\n".join(lines)
@@ -208,9 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["bf16"], choices=sorted(DTYPES))
     parser.add_argument("--lengths", nargs="+", type=positive_int, default=list(LENGTHS))
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    require_cuda()
+    args = parse_suite_args(parser)
     rows = measure(tuple(args.dtypes), tuple(args.lengths))
     report("selective_scan", rows, format_table(rows), args.json)
 

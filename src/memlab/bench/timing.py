@@ -26,3 +26,18 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def time_and_peak(
+    build: Callable[..., Callable[[], object]], *args: object
+) -> tuple[float | None, float | None]:
+    """``time_ms`` and ``peak_memory_mib`` of the call ``build(*args)`` returns; (None, None)
+    where building or running it runs out of CUDA memory. Empties the CUDA cache after, so
+    that the next call measured gets the memory back."""
+    try:
+        call = build(*args)
+        ms, peak = time_ms(call), peak_memory_mib(call)
+    except torch.cuda.OutOfMemoryError:
+        ms = peak = None
+    torch.cuda.empty_cache()
+    return ms, peak

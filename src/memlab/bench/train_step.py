@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memlab.bench.cli import require_cuda
+from memlab.bench.cli import parse_suite_args
 from memlab.bench.stamp import write_results
-from memlab.bench.table import cell, report
+from memlab.bench.table import cell, report, table_header, table_row, with_table
 from memlab.bench.timing import time_ms
 from memlab.models import LanguageModel
 from memlab.models.captured_loss import CapturedLoss
@@ -208,25 +208,21 @@ def _has_transformers() -> bool:
 def run() -> tuple[list[dict], str]:
     """The suite as ``scripts/bench.py`` runs it: every model, shape and checkpointing mode,
     eager and from CUDA graphs."""
-    rows = measure(modes=("eager", "graph"))
-    return rows, format_table(rows)
+    return with_table(measure(modes=("eager", "graph")), format_table)
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| model | B × T | checkpointing | mode | ms / step | tokens/s | MFU | peak GiB | × Transformer |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = table_header(
+        "model", "B × T", "checkpointing", "mode", "ms / step", "tokens/s", "MFU", "peak GiB", "× Transformer"
+    )
     for r in rows:
         tok = None if r["tokens_per_s"] is None else r["tokens_per_s"] / 1e3
         mfu = None if r["mfu"] is None else 100 * r["mfu"]
         ms = cell(r["ms"], ".1f", "not capturable" if r.get("not_capturable") else "OOM")
-        lines.append(
-            f"| {r['config']} | {r['batch']} × {r['T']} | {r['checkpointing']} "
-            f"| {row_mode(r)} | {ms} "
-            f"| {cell(tok, '.1f')}k | {cell(mfu, '.1f')} % | {cell(r['peak_gib'], '.1f')} "
-            f"| {cell(r['vs_transformer'], '.2f')} |"
-        )
+        shape = f"{r['batch']} × {r['T']}"
+        rates = f"{cell(tok, '.1f')}k", f"{cell(mfu, '.1f')} %", cell(r["peak_gib"], ".1f")
+        ratio = cell(r["vs_transformer"], ".2f")
+        lines.append(table_row(r["config"], shape, r["checkpointing"], row_mode(r), ms, *rates, ratio))
     lines.append(
         "\nfp32 weights, bf16 autocast, fused AdamW; ms: median of do_bench over whole steps; "
         "MFU: 6 · active parameters · tokens/s over the GPU's peak bf16 FLOP/s; peak: "
@@ -252,9 +248,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(SHAPES))
     parser.add_argument("--checkpointing", nargs="+", choices=CHECKPOINTING, default=list(CHECKPOINTING))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager"])
-    parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
-    require_cuda()
+    args = parse_suite_args(parser)
     save = (lambda rows: write_results(args.json, {"train_step": rows})) if args.json else None
     rows = measure(tuple(args.models), tuple(args.shapes), tuple(args.checkpointing), tuple(args.modes), save)
     report("train_step", rows, format_table(rows), args.json)

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from memlab.data.arguments import integer_argument
-from memlab.data.step_sampler import StepBatchSampler, StepStreamState, resume_start
+from memlab.data.arguments import integer_argument, seed_argument
+from memlab.data.step_sampler import StepBatchSampler, StepStreamState
 from memlab.data.tasks.mqar import make_mqar
 from memlab.errors import ConfigError
 
@@ -148,14 +148,8 @@ class MQARDataModule(StepStreamState, LightningDataModule):
         super().__init__()
         self.vocab_size = integer_argument("vocab_size", vocab_size, minimum=4)
         self.batch_size = integer_argument("batch_size", batch_size, minimum=1)
-        self.eval_batch_size = (
-            self.batch_size
-            if eval_batch_size is None
-            else integer_argument("eval_batch_size", eval_batch_size, 1)
-        )
-        self.seed = integer_argument("seed", seed, minimum=0)
-        if self.seed >= 2**32:
-            raise ConfigError(f"data.seed must be in [0, 2**32) (got {self.seed})")
+        self.eval_batch_size = integer_argument("eval_batch_size", eval_batch_size, 1, self.batch_size)
+        self.seed = seed_argument(seed)
         if not isinstance(power_a, numbers.Real) or isinstance(power_a, bool) or not 0 < power_a < math.inf:
             raise ConfigError(f"data.power_a must be a finite number > 0 (got {power_a!r})")
         self.power_a = float(power_a)
@@ -197,13 +191,7 @@ class MQARDataModule(StepStreamState, LightningDataModule):
             self._split(split)
 
     def train_dataloader(self) -> DataLoader:
-        start_batch, rank, world_size = 0, 0, 1
-        if self.trainer is not None:
-            # Lightning restores the loop counters from a checkpoint before it asks for this
-            # loader, so global_step already counts the optimizer steps taken before the resume.
-            start_batch = self.trainer.global_step * self.trainer.accumulate_grad_batches
-            rank, world_size = self.trainer.global_rank, self.trainer.world_size
-            start_batch = resume_start(self._loaded, start_batch, world_size, self._stream_settings())
+        start_batch, rank, world_size = self._training_start()
         segments = self._split("train")
         sampler = StepBatchSampler(
             [len(s.input_ids) for s in segments],

@@ -11,10 +11,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from memlab.data.arguments import integer_argument
-from memlab.data.step_sampler import StepStreamState, resume_start
+from memlab.data.arguments import integer_argument, seed_argument
+from memlab.data.step_sampler import StepStreamState
 from memlab.data.tasks.passkey import MIN_VOCAB, make_passkey, min_passkey_length
-from memlab.errors import ConfigError
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "grid": 3}
 # Leads the seed words so these streams never coincide with another memlab numpy stream
@@ -108,14 +107,8 @@ class PasskeyDataModule(StepStreamState, LightningDataModule):
         self.num_val_examples = integer_argument("num_val_examples", num_val_examples, 1)
         self.num_test_examples = integer_argument("num_test_examples", num_test_examples, 1)
         self.batch_size = integer_argument("batch_size", batch_size, 1)
-        self.eval_batch_size = (
-            self.batch_size
-            if eval_batch_size is None
-            else integer_argument("eval_batch_size", eval_batch_size, 1)
-        )
-        self.seed = integer_argument("seed", seed, 0)
-        if self.seed >= 2**32:
-            raise ConfigError(f"data.seed must be in [0, 2**32) (got {self.seed})")
+        self.eval_batch_size = integer_argument("eval_batch_size", eval_batch_size, 1, self.batch_size)
+        self.seed = seed_argument(seed)
         self.num_workers = integer_argument("num_workers", num_workers, 0)
         self.pin_memory = bool(pin_memory)
         self._eval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -141,13 +134,7 @@ class PasskeyDataModule(StepStreamState, LightningDataModule):
         return make_passkey(num_examples, seq_len, self.needle_len, self.vocab_size, depth, rng=rng)
 
     def train_dataloader(self) -> DataLoader:
-        start_batch, rank, world_size = 0, 0, 1
-        if self.trainer is not None:
-            # Lightning restores the loop counters from a checkpoint before it asks for this
-            # loader, so global_step already counts the optimizer steps taken before the resume.
-            start_batch = self.trainer.global_step * self.trainer.accumulate_grad_batches
-            rank, world_size = self.trainer.global_rank, self.trainer.world_size
-            start_batch = resume_start(self._loaded, start_batch, world_size, self._stream_settings())
+        start_batch, rank, world_size = self._training_start()
         return DataLoader(
             _TrainStream(self, start_batch, rank, world_size),
             batch_size=None,

@@ -136,8 +136,8 @@ def saved_position(consumed: int, world_size: int, settings: dict[str, Any]) -> 
 class StepStreamState:
     """Checkpointing of a step-based training stream, for LightningDataModules (listed before
     LightningDataModule among the bases): ``state_dict`` saves the batches each rank consumed,
-    the world size and ``_stream_settings()``; ``load_state_dict`` keeps them for the next
-    training loader's ``resume_start(self._loaded, ...)``."""
+    the world size and ``_stream_settings()``; ``load_state_dict`` keeps them, and
+    ``_training_start`` gives the next training loader where to resume."""
 
     _loaded: dict[str, Any] | None = None
 
@@ -152,6 +152,19 @@ class StepStreamState:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = state_dict
+
+    def _training_start(self) -> tuple[int, int, int]:
+        """(start_batch, rank, world_size) of the training loader being built: the batches each
+        rank consumed before a resume (checked against the loaded position by ``resume_start``),
+        this process's rank and the world size; (0, 0, 1) without a trainer."""
+        start_batch, rank, world_size = 0, 0, 1
+        if self.trainer is not None:
+            # Lightning restores the loop counters from a checkpoint before it asks for this
+            # loader, so global_step already counts the optimizer steps taken before the resume.
+            start_batch = self.trainer.global_step * self.trainer.accumulate_grad_batches
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+            start_batch = resume_start(self._loaded, start_batch, world_size, self._stream_settings())
+        return start_batch, rank, world_size
 
     def _stream_settings(self) -> dict[str, Any]:
         """The settings the training batch order depends on, by the ``data.<key>`` that sets them."""

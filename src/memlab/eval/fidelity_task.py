@@ -18,6 +18,7 @@ from torch import nn
 
 from memlab.errors import ConfigError
 from memlab.eval.fidelity import PAIRINGS, eclmf_by_layer, etmf_cosines
+from memlab.eval.text_task import TextTask
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +155,11 @@ def _positive(key: str, value: Any) -> int:
     return int(value)
 
 
-def run_fidelity(
-    net: nn.Module,
-    datamodule: Any,
-    options: dict[str, Any],
-    amp: torch.dtype | None,
-    title: str,
-    output_dir: Path,
-) -> tuple[dict[str, float], Any, str]:
+def run_fidelity(task: TextTask) -> tuple[dict[str, float], Any, str]:
     """The task on the corpus' ``split`` documents: (metrics, figure, markdown table)."""
-    from memlab.eval.ppl_by_length import concatenated_tokens
-
-    needed = options["max_blocks"] * options["length"]
-    documents = (text for _, text in datamodule.eval_documents(options["split"]))
-    tokens = concatenated_tokens(documents, datamodule.tokenizer, needed)
+    opts = task.options
+    tokens = task.tokens(opts["max_blocks"] * opts["length"])
     result = evaluate_fidelity(
-        net, tokens, options["length"], options["max_blocks"], options["gaps"], options["pairing"], amp
+        task.net, tokens, opts["length"], opts["max_blocks"], opts["gaps"], opts["pairing"], task.amp
     )
-    table = result.table()
-    (output_dir / "fidelity.md").write_text(table)
-    figure = plot_fidelity(result, title, output_dir / "fidelity.png")
-    return result.metrics(), figure, table
+    return task.outputs(result, "fidelity", plot_fidelity)

@@ -3,7 +3,7 @@ MomForCausalLM. Differences in meaning (MoM's q convolution, its load-balancing 
 
 from __future__ import annotations
 
-from memlab.interop.table import Config, Field, Format, Param, Refusal, Rule, Spec, accepts_only
+from memlab.interop.table import Config, Field, Format, Param, Refusal, Rule, Spec, accepts_only, lm_fields
 
 
 def _fla_mlp_width(config: Config) -> int:
@@ -16,13 +16,8 @@ def _fla_mlp_width(config: Config) -> int:
 
 def _fla_fields(*mixer: Field) -> tuple[Field, ...]:
     return (
-        Field("vocab_size", "vocab_size"),
-        Field("d_model", "hidden_size"),
-        Field("n_layers", "num_hidden_layers"),
-        Field("norm_eps", "norm_eps"),
         # one norm_eps for the block norms and the gated output norm
-        Field("mixer.norm_eps", "norm_eps"),
-        Field("tie_embeddings", "tie_word_embeddings"),
+        *lm_fields(Field("norm_eps", "norm_eps"), Field("mixer.norm_eps", "norm_eps")),
         Field("mlp_hidden", "intermediate_size", read=_fla_mlp_width),
         Field("mixer.num_heads", "num_heads"),
         Field("mixer.head_dim", "head_dim"),

@@ -27,6 +27,18 @@ class Field:
     checked: bool = True
 
 
+def lm_fields(*norm_eps: Field) -> tuple[Field, ...]:
+    """The fields of the language model around its mixers, by the keys of transformers-style
+    configs; ``norm_eps``: the target's fields of the norms' epsilon, whose key differs."""
+    return (
+        Field("vocab_size", "vocab_size"),
+        Field("d_model", "hidden_size"),
+        Field("n_layers", "num_hidden_layers"),
+        *norm_eps,
+        Field("tie_embeddings", "tie_word_embeddings"),
+    )
+
+
 @dataclass(frozen=True)
 class Rule:
     """A target config key memlab has no counterpart for: an export writes ``value`` (a callable

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from memlab.interop.table import Config, Field, Format, Param, Refusal, Rule, accepts_only
+from memlab.interop.table import Config, Field, Format, Param, Refusal, Rule, accepts_only, lm_fields
 
 
 def _time_step_rank(config: Config) -> int:
@@ -21,11 +21,7 @@ MAMBA = Format(
     mixer="Mamba",
     matches=lambda spec: spec["mixer"] == "Mamba",
     fields=(
-        Field("vocab_size", "vocab_size"),
-        Field("d_model", "hidden_size"),
-        Field("n_layers", "num_hidden_layers"),
-        Field("norm_eps", "layer_norm_epsilon"),
-        Field("tie_embeddings", "tie_word_embeddings"),
+        *lm_fields(Field("norm_eps", "layer_norm_epsilon")),
         Field("mlp_hidden", "", read=lambda config: 0),  # a Mamba block has no MLP
         Field("mixer.d_state", "state_size"),
         Field("mixer.d_conv", "conv_kernel"),
@@ -101,11 +97,7 @@ LLAMA = Format(
     mixer="Attention",
     matches=lambda spec: spec["mixer"] == "Attention",
     fields=(
-        Field("vocab_size", "vocab_size"),
-        Field("d_model", "hidden_size"),
-        Field("n_layers", "num_hidden_layers"),
-        Field("norm_eps", "rms_norm_eps"),
-        Field("tie_embeddings", "tie_word_embeddings"),
+        *lm_fields(Field("norm_eps", "rms_norm_eps")),
         Field("mlp_hidden", "intermediate_size"),
         Field("mixer.num_heads", "num_attention_heads"),
         Field("mixer.head_dim", "head_dim", read=_head_dim),

@@ -160,29 +160,11 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        top_p: float | None = None,
-        prefill_chunk: int | None = None,
-        cuda_graph: bool = False,
+        self, input_ids: torch.Tensor, max_new_tokens: int, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        """Continue prompts input_ids [B, T] by ``max_new_tokens`` tokens -> int64 [B, T + new].
-
-        The prompt is read ``prefill_chunk`` tokens at a time (None: in one pass) into the
-        per-layer caches, then tokens are decoded one at a time from them. temperature 0 is
-        greedy; otherwise sample from the softmax of logits / temperature, restricted to the
-        ``top_k`` most likely tokens and to the nucleus of probability ``top_p`` if given
-        (``memlab.models.sampling``). ``cuda_graph``: replay the decoding step from a CUDA graph
-        (``memlab.models.captured_step``; the same tokens, without the launch overhead).
-        """
-        pieces = self.stream(
-            input_ids, max_new_tokens, temperature, top_k, generator, top_p, prefill_chunk, cuda_graph
-        )
-        return torch.cat(list(pieces), dim=1)
+        """Continue prompts input_ids [B, T] by ``max_new_tokens`` tokens -> int64 [B, T + new]:
+        ``stream``'s pieces (the same further arguments) joined along time."""
+        return torch.cat(list(self.stream(input_ids, max_new_tokens, *args, **kwargs)), dim=1)
 
     @torch.no_grad()
     def stream(
@@ -196,8 +178,16 @@ class LanguageModel(nn.Module):
         prefill_chunk: int | None = None,
         cuda_graph: bool = False,
     ) -> Iterator[torch.Tensor]:
-        """As ``generate``, one piece at a time: the prompt input_ids [B, T] once it is read, then
-        each new token int64 [B, 1] as soon as it is chosen."""
+        """Continue prompts input_ids [B, T] by ``max_new_tokens`` tokens, one piece at a time:
+        the prompt once it is read, then each new token int64 [B, 1] as soon as it is chosen.
+
+        The prompt is read ``prefill_chunk`` tokens at a time (None: in one pass) into the
+        per-layer caches, then tokens are decoded one at a time from them. temperature 0 is
+        greedy; otherwise sample from the softmax of logits / temperature, restricted to the
+        ``top_k`` most likely tokens and to the nucleus of probability ``top_p`` if given
+        (``memlab.models.sampling``). ``cuda_graph``: replay the decoding step from a CUDA graph
+        (``memlab.models.captured_step``; the same tokens, without the launch overhead).
+        """
         SamplingConfig(temperature, top_k, top_p)  # refuses bad values before any work
         param = next(self.parameters())
         B, T = input_ids.shape

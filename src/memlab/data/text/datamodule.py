@@ -25,6 +25,15 @@ from memlab.errors import ConfigError
 _SAMPLE_BY = ("document", "paragraph", "line")
 
 
+def _check_source(path: str | None, files: str | Sequence[str] | None, sample_by: str) -> None:
+    """ConfigError unless the documents come from exactly one of a Hub dataset (``path``) and
+    local ``files``, sampled by one of _SAMPLE_BY."""
+    if (path is None) == (files is None):
+        raise ConfigError("data: set exactly one of data.path (a Hub dataset) and data.files (local files)")
+    if sample_by not in _SAMPLE_BY:
+        raise ConfigError(f"data.sample_by must be one of {', '.join(_SAMPLE_BY)} (got {sample_by!r})")
+
+
 class TextDataModule(LightningDataModule):
     """Language-modelling batches streamed from a Hub dataset (``path``) or local files (``files``).
 
@@ -83,12 +92,7 @@ class TextDataModule(LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if (path is None) == (files is None):
-            raise ConfigError(
-                "data: set exactly one of data.path (a Hub dataset) and data.files (local files)"
-            )
-        if sample_by not in _SAMPLE_BY:
-            raise ConfigError(f"data.sample_by must be one of {', '.join(_SAMPLE_BY)} (got {sample_by!r})")
+        _check_source(path, files, sample_by)
         self.path, self.name, self.revision = path, name, revision
         self.splits = {"train": split, "val": val_split, "test": test_split}
         self.files = {"train": files, "val": val_files, "test": test_files}
@@ -97,15 +101,10 @@ class TextDataModule(LightningDataModule):
         self.vocab_size = integer_argument("vocab_size", vocab_size, 2)
         self.seq_len = integer_argument("seq_len", seq_len, 1)
         self.batch_size = integer_argument("batch_size", batch_size, 1)
-        self.eval_batch_size = (
-            self.batch_size
-            if eval_batch_size is None
-            else integer_argument("eval_batch_size", eval_batch_size, 1)
-        )
+        self.eval_batch_size = integer_argument("eval_batch_size", eval_batch_size, 1, self.batch_size)
         self.val_windows = integer_argument("val_windows", val_windows, 1)
         self.val_documents = integer_argument("val_documents", val_documents, 1)
-        self.cu_seqlens = bool(cu_seqlens)
-        self.shuffle = bool(shuffle)
+        self.cu_seqlens, self.shuffle = bool(cu_seqlens), bool(shuffle)
         self.shuffle_block = integer_argument("shuffle_block", shuffle_block, 1)
         self.seed = integer_argument("seed", seed, 0)
         self.num_workers = integer_argument("num_workers", num_workers, 0)

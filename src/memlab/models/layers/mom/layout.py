@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch
+from torch import Tensor
 
 from memlab.kernels.backend import resolve_fp32_backend
 from memlab.kernels.gated_delta_rule.torch_chunk import OP as CHUNK_OP
@@ -27,44 +27,36 @@ class Layout(Protocol):
     """Where the segments of a routing live, and the layer's operations on them."""
 
     def __init__(
-        self, routing: Routing, cu_seqlens: torch.Tensor | None, state: MoMState | None, backend: str | None
+        self, routing: Routing, cu_seqlens: Tensor | None, state: MoMState | None, backend: str | None
     ) -> None: ...
 
-    def time_conv(self, conv: ShortConvolution, u: torch.Tensor) -> torch.Tensor:
+    def time_conv(self, conv: ShortConvolution, u: Tensor) -> Tensor:
         """conv over each sequence in time order (q, shared by the memories)."""
 
-    def dispatch(
-        self, x: torch.Tensor, q: torch.Tensor, weight: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def dispatch(self, x: Tensor, q: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """q [B, T, H, K] to each of its token's visits, and x [B, T, D] through the visited
         memory's projection weight [M, D, F]."""
 
     def memory_conv(
-        self, k_conv: ShortConvolution, v_conv: ShortConvolution, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, k_conv: ShortConvolution, v_conv: ShortConvolution, k: Tensor, v: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """The k and v convs over each segment, never across segments."""
 
     def gated_delta_rule(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        g: torch.Tensor,
-        beta: torch.Tensor,
-        scale: float,
-    ) -> torch.Tensor:
+        self, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float
+    ) -> Tensor:
         """The recurrence over every segment in one call."""
 
-    def combine(self, o: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def combine(self, o: Tensor, weights: Tensor) -> Tensor:
         """Each token's visits' outputs mixed with weights [B, T, S] -> [B·T, H·V]."""
 
 
 def choose_layout(
     backend: str | None,
-    x: torch.Tensor,
+    x: Tensor,
     num_rows: int,
     state: MoMState | None,
-    cu_seqlens: torch.Tensor | None,
+    cu_seqlens: Tensor | None,
 ) -> type[PackedLayout] | type[PaddedLayout]:
     """The packed layout where the kernels resolve to Triton for x and no decoding state is
     passed, except with a single memory (num_rows == 1) and no packed documents, where the

@@ -9,6 +9,7 @@ every segment boundary.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from memlab.kernels import chunk_gated_delta_rule, combine_routed, l2norm
 from memlab.models.layers.mom.dispatch import dispatch_rows, grouped_mm_fits, packed_layout, project_packed
@@ -23,9 +24,7 @@ class PackedLayout:
     cu_seqlens (B == 1; its values are trusted: checking them would cost a host sync), with
     the N = B·T·S visits packed (see ``MoMAttention.forward``). No decoding state."""
 
-    def __init__(
-        self, routing: Routing, cu_seqlens: torch.Tensor | None, state: None, backend: str | None
-    ) -> None:
+    def __init__(self, routing: Routing, cu_seqlens: Tensor | None, state: None, backend: str | None) -> None:
         assert state is None, "the packed layout does not decode"
         self.cu_seqlens, self.backend = cu_seqlens, backend
         B, T, M = routing.visited.shape
@@ -43,14 +42,12 @@ class PackedLayout:
         )
         self.tokens = B * T
 
-    def time_conv(self, conv: ShortConvolution, u: torch.Tensor) -> torch.Tensor:
+    def time_conv(self, conv: ShortConvolution, u: Tensor) -> Tensor:
         """conv over each sequence (or document) in time order: u [B, T, C]."""
         y, _ = conv(u, cu_seqlens=self.cu_seqlens)
         return y
 
-    def dispatch(
-        self, x: torch.Tensor, q: torch.Tensor, weight: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def dispatch(self, x: Tensor, q: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """Each visit's q [B, T, H, K] -> [N, H·K] (normalised later, with k: the normalised
         copies are then the ones the gated delta rule keeps for its backward, and no other copy
         of q is kept), and its token x [B, T, D] through its memory's projection weight
@@ -62,8 +59,8 @@ class PackedLayout:
         return q, project_packed(flat, weight, self.segments, grouped, self.backend)
 
     def memory_conv(
-        self, k_conv: ShortConvolution, v_conv: ShortConvolution, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, k_conv: ShortConvolution, v_conv: ShortConvolution, k: Tensor, v: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """The k and v convs over the packed segments, restarting at every (sequence, memory)
         boundary, so that they never read another memory's or sequence's tokens. k, v: [N, C]
         -> [1, N, C]."""
@@ -72,14 +69,8 @@ class PackedLayout:
         return k, v
 
     def gated_delta_rule(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        g: torch.Tensor,
-        beta: torch.Tensor,
-        scale: float,
-    ) -> torch.Tensor:
+        self, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float
+    ) -> Tensor:
         """One variable-length gated-delta-rule launch over the segments, q and k normalised
         here. q [N, H·K]; k [1, N, H·K]; v [1, N, H·V]; g, beta [N, H] -> o [1, N, H, V]."""
         N, H = g.shape
@@ -96,7 +87,7 @@ class PackedLayout:
         )
         return o
 
-    def combine(self, o: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def combine(self, o: Tensor, weights: Tensor) -> Tensor:
         """Σ over each token's S visits of weight · output: o [1, N, H, V] -> [B·T, H·V]."""
         N, S = self.segments.source.numel(), weights.shape[-1]
         return combine_routed(

@@ -7,6 +7,7 @@ state continued from a cache); it pays for M·T token slots per sequence instead
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from memlab.kernels import chunk_gated_delta_rule, combine_routed, fused_recurrent_gated_delta_rule
 from memlab.models.layers.mom.dispatch import padded_layout
@@ -20,7 +21,7 @@ class PaddedLayout:
     (see ``MoMAttention.forward``); ``state``, if given, is continued and updated in place."""
 
     def __init__(
-        self, routing: Routing, cu_seqlens: torch.Tensor | None, state: MoMState | None, backend: str | None
+        self, routing: Routing, cu_seqlens: Tensor | None, state: MoMState | None, backend: str | None
     ) -> None:
         assert cu_seqlens is None, "packed documents reach the padded layout as rows (DocumentRows)"
         self.state, self.backend = state, backend
@@ -32,16 +33,14 @@ class PaddedLayout:
         if not self.single:  # destination [B, T, S], counts [B, M]
             self.destination, self.counts = padded_layout(routing.visited, routing.chosen)
 
-    def time_conv(self, conv: ShortConvolution, u: torch.Tensor) -> torch.Tensor:
+    def time_conv(self, conv: ShortConvolution, u: Tensor) -> Tensor:
         """conv over each sequence in time order, continuing the state's q tail: u [B, T, C]."""
         y, tail = conv(u, cache=None if self.state is None else self.state.q_tail)
         if self.state is not None:
             self.state.q_tail = tail
         return y
 
-    def dispatch(
-        self, x: torch.Tensor, q: torch.Tensor, weight: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def dispatch(self, x: Tensor, q: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """Each visit's q [B, T, H, K] -> [B, M, T, H·K], and its token x [B, T, D] through its
         memory's projection weight [M, D, F] -> [B, M, T, F]."""
         B, T, M, D = self.B, self.T, self.M, x.shape[-1]
@@ -56,8 +55,8 @@ class PaddedLayout:
         return q_rows, torch.einsum("bmtd,mdf->bmtf", x_rows, weight)
 
     def memory_conv(
-        self, k_conv: ShortConvolution, v_conv: ShortConvolution, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, k_conv: ShortConvolution, v_conv: ShortConvolution, k: Tensor, v: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """The k and v convs per row, over one memory's routed subsequence: they restart at every
         (sequence, memory) boundary and never read another memory's tokens. k, v: [B, M, T, C]
         -> [B·M, T, C]."""
@@ -73,14 +72,8 @@ class PaddedLayout:
         return k, v
 
     def gated_delta_rule(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        g: torch.Tensor,
-        beta: torch.Tensor,
-        scale: float,
-    ) -> torch.Tensor:
+        self, q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float
+    ) -> Tensor:
         """One gated-delta-rule call over the B·M rows (q and k normalised in the kernel), from
         and into the state's memories. q [B, M, T, H·K]; k [B·M, T, H·K]; v [B·M, T, H·V];
         g, beta [B, M, T, H] -> o [B·M, T, H, V]."""
@@ -108,7 +101,7 @@ class PaddedLayout:
             state.memory = final.view(B, M, *final.shape[1:])
         return o
 
-    def combine(self, o: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def combine(self, o: Tensor, weights: Tensor) -> Tensor:
         """Σ over each token's S visits of weight · output: o [B·M, T, H, V] -> [B·T, H·V]."""
         B, T, M = self.B, self.T, self.M
         if self.single:  # each token's one visit, at weight 1
