@@ -9,7 +9,8 @@ builds them; and Hugging Face's Llama at the Transformer's shape when ``transfor
 installed. Each at 4×2048, 1×8192 and 1×32768 tokens, with and without activation
 checkpointing (``model.activation_checkpointing``), in each ``--modes`` of running a step:
 ``eager``; ``compiled``, its blocks compiled (``compile_blocks``); ``graph``, the forward and
-backward replayed from CUDA graphs (``memlab.models.captured_loss``). MFU = 6 · active
+backward replayed from CUDA graphs (``memlab.models.captured_loss``); ``compiled_graph``, both:
+the compiled blocks' kernels captured and replayed. MFU = 6 · active
 parameters · tokens/s over the GPU's peak bf16 throughput (memlab.models.flops). Run by
 ``scripts/bench.py --suite train_step``, or alone with other choices by ``python -m
 memlab.bench.train_step``.
@@ -46,7 +47,7 @@ MODELS = {
 }
 SHAPES = ((4, 2048), (1, 8192), (1, 32768))
 CHECKPOINTING = ("none", "every_block")
-MODES = ("eager", "compiled", "graph")
+MODES = ("eager", "compiled", "graph", "compiled_graph")
 
 
 def build(name: str, checkpointing: str = "none") -> nn.Module:
@@ -118,14 +119,14 @@ def measure_one(
     model = step = None
     try:
         model = build(name, checkpointing).cuda()
-        if mode == "compiled":
+        if mode in ("compiled", "compiled_graph"):
             model.compile_blocks()
         row["params"] = sum(p.numel() for p in model.parameters())
         row["active_params"] = active_parameters(model) if name != "hf_llama" else _llama_active(model)
         # the peak from here: a graph's pool is allocated while it is captured, not replayed
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        step = train_step(model, batch, length, graph=mode == "graph")
+        step = train_step(model, batch, length, graph=mode in ("graph", "compiled_graph"))
         step()  # the optimizer state and the kernels' (and blocks') compilation, outside the timing
         step()
         torch.cuda.synchronize()
