@@ -50,14 +50,15 @@ def route(
             probs = F.linear(x.to(compute), router.weight.to(compute)).softmax(-1)
         top, chosen = probs.topk(topk, dim=-1)
         weights = top / top.sum(-1, keepdim=True)
-    # A scatter rather than F.one_hot, which checks index ranges on the host for CPU tensors.
-    routed = torch.zeros(B, T, num_memories, dtype=torch.long, device=x.device).scatter_(2, chosen, 1)
-    visited = routed
     if shared_mem:
         chosen = torch.cat([chosen, chosen.new_full((B, T, 1), num_memories)], dim=2)
         weights = torch.cat([weights, weights.new_ones(B, T, 1)], dim=2)
-        visited = torch.cat([routed, routed.new_ones(B, T, 1)], dim=2)
-    return Routing(probs, routed, visited, chosen, weights)
+    # A scatter rather than F.one_hot, which checks index ranges on the host for CPU tensors.
+    # The shared column comes from the same scatter, not a cat with ones: inductor (torch 2.11)
+    # fuses such a cat's index test into the layouts' cumsum, and its split-scan codegen fails.
+    M = num_memories + int(shared_mem)
+    visited = torch.zeros(B, T, M, dtype=torch.long, device=x.device).scatter_(2, chosen, 1)
+    return Routing(probs, visited[..., :num_memories], visited, chosen, weights)
 
 
 def load_balance(
