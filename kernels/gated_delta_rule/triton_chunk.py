@@ -39,8 +39,10 @@ def chunk_forward(
     """o [Tp, H, V] and the final states [N, H, K, V] fp32 (None unless output_final_state)
     for q, k [Tp, H, K], v [Tp, H, V], g, beta [Tp, H] packed along Tp (contiguous), an fp32
     initial state [N, H, K, V] or None, and the chunk layout (build_chunk_index)."""
-    gcum, _, w, u = prepare(k, v, g, beta, index)
+    gcum, Ai, w, u = prepare(k, v, g, beta, index)
+    del Ai  # each buffer is released as soon as its last reader is done: a lower peak
     h, v_new, final_state = state_pass(k, w, u, gcum, initial_state, output_final_state, index)
+    del w, u
     return output(q, k, v_new, h, gcum, scale, index), final_state
 
 
@@ -61,13 +63,16 @@ def chunk_backward(
     inputs; prepare and the state pass run again rather than being kept from the forward."""
     gcum, Ai, w, u = prepare(k, v, g, beta, index)
     h, v_new, _ = state_pass(k, w, u, gcum, initial_state, False, index)
+    del u  # as in chunk_forward, each buffer goes once its last reader is done
     # the kernels read dense rows: a gradient may come broadcast (that of final_state.sum())
     do, dht = do.contiguous(), (None if dht is None else dht.contiguous())
     dv_local = intra_dv(q, k, do, gcum, scale, index)
     dh, dv_new, dh0 = state_grad_pass(
         q, k, w, do, dv_local, gcum, dht, initial_state is not None, scale, index, h.dtype
     )
+    del w, dv_local
     dq, dk_part, dw, dG_part = dqkw(q, k, v_new, do, dv_new, h, dh, gcum, scale, index)
+    del h, dh, v_new
     dk, dv, dbeta, dg = wy_backward(k, v, beta, gcum, Ai, dw, dv_new, dk_part, dG_part, index)
     if dh0 is not None:
         dh0 = dh0.to(initial_state.dtype)
