@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from memlab.kernels.compare import rel_err
 from memlab.models.captured_loss import CapturedLoss
@@ -80,20 +81,29 @@ def test_lightning_trains_from_graphs_as_eagerly(tmp_path: Path) -> None:
     assert abs(graphed["val/loss"] - eager["val/loss"]) < 1e-2 * abs(eager["val/loss"])
 
 
-@pytest.mark.parametrize("name", ["attention", "gdn", "mamba"])
+@pytest.mark.parametrize("name", ["attention", "gdn", "mamba", "mom"])
 def test_captured_compiled_blocks_train_as_eager(name: str) -> None:
     """``module.compile`` with ``module.cuda_graph``: the compiled blocks' kernels are captured
-    (the warm-up passes compile them first) and replay eager's loss and gradients."""
-    reference, eager, graphed = [language_model(name, n_layers=2) for _ in range(3)]
+    (the warm-up passes compile them first) and replay eager's loss and gradients, also after
+    the weights changed in place."""
+    models = reference, eager, graphed = [language_model(name, n_layers=2) for _ in range(3)]
+    torch._dynamo.reset()  # earlier tests' compilations must not leave it at its recompile limit
+    counters.clear()
     graphed.compile_blocks()
-    ids = torch.randint(VOCAB, (2, 257), device=DEVICE)
+    batches = [torch.randint(VOCAB, (2, 257), device=DEVICE) for _ in range(2)]
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
-        captured = CapturedLoss(graphed, ids[:, :-1], ids[:, 1:].flatten())
-    for _ in range(2):  # the second replay reuses the capture
+        captured = CapturedLoss(graphed, batches[0][:, :-1], batches[0][:, 1:].flatten())
+    assert counters["stats"]["unique_graphs"] > 0  # the blocks were compiled, not run eagerly
+    for ids in batches:
         want, got = _backward(eager, ids), _backward(captured, ids)
         _backward(reference, ids, bf16=False)
         # inductor rounds to bf16 elsewhere than eager: test_compile.py's bounds
         assert rel_err(got, want) < COMPILE_TOL
         _assert_grads_as_eager(graphed, eager, reference, factor=2, tol=COMPILE_TOL)
-        for model in (reference, eager, graphed):
+        with torch.no_grad():  # one update for all three (eager's): the replay reads it in place
+            for params in zip(*(m.parameters() for m in models), strict=True):
+                update = 1e-2 * params[1].grad
+                for p in params:
+                    p -= update
+        for model in models:
             model.zero_grad(set_to_none=True)

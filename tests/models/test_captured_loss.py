@@ -4,9 +4,12 @@ of the graphs' memory; its replay against eager training is checked on the GPU
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.exc import InternalTorchDynamoError, TorchDynamoException
 
 from memlab.models import LanguageModel
 from memlab.models.captured_loss import CapturedLoss, _Layout
@@ -19,6 +22,30 @@ def test_a_model_off_the_gpu_is_not_capturable() -> None:
     ids = torch.randint(64, (2, 17))
     with pytest.raises(NotCapturable, match="CUDA device"):
         CapturedLoss(model, ids[:, :-1], ids[:, 1:].flatten())
+
+
+@pytest.mark.parametrize(
+    "error, reported",
+    [
+        (RuntimeError("operation not permitted when stream is capturing"), NotCapturable),
+        (
+            InternalTorchDynamoError("a compiled block failed"),
+            TorchDynamoException,
+        ),
+    ],
+)
+def test_capture_errors_name_their_cause(monkeypatch, error: Exception, reported: type) -> None:
+    """A step that reads the host cannot be captured; compiled blocks that fail to compile (in
+    the warm-up passes) are a compiler error, not a capture one, and are reported as such."""
+
+    def fail(self) -> None:
+        raise error
+
+    monkeypatch.setattr(CapturedLoss, "_capture", fail)
+    on_gpu = SimpleNamespace(is_cuda=True, clone=lambda: None)  # the capture itself is stubbed
+    with pytest.raises(reported) as raised:
+        CapturedLoss(LanguageModel(64, 32, 1, MIXERS["gdn"]), on_gpu, on_gpu)
+    assert isinstance(raised.value, NotCapturable) == (reported is NotCapturable)
 
 
 class _Graph:

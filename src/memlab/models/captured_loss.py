@@ -48,7 +48,8 @@ class CapturedLoss:
     Calling it with a batch of the same shape returns an ``LMOutput`` (loss, correct,
     aux_losses, stats; no logits) whose loss and aux losses backpropagate into the model's
     parameters. Raises ``NotCapturable`` where the model's step cannot be captured (an op that
-    reads values back to the host).
+    reads values back to the host); compiled blocks that fail to compile in the warm-up passes
+    raise the compiler's own error.
     """
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> None:
@@ -60,8 +61,8 @@ class CapturedLoss:
         self.autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         try:
             self._capture()
-        except torch.OutOfMemoryError:
-            raise  # a sizing matter, reported as such
+        except (torch.OutOfMemoryError, torch._dynamo.exc.TorchDynamoException):
+            raise  # a sizing matter, or compiled blocks failing to compile: reported as such
         except RuntimeError as error:  # a host read or a synchronisation inside the step
             raise NotCapturable(f"the training step cannot be captured in a CUDA graph: {error}") from error
         self._static_grads = {g.data_ptr() for g in self.grads if g is not None}
