@@ -54,3 +54,19 @@ def _backward(ctx, dy: Tensor) -> tuple:
 
 
 causal_conv1d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("memlab::causal_conv1d_update", mutates_args=("tail",))
+def causal_conv1d_update_op(
+    x: Tensor, tail: Tensor, weight: Tensor, bias: Tensor | None, silu: bool
+) -> Tensor:
+    """triton_update.causal_conv1d_update_triton: y [B, C] in x's dtype; ``tail`` [B, C, W−1]
+    shifted in place (a decoding step: forward only)."""
+    from memlab.kernels.causal_conv1d.triton_update import causal_conv1d_update_triton
+
+    return causal_conv1d_update_triton(x, tail, weight, bias, silu)
+
+
+@causal_conv1d_update_op.register_fake
+def _(x: Tensor, tail: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    return x.new_empty(x.shape)

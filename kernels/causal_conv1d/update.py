@@ -46,7 +46,11 @@ def _check(x: object, tail: object, weight: object, bias: object) -> None:
     refuse_grad(OP, {"x": x, "tail": tail, "weight": weight, "bias": bias})
 
 
-@opaque
+# torch.compile traces the op's checks and its Triton path (a custom op: library.py); the twin
+# stays a graph break, as it always was
+_update_twin = opaque(causal_conv1d_update_torch)
+
+
 def causal_conv1d_update(
     x: torch.Tensor,
     tail: torch.Tensor,
@@ -75,7 +79,10 @@ def causal_conv1d_update(
     if activation not in (None, "silu"):
         raise KernelInputError(f"{OP}: activation must be None or 'silu', got {activation!r}")
     if resolve_fp32_backend(backend, x, OP, (x, tail, weight, bias)) == "triton":
+        from memlab.kernels.causal_conv1d.library import causal_conv1d_update_op
         from memlab.kernels.causal_conv1d.triton_update import causal_conv1d_update_triton
 
+        if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+            return causal_conv1d_update_op(x, tail, weight, bias, activation == "silu")
         return causal_conv1d_update_triton(x, tail, weight, bias, activation == "silu")
-    return causal_conv1d_update_torch(x, tail, weight, bias, activation == "silu")
+    return _update_twin(x, tail, weight, bias, activation == "silu")

@@ -94,3 +94,42 @@ def _backward(ctx, do: Tensor, dht: Tensor | None) -> tuple:
 
 
 chunk_gated_delta_rule_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op(
+    "memlab::gated_delta_rule_step", mutates_args=("state", "q_tail", "k_tail", "v_tail")
+)
+def gated_delta_rule_step_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a: Tensor,
+    b: Tensor,
+    weights: Tensor | None,
+    visited: Tensor | None,
+    state: Tensor,
+    q_tail: Tensor,
+    k_tail: Tensor,
+    v_tail: Tensor,
+    q_conv: Tensor,
+    k_conv: Tensor,
+    v_conv: Tensor,
+    A_log: Tensor,
+    dt_bias: Tensor,
+    scale: float,
+) -> Tensor:
+    """triton_step.gated_delta_rule_step_triton: o [B, H, V] in q's dtype; the memories and the
+    conv tails updated in place (a decoding step: forward only)."""
+    from memlab.kernels.gated_delta_rule.triton_step import gated_delta_rule_step_triton
+
+    return gated_delta_rule_step_triton(
+        q, k, v, a, b, weights, visited, state, q_tail, k_tail, v_tail,
+        q_conv, k_conv, v_conv, A_log, dt_bias, scale,
+    )  # fmt: skip
+
+
+@gated_delta_rule_step_op.register_fake
+def _(q, k, v, a, b, weights, visited, state, q_tail, k_tail, v_tail,
+      q_conv, k_conv, v_conv, A_log, dt_bias, scale):  # fmt: skip
+    B, _, H, _, V = state.shape
+    return q.new_empty(B, H, V)

@@ -91,14 +91,19 @@ def gated_delta_rule_step_torch(
     return o.to(q.dtype)
 
 
-def gated_delta_rule_step_triton(*args, **kwargs) -> torch.Tensor:
-    """The Triton kernels, imported on first use."""
+def gated_delta_rule_step_triton(**named) -> torch.Tensor:
+    """The Triton kernels, imported on first use; under torch.compile the custom op of
+    library.py, one node of the compiled graph rather than a graph break."""
+    from memlab.kernels.gated_delta_rule.library import gated_delta_rule_step_op
     from memlab.kernels.gated_delta_rule.triton_step import gated_delta_rule_step_triton
 
-    return gated_delta_rule_step_triton(*args, **kwargs)
+    if torch.compiler.is_compiling():
+        return gated_delta_rule_step_op(**named)
+    return gated_delta_rule_step_triton(**named)
 
 
-_IMPLEMENTATIONS = {"torch": gated_delta_rule_step_torch}
+# the twin stays a graph break under torch.compile, as it always was
+_IMPLEMENTATIONS = {"torch": opaque(gated_delta_rule_step_torch)}
 if HAS_TRITON:
     _IMPLEMENTATIONS["triton"] = gated_delta_rule_step_triton
 
@@ -152,7 +157,6 @@ def _check(named: dict[str, torch.Tensor]) -> None:
     refuse_grad(OP, named)
 
 
-@opaque
 def gated_delta_rule_step(
     q: torch.Tensor,
     k: torch.Tensor,

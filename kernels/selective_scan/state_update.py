@@ -93,7 +93,11 @@ def _state_update_torch(
     return out.to(x.dtype)
 
 
-@opaque
+# torch.compile traces the op's checks and its Triton path (a custom op: library.py); the twin
+# stays a graph break, as it always was
+_state_update_twin = opaque(_state_update_torch)
+
+
 def selective_state_update(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -132,7 +136,10 @@ def selective_state_update(
     _check_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_proj, A_log)
     tensors = (state, x, dt, A, B, C, D, z, dt_bias)
     if resolve_fp32_backend(backend, x, "selective_state_update", (*tensors, dt_proj, A_log)) == "triton":
+        from memlab.kernels.selective_scan.library import selective_state_update_op
         from memlab.kernels.selective_scan.triton_state_update import selective_state_update_triton
 
+        if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+            return selective_state_update_op(*tensors, dt_softplus, dt_proj, A_log)
         return selective_state_update_triton(*tensors, dt_softplus=dt_softplus, dt_proj=dt_proj, A_log=A_log)
-    return _state_update_torch(*tensors, dt_softplus, dt_proj, A_log)
+    return _state_update_twin(*tensors, dt_softplus, dt_proj, A_log)

@@ -27,7 +27,11 @@ def topk_route_torch(
     return weights, visited
 
 
-@opaque
+# torch.compile traces the op's checks and its Triton path (a custom op: library.py); the twin
+# stays a graph break, as it always was
+_topk_route_twin = opaque(topk_route_torch)
+
+
 def topk_route(
     x: torch.Tensor, router: torch.Tensor, topk: int, shared_mem: bool, backend: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +70,10 @@ def topk_route(
     check_size(OP, "topk", topk, E, "memories per token")
     refuse_grad(OP, {"x": x, "router": router})
     if resolve_fp32_backend(backend, x, OP, (x, router)) == "triton":
+        from memlab.kernels.topk_route.library import topk_route_op
         from memlab.kernels.topk_route.triton_route import topk_route_triton
 
+        if torch.compiler.is_compiling():  # one node of the compiled graph, not a graph break
+            return topk_route_op(x, router, topk, shared_mem)
         return topk_route_triton(x, router, topk, shared_mem)
-    return topk_route_torch(x, router, topk, shared_mem)
+    return _topk_route_twin(x, router, topk, shared_mem)

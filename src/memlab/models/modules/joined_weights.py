@@ -23,6 +23,10 @@ class JoinedWeights:
 
     def __call__(self, dtype: torch.dtype, *weights: torch.Tensor) -> torch.Tensor:
         """-> [ΣN_i, D] in ``dtype`` (the dtype the GEMV runs in, so it casts nothing per call)."""
+        if torch.compiler.is_compiling() and self._joined is not None and self._joined.dtype == dtype:
+            # a compiled step reads the join as ``refresh`` left it (decoding refreshes it before
+            # each generation): the key's pointers and version counters are not traceable
+            return self._joined
         if _key(dtype, weights) != self._key:
             self.refresh(dtype, *weights)
         return self._joined
