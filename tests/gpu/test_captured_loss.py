@@ -49,6 +49,18 @@ def _assert_grads_as_eager(
     assert not bad, "; ".join(bad)
 
 
+def _update_in_place(models: list[nn.Module]) -> None:
+    """One step of eager's (the second model's) gradients for all the models, in place, so they
+    stay equal and the graphs must read the new weights; then the gradients are cleared."""
+    with torch.no_grad():
+        for params in zip(*(m.parameters() for m in models), strict=True):
+            update = 1e-2 * params[1].grad
+            for p in params:
+                p -= update
+    for model in models:
+        model.zero_grad(set_to_none=True)
+
+
 @pytest.mark.parametrize("name", list(MIXERS))
 def test_captured_steps_train_as_eager_steps(name: str) -> None:
     models = reference, eager, graphed = [language_model(name, n_layers=2) for _ in range(3)]
@@ -61,13 +73,7 @@ def test_captured_steps_train_as_eager_steps(name: str) -> None:
         _backward(reference, ids, bf16=False)
         assert rel_err(got, want) < TOLERANCE  # the forward replays eager's kernels exactly
         _assert_grads_as_eager(graphed, eager, reference)
-        with torch.no_grad():  # one update for all three (eager's), so that they stay equal
-            for params in zip(*(m.parameters() for m in models), strict=True):
-                update = 1e-2 * params[1].grad
-                for p in params:
-                    p -= update
-        for model in models:
-            model.zero_grad(set_to_none=True)
+        _update_in_place(models)
     for ids in batches[2:]:  # accumulated, not zeroed: each backward adds to the last
         _backward(eager, ids), _backward(captured, ids), _backward(reference, ids, bf16=False)
     _assert_grads_as_eager(graphed, eager, reference)
@@ -100,10 +106,4 @@ def test_captured_compiled_blocks_train_as_eager(name: str) -> None:
         # inductor rounds to bf16 elsewhere than eager: test_compile.py's bounds
         assert rel_err(got, want) < COMPILE_TOL
         _assert_grads_as_eager(graphed, eager, reference, factor=2, tol=COMPILE_TOL)
-        with torch.no_grad():  # one update for all three (eager's): the replay reads it in place
-            for params in zip(*(m.parameters() for m in models), strict=True):
-                update = 1e-2 * params[1].grad
-                for p in params:
-                    p -= update
-        for model in models:
-            model.zero_grad(set_to_none=True)
+        _update_in_place(models)
