@@ -43,3 +43,16 @@ def test_compiled_blocks_train_as_eager(name: str) -> None:
     with torch.no_grad():
         logits = model(tokens[:, :-1]).logits
     assert torch.equal(logits[:, 19:].argmax(-1), tokens[:, 20:])
+
+
+@pytest.mark.parametrize("name", ["mamba", "mom", "gdn"])
+def test_compiled_batch1_prefill_in_chunks(name: str) -> None:
+    """A batch-1 prompt read in chunks, each continuing the caches, through compiled blocks:
+    few rows along a long time axis are where inductor splits its scans across programs."""
+    model = language_model(name, n_layers=2).eval()
+    ids = torch.randint(VOCAB, (1, 1100), device=DEVICE)
+    model.compile_blocks()
+    tokens = model.generate(ids, 4, prefill_chunk=512)
+    with torch.no_grad():
+        logits = model(tokens[:, :-1]).logits
+    assert torch.equal(logits[:, 1099:].argmax(-1), tokens[:, 1100:])

@@ -120,6 +120,9 @@ def measure_one(
     try:
         model = build(name, checkpointing).cuda()
         if mode in ("compiled", "compiled_graph"):
+            # all models' blocks share Block.forward's code, whose compilations dynamo counts
+            # against one recompile limit: each model starts afresh, as alone in a process
+            torch._dynamo.reset()
             model.compile_blocks()
         row["params"] = sum(p.numel() for p in model.parameters())
         row["active_params"] = active_parameters(model) if name != "hf_llama" else _llama_active(model)

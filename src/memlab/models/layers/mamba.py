@@ -45,6 +45,14 @@ from memlab.models.schema import Schema, option
 _CARRY_BLOCK = 256
 
 
+@torch.compiler.disable
+def _cumsum(x: torch.Tensor) -> torch.Tensor:
+    """x.cumsum(-1), kept out of torch.compile: for few rows (a batch-1 prefill) inductor
+    splits the scan across programs, and torch 2.11 cannot generate that kernel when it reads
+    a strided input with a broadcast one (here softplus(delta + bias) of a transposed view)."""
+    return x.cumsum(-1)
+
+
 @dataclass(frozen=True)
 class MambaConfig(Schema):
     """Mamba-1's options: ``model.mixer.*`` of model=mamba, ``model.mixer.backbone.*`` of MemMamba.
@@ -274,7 +282,7 @@ class Mamba(nn.Module):
         """
         dtype = h0.dtype
         dt = F.softplus(delta.to(dtype) + self.dt_proj.bias.to(dtype)[:, None])
-        elapsed = dt.cumsum(-1)  # ≥ 0, so A · elapsed ≤ 0: the exponentials cannot overflow
+        elapsed = _cumsum(dt)  # ≥ 0, so A · elapsed ≤ 0: the exponentials cannot overflow
         A_c, C_c = A.to(dtype), C.to(dtype)
         parts = []
         for span, C_blk in zip(elapsed.split(_CARRY_BLOCK, -1), C_c.split(_CARRY_BLOCK, -1), strict=True):
