@@ -17,6 +17,7 @@ from memlab.kernels import chunk_gated_delta_rule, fused_recurrent_gated_delta_r
 from memlab.kernels.gated_delta_rule import naive_recurrent_gated_delta_rule
 from memlab.models.layers import MoMAttention
 from memlab.models.layers.mom import padded
+from memlab.models.layers.mom.routing import route
 
 F64 = torch.float64
 D, H, K = 16, 2, 8
@@ -200,6 +201,36 @@ def test_convs_never_read_across_memories() -> None:
         out = layer(perturbed).hidden
         torch.testing.assert_close(out[:, 1 - parity :: 2], base[:, 1 - parity :: 2], rtol=0, atol=1e-12)
         assert not torch.allclose(out[:, parity::2], base[:, parity::2])
+
+
+def test_router_keeps_no_fp32_copy_of_its_input_under_autocast() -> None:
+    """Under autocast the router's fp32 logits are computed from the layer's bf16 input, which
+    the projections keep anyway: no fp32 [B, T, D] copy of x is saved for the backward, and
+    the gradients are those of an fp32 linear over that input."""
+    d_model = 3 * H * K  # unlike any other activation's width
+    layer = MoMAttention(d_model, num_heads=H, head_dim=K, num_memories=4, topk=2, backend="torch")
+    x = torch.randn(2, 40, d_model, requires_grad=True)
+    saved = []
+    keep = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t)
+    with keep, torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    weights = {id(p) for p in layer.parameters()}
+    fp32_rows = [t for t in saved if t.dtype == torch.float32 and t.shape[-1:] == (d_model,)]
+    assert not [t for t in fp32_rows if id(t) not in weights]
+
+    u = x.detach().bfloat16().requires_grad_()
+    weight = layer.router.weight.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        probs = route(u, layer.router, 4, 2, True, torch.float32).probs
+        want = F.linear(u.float(), weight).softmax(-1)
+    grad = torch.randn_like(probs)
+    probs.backward(grad)
+    want.backward(grad)
+    torch.testing.assert_close(probs, want, rtol=0, atol=0)
+    torch.testing.assert_close(layer.router.weight.grad, weight.grad)
+    assert u.grad.dtype == torch.bfloat16
+    out.hidden.float().sum().backward()  # x's gradient comes back through the cast, in fp32
+    assert x.grad.dtype == torch.float32 and x.grad.abs().sum() > 0
 
 
 def test_aux_loss_and_loads_on_a_known_routing() -> None:

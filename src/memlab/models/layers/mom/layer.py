@@ -177,10 +177,10 @@ class MoMAttention(nn.Module):
         H, K, V = self.num_heads, self.head_dim, self.value_dim
         compute = torch.promote_types(x.dtype, torch.float32)
 
+        u = autocast_input(x)  # cast once for the projections and the router (and saved once)
         # each token's top-k memories (and the shared one) and their weights w_t
-        routing = route(x, self.router, self.num_memories, self.topk, self.shared_mem, compute)
+        routing = route(u, self.router, self.num_memories, self.topk, self.shared_mem, compute)
         layout = Layout(routing, cu_seqlens, state, self.backend)
-        u = autocast_input(x)  # cast once for the three projections (and saved once for backward)
         q = layout.time_conv(self.q_conv, self.q_proj(u)).unflatten(-1, (H, K))  # shared by the memories
         q, kvba = layout.dispatch(u, q, self.memory_proj)  # to each visited memory, through its projection
         k, v, b, a = kvba.split([H * K, H * V, H, H], dim=-1)
@@ -209,7 +209,7 @@ class MoMAttention(nn.Module):
         B = x.shape[0]
         H, K, V = self.num_heads, self.head_dim, self.value_dim
         token = x[:, 0]
-        weights, visited = self._step_weights(token)
+        weights, visited = self._step_weights(autocast_input(token))  # as forward routes
         for name in ("memory", "q_tail", "k_tail", "v_tail"):  # in place: a T = 1 forward with
             setattr(state, name, getattr(state, name).contiguous())  # grad may leave views
         tail_dtype = state.q_tail.dtype  # the model's; under autocast the projections' may differ

@@ -47,7 +47,7 @@ def route(
         # in fp32 even under autocast: bf16 logits round near-ties differently depending on
         # the matmul's shape, so the packed and padded layouts could route a token apart
         with torch.autocast(x.device.type, enabled=False):
-            probs = F.linear(x.to(compute), router.weight.to(compute)).softmax(-1)
+            probs = _RouterLogits.apply(x, router.weight, compute).softmax(-1)
         top, chosen = probs.topk(topk, dim=-1)
         weights = top / top.sum(-1, keepdim=True)
     if shared_mem:
@@ -59,6 +59,27 @@ def route(
     M = num_memories + int(shared_mem)
     visited = torch.zeros(B, T, M, dtype=torch.long, device=x.device).scatter_(2, chosen, 1)
     return Routing(probs, visited[..., :num_memories], visited, chosen, weights)
+
+
+class _RouterLogits(torch.autograd.Function):
+    """x [B, T, D] @ weightᵀ in ``compute`` dtype -> logits [B, T, E], keeping x for the
+    backward as it came (the layer's autocast input, bf16 under autocast, already kept for its
+    projections) rather than the fp32 copy a plain F.linear would keep."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(x.to(compute), weight.to(compute))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = (grad @ weight.to(grad.dtype)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            dw = (grad.flatten(0, -2).T @ x.flatten(0, -2).to(grad.dtype)).to(weight.dtype)
+        return dx, dw, None
 
 
 def load_balance(
