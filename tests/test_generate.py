@@ -81,6 +81,12 @@ def test_ckpt_path_last_and_a_number_as_prompt(text_run, tmp_path: Path, capsys)
     assert capsys.readouterr().out.startswith("1234")
 
 
+def test_compiled_blocks_decode_as_eager_ones(text_run, tmp_path: Path) -> None:
+    prompts = "prompt=['<d0001>ab','<d0002>xy']"
+    eager = run_generate(text_run, tmp_path, prompts)
+    assert run_generate(text_run, tmp_path, prompts, "compile=true") == eager
+
+
 def test_sampling_is_seeded(text_run, tmp_path: Path) -> None:
     sampled = ["prompt=abc", "sampling.temperature=1.5", "sampling.top_k=50", "sampling.top_p=0.95"]
     a = run_generate(text_run, tmp_path, *sampled, "seed=1")
@@ -97,6 +103,7 @@ def test_sampling_is_seeded(text_run, tmp_path: Path) -> None:
         (["prompt=a", "sampling.top_p=1.5"], "sampling.top_p must be <= 1 (got 1.5)"),
         (["prompt=a", "sampling.temperature=-1"], "sampling.temperature must be >= 0"),
         (["prompt=a", "max_new_tokens=-1"], "max_new_tokens: expected an integer >= 0"),
+        (["prompt=a", "compile=yes"], "compile=yes: expected true or false"),
     ],
 )
 def test_bad_inputs_are_config_errors(text_run, tmp_path: Path, overrides: list[str], message: str) -> None:

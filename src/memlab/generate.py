@@ -53,6 +53,7 @@ class Options:
     device: torch.device
     amp: torch.dtype | None
     cuda_graph: bool | None  # None: where the device and the model allow
+    compile: bool  # torch.compile the network's blocks before decoding
 
     @classmethod
     def of(cls, cfg: DictConfig) -> Options:
@@ -64,6 +65,8 @@ class Options:
             raise ConfigError(f"cuda_graph={graph}: expected auto, true or false")
         if graph is True and device.type != "cuda":
             raise ConfigError(f"cuda_graph=true needs a CUDA device (device={device})")
+        if cfg.get("compile", False) not in (True, False):
+            raise ConfigError(f"compile={cfg.get('compile')}: expected true or false")
         return cls(
             prompts=_prompts(cfg),
             sampling=SamplingConfig.build(OmegaConf.to_container(cfg.sampling, resolve=True)),
@@ -73,6 +76,7 @@ class Options:
             device=device,
             amp=AMP_DTYPES[cfg.get("amp_dtype")] if device.type == "cuda" else None,
             cuda_graph=None if graph == "auto" else graph,
+            compile=cfg.get("compile", False),
         )
 
 
@@ -90,6 +94,8 @@ def generate(cfg: DictConfig) -> list[str]:
             f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens, more than the model's "
             f"vocabulary ({net.vocab_size})"
         )
+    if opts.compile:
+        net.compile_blocks()
     generator = torch.Generator(opts.device).manual_seed(opts.seed)
     timing = Timing()
     stream = _Streamer(tokenizer) if len(opts.prompts) == 1 else None
