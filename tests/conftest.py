@@ -44,6 +44,19 @@ def compose_config(overrides: list[str], run_dir: Path, config_name: str = "trai
 
 
 @pytest.fixture
+def fresh_compiler() -> dict:
+    """torch.compile from scratch, with dynamo's counters at zero; yields the counters (a test
+    that must have compiled checks ``["stats"]["unique_graphs"]``). Every mixer's blocks share
+    Block.forward's code, and past its recompile limit dynamo runs that code eagerly: without a
+    reset, a test's outcome would depend on the compiled tests that ran before it."""
+    from torch._dynamo.utils import counters
+
+    torch.compiler.reset()
+    counters.clear()
+    return counters
+
+
+@pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     def make(overrides: list[str] = (), run: str = "run", config_name: str = "train") -> DictConfig:
         return compose_config([*TINY, *overrides], tmp_path / run, config_name)

@@ -81,10 +81,12 @@ def test_ckpt_path_last_and_a_number_as_prompt(text_run, tmp_path: Path, capsys)
     assert capsys.readouterr().out.startswith("1234")
 
 
-def test_compiled_blocks_decode_as_eager_ones(text_run, tmp_path: Path) -> None:
+def test_compiled_blocks_decode_as_eager_ones(text_run, tmp_path: Path, fresh_compiler: dict) -> None:
     prompts = "prompt=['<d0001>ab','<d0002>xy']"
     eager = run_generate(text_run, tmp_path, prompts)
+    assert fresh_compiler["stats"]["unique_graphs"] == 0
     assert run_generate(text_run, tmp_path, prompts, "compile=true") == eager
+    assert fresh_compiler["stats"]["unique_graphs"] > 0
 
 
 def test_sampling_is_seeded(text_run, tmp_path: Path) -> None:

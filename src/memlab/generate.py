@@ -65,7 +65,7 @@ class Options:
             raise ConfigError(f"cuda_graph={graph}: expected auto, true or false")
         if graph is True and device.type != "cuda":
             raise ConfigError(f"cuda_graph=true needs a CUDA device (device={device})")
-        if cfg.get("compile", False) not in (True, False):
+        if not isinstance(cfg.get("compile", False), bool):
             raise ConfigError(f"compile={cfg.get('compile')}: expected true or false")
         return cls(
             prompts=_prompts(cfg),

@@ -26,7 +26,7 @@ def _loss_and_grads(model, ids: torch.Tensor, bf16: bool = True) -> list[torch.T
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_compiled_blocks_train_as_eager(name: str) -> None:
+def test_compiled_blocks_train_as_eager(name: str, fresh_compiler: dict) -> None:
     model = language_model(name, n_layers=2)
     ids = torch.randint(VOCAB, (2, 257), device=DEVICE)
     names = ["loss", *(n for n, _ in model.named_parameters())]
@@ -38,6 +38,7 @@ def test_compiled_blocks_train_as_eager(name: str) -> None:
         errors = [rel_err(g, r) for g, r in zip(got, ref, strict=True)]
         bad = [f"{n} {e:.2e} > {b:.2e}" for n, e, b in zip(names, errors, bounds, strict=True) if not e <= b]
         assert not bad, "; ".join(bad)
+    assert fresh_compiler["stats"]["unique_graphs"] > 0  # compiled, not run eagerly
     model.eval()
     tokens = model.generate(ids[:, :20], 8)
     with torch.no_grad():
@@ -45,14 +46,15 @@ def test_compiled_blocks_train_as_eager(name: str) -> None:
     assert torch.equal(logits[:, 19:].argmax(-1), tokens[:, 20:])
 
 
-@pytest.mark.parametrize("name", ["mamba", "mom", "gdn"])
-def test_compiled_batch1_prefill_in_chunks(name: str) -> None:
+@pytest.mark.parametrize("name", ["mamba", "memmamba", "mom", "gdn"])
+def test_compiled_batch1_prefill_in_chunks(name: str, fresh_compiler: dict) -> None:
     """A batch-1 prompt read in chunks, each continuing the caches, through compiled blocks:
     few rows along a long time axis are where inductor splits its scans across programs."""
     model = language_model(name, n_layers=2).eval()
     ids = torch.randint(VOCAB, (1, 1100), device=DEVICE)
     model.compile_blocks()
     tokens = model.generate(ids, 4, prefill_chunk=512)
+    assert fresh_compiler["stats"]["unique_graphs"] > 0
     with torch.no_grad():
         logits = model(tokens[:, :-1]).logits
     assert torch.equal(logits[:, 1099:].argmax(-1), tokens[:, 1100:])

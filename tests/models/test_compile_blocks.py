@@ -25,7 +25,7 @@ def _loss_and_grads(model: LanguageModel, ids: torch.Tensor) -> list[torch.Tenso
 
 
 @pytest.mark.parametrize("name", list(MIXERS))
-def test_compiled_blocks_give_the_eager_loss_and_gradients(name: str) -> None:
+def test_compiled_blocks_give_the_eager_loss_and_gradients(name: str, fresh_compiler: dict) -> None:
     torch.manual_seed(0)
     model = LanguageModel(64, 32, 2, MIXERS[name])
     ids = torch.randint(64, (2, 33))
@@ -37,6 +37,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(name: str) -> None:
         got = _loss_and_grads(model, ids)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert fresh_compiler["stats"]["unique_graphs"] > 0
 
 
 def test_compiled_memmamba_leaves_its_chunk_layout_to_the_host() -> None:

@@ -219,16 +219,18 @@ def test_router_keeps_no_fp32_copy_of_its_input_under_autocast() -> None:
     assert not [t for t in fp32_rows if id(t) not in weights]
 
     u = x.detach().bfloat16().requires_grad_()
+    u_fp32 = u.detach().float().requires_grad_()
     weight = layer.router.weight.detach().clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
         probs = route(u, layer.router, 4, 2, True, torch.float32).probs
-        want = F.linear(u.float(), weight).softmax(-1)
+        want = F.linear(u_fp32, weight).softmax(-1)
     grad = torch.randn_like(probs)
     probs.backward(grad)
     want.backward(grad)
     torch.testing.assert_close(probs, want, rtol=0, atol=0)
     torch.testing.assert_close(layer.router.weight.grad, weight.grad)
     assert u.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(u.grad, u_fp32.grad.bfloat16())
     out.hidden.float().sum().backward()  # x's gradient comes back through the cast, in fp32
     assert x.grad.dtype == torch.float32 and x.grad.abs().sum() > 0
 

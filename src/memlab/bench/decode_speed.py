@@ -106,7 +106,7 @@ def measure(
             model.generation_config.pad_token_id = 0
         elif "compiled_graph" in modes:
             compiled = build(name).to(device="cuda", dtype=torch.bfloat16).eval()
-            torch._dynamo.reset()  # a fresh recompile count per model (see train_step.measure_one)
+            torch.compiler.reset()  # a fresh recompile count per model (see train_step.measure_one)
             compiled.compile_blocks()
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         for batch in batches:

@@ -122,7 +122,7 @@ def measure_one(
         if mode in ("compiled", "compiled_graph"):
             # all models' blocks share Block.forward's code, whose compilations dynamo counts
             # against one recompile limit: each model starts afresh, as alone in a process
-            torch._dynamo.reset()
+            torch.compiler.reset()
             model.compile_blocks()
         row["params"] = sum(p.numel() for p in model.parameters())
         row["active_params"] = active_parameters(model) if name != "hf_llama" else _llama_active(model)

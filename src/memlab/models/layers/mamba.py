@@ -47,9 +47,10 @@ _CARRY_BLOCK = 256
 
 @torch.compiler.disable
 def _cumsum(x: torch.Tensor) -> torch.Tensor:
-    """x.cumsum(-1), kept out of torch.compile: for few rows (a batch-1 prefill) inductor
-    splits the scan across programs, and torch 2.11 cannot generate that kernel when it reads
-    a strided input with a broadcast one (here softplus(delta + bias) of a transposed view)."""
+    """x.cumsum(-1), always outside torch.compile (a graph break in every prefill from a
+    state, beside the selective scan's own): for few rows, as at batch 1, inductor splits the
+    scan across programs, and torch 2.11 cannot generate that kernel when it reads a strided
+    input with a broadcast one (here softplus(delta + bias) of a transposed view)."""
     return x.cumsum(-1)
 
 

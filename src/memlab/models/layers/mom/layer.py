@@ -208,8 +208,8 @@ class MoMAttention(nn.Module):
         the memories' recurrence, convs and gates in one op (``gated_delta_rule_step``)."""
         B = x.shape[0]
         H, K, V = self.num_heads, self.head_dim, self.value_dim
-        token = x[:, 0]
-        weights, visited = self._step_weights(autocast_input(token))  # as forward routes
+        token = autocast_input(x[:, 0])  # cast once, for the router (as forward routes) and the GEMV
+        weights, visited = self._step_weights(token)
         for name in ("memory", "q_tail", "k_tail", "v_tail"):  # in place: a T = 1 forward with
             setattr(state, name, getattr(state, name).contiguous())  # grad may leave views
         tail_dtype = state.q_tail.dtype  # the model's; under autocast the projections' may differ

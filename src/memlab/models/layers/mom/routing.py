@@ -62,9 +62,10 @@ def route(
 
 
 class _RouterLogits(torch.autograd.Function):
-    """x [B, T, D] @ weightᵀ in ``compute`` dtype -> logits [B, T, E], keeping x for the
-    backward as it came (the layer's autocast input, bf16 under autocast, already kept for its
-    projections) rather than the fp32 copy a plain F.linear would keep."""
+    """x [B, T, D] @ weight [E, D]ᵀ in ``compute`` dtype -> logits [B, T, E], keeping x for
+    the backward as it came (the layer's autocast input, bf16 under autocast, already kept for
+    its projections) rather than the fp32 copy a plain F.linear would keep. The gradients are
+    computed in ``compute`` dtype and returned in x's and the weight's dtypes."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
@@ -75,10 +76,11 @@ class _RouterLogits(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, weight = ctx.saved_tensors
         dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = (grad @ weight.to(grad.dtype)).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            dw = (grad.flatten(0, -2).T @ x.flatten(0, -2).to(grad.dtype)).to(weight.dtype)
+        with torch.autocast(grad.device.type, enabled=False):  # a captured backward runs under it
+            if ctx.needs_input_grad[0]:
+                dx = (grad @ weight.to(grad.dtype)).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                dw = (grad.flatten(0, -2).T @ x.flatten(0, -2).to(grad.dtype)).to(weight.dtype)
         return dx, dw, None
 
 
