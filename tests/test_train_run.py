@@ -188,6 +188,7 @@ BAD_INPUTS = [
     (["model.mixer.shared_mem=maybe"], "model.mixer.shared_mem"),
     (["model.mixer.backend=triton"], "model.mixer.backend=triton"),
     (["module.cuda_graph=true", "trainer.accelerator=cpu"], "module.cuda_graph needs a CUDA device"),
+    (["module.cuda_graph=maybe"], "module.cuda_graph=maybe: expected true, false or auto"),
 ]
 
 

@@ -51,7 +51,8 @@ class CausalLMModule(LightningModule):
         cuda_graph: replay the training forward and backward from CUDA graphs captured at the
             first batch's shape (``memlab.models.captured_loss``): the same step without the
             host's launch overhead. Batches of another shape, and packed documents
-            (``cu_seqlens``), run eagerly. Needs a GPU and an unsharded model.
+            (``cu_seqlens``), run eagerly. True needs a GPU and an unsharded model; "auto"
+            captures where those hold and the step can be captured, else trains eagerly.
 
     The checkpoint's hyper-parameters record both as plain values, ``{"optimizer": {"_target_":
     ..., "lr": ...}, "scheduler": {...}}``, for a resume to compare with its own.
@@ -63,11 +64,14 @@ class CausalLMModule(LightningModule):
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., LRScheduler] | None = None,
         compile: bool = False,
-        cuda_graph: bool = False,
+        cuda_graph: bool | str = False,
     ) -> None:
         super().__init__()
+        if not (isinstance(cuda_graph, bool) or cuda_graph == "auto"):
+            raise ValueError(f"cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
         self.compile_net, self._compiled = compile, False
         self.cuda_graph, self._captured, self._warned_packed = cuda_graph, None, False
+        self._graphs = cuda_graph is True  # "auto" is settled at fit start, on the device
         self.make_optimizer = optimizer or functools.partial(
             torch.optim.AdamW, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95)
         )
@@ -115,18 +119,26 @@ class CausalLMModule(LightningModule):
     ) -> LMOutput:
         """The network's loss on a training batch: from the captured graphs with ``cuda_graph``
         where the batch has the captured shape, else eagerly."""
-        if self.cuda_graph and cu_seqlens is None:
+        if self._graphs and cu_seqlens is None:
             if self._captured is None:
-                try:
-                    self._captured = CapturedLoss(self.net, input_ids, targets)
-                except NotCapturable as error:
-                    raise ConfigError(f"module.cuda_graph: {error}; set module.cuda_graph=false") from None
-            if self._captured.matches(input_ids, targets):
+                self._capture(input_ids, targets)
+            if self._captured is not None and self._captured.matches(input_ids, targets):
                 return self._captured(input_ids, targets)
-        elif self.cuda_graph and not self._warned_packed:
+        elif self._graphs and not self._warned_packed:
             warnings.warn("module.cuda_graph: packed documents (cu_seqlens) run eagerly", stacklevel=2)
             self._warned_packed = True
         return self.net(input_ids, cu_seqlens=cu_seqlens, targets=targets)
+
+    def _capture(self, input_ids: torch.Tensor, targets: torch.Tensor) -> None:
+        """Capture the training step at this batch's shape; a step that cannot be captured is
+        an error under cuda_graph=True and, under "auto", eager training from now on."""
+        try:
+            self._captured = CapturedLoss(self.net, input_ids, targets)
+        except NotCapturable as error:
+            if self.cuda_graph is True:
+                raise ConfigError(f"module.cuda_graph: {error}; set module.cuda_graph=false") from None
+            warnings.warn(f"module.cuda_graph=auto: training eagerly, {error}", stacklevel=3)
+            self._graphs = False
 
     def _apply(self, fn: Callable, recurse: bool = True) -> CausalLMModule:
         self._captured = None  # new parameter storage (.to(), .cuda()): the graphs read the old
@@ -175,7 +187,10 @@ class CausalLMModule(LightningModule):
 
     def on_fit_start(self) -> None:
         # a device without CUDA is refused by the capture itself, at the first batch
-        if self.cuda_graph and callable(getattr(self.trainer.strategy, "shard", None)):
+        sharded = callable(getattr(self.trainer.strategy, "shard", None))
+        if self.cuda_graph == "auto":
+            self._graphs = self.device.type == "cuda" and not sharded
+        elif self.cuda_graph and sharded:
             raise ConfigError(SHARDED_CUDA_GRAPH)
 
     def configure_optimizers(self) -> dict:

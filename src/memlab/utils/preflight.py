@@ -82,8 +82,12 @@ def _check_backend(model: DictConfig, accelerator: str | None) -> None:
 
 
 def _check_cuda_graph(module: DictConfig, trainer: DictConfig) -> None:
-    """module.cuda_graph replays CUDA graphs: a GPU, and the whole model on each device."""
-    if not module.get("cuda_graph"):
+    """module.cuda_graph replays CUDA graphs: a GPU, and the whole model on each device ("auto":
+    where they are)."""
+    value = module.get("cuda_graph", False)
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ConfigError(f"module.cuda_graph={value}: expected true, false or auto")
+    if value is not True:
         return
     if not _on_cuda(trainer.get("accelerator")):
         raise ConfigError("module.cuda_graph needs a CUDA device (trainer=gpu)")
