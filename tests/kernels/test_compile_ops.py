@@ -197,7 +197,7 @@ def test_block_compiles_to_one_graph_with_the_eager_results(name: str) -> None:
 
 
 @interpreted
-@pytest.mark.parametrize("name", ["gdn", "mom", "mamba"])
+@pytest.mark.parametrize("name", ["gdn", "mom", "mamba", "memmamba"])
 def test_decoding_step_compiles_to_one_graph_with_the_eager_tokens(name: str) -> None:
     """A block's decoding step (one token against the caches, updated in place) compiles with
     no break and gives eager's logits and caches."""
