@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch._dynamo.utils import counters
 
 from memlab.kernels.compare import rel_err
 from memlab.models.captured_loss import CapturedLoss
@@ -88,18 +87,16 @@ def test_lightning_trains_from_graphs_as_eagerly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["attention", "gdn", "mamba", "mom"])
-def test_captured_compiled_blocks_train_as_eager(name: str) -> None:
+def test_captured_compiled_blocks_train_as_eager(name: str, fresh_compiler: dict) -> None:
     """``module.compile`` with ``module.cuda_graph``: the compiled blocks' kernels are captured
     (the warm-up passes compile them first) and replay eager's loss and gradients, also after
     the weights changed in place."""
     models = reference, eager, graphed = [language_model(name, n_layers=2) for _ in range(3)]
-    torch._dynamo.reset()  # earlier tests' compilations must not leave it at its recompile limit
-    counters.clear()
     graphed.compile_blocks()
     batches = [torch.randint(VOCAB, (2, 257), device=DEVICE) for _ in range(2)]
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         captured = CapturedLoss(graphed, batches[0][:, :-1], batches[0][:, 1:].flatten())
-    assert counters["stats"]["unique_graphs"] > 0  # the blocks were compiled, not run eagerly
+    assert fresh_compiler["stats"]["unique_graphs"] > 0  # the blocks were compiled, not run eagerly
     for ids in batches:
         want, got = _backward(eager, ids), _backward(captured, ids)
         _backward(reference, ids, bf16=False)
