@@ -185,3 +185,30 @@ def test_decode_speed_floor_counts_the_cache_traffic() -> None:
     attention = model(lambda d, i: Attention(d, i, num_heads=2))
     # per layer: preallocated k and v [B, 2, 100, 16] bf16 read once, and the position
     assert cache_traffic(attention, 3, 100) == 2 * (2 * 3 * 2 * 100 * 16 * 2 + 8)
+
+
+def test_prefill_rows_compare_with_the_forward() -> None:
+    from memlab.bench import prefill
+    from memlab.models import LanguageModel
+    from memlab.models.layers import Attention, Mamba
+
+    mixers = {
+        "mamba": lambda d_model, layer_idx: Mamba(d_model, layer_idx, d_state=4, d_conv=4, expand=2),
+        "transformer": lambda d_model, layer_idx: Attention(d_model, layer_idx, num_heads=2),
+    }
+    rows = prefill.measure(
+        tuple(mixers),
+        (24, 40),
+        chunk=16,
+        repeats=1,
+        build=lambda n: LanguageModel(64, 32, 2, mixers[n]),
+        device="cpu",
+    )
+    assert [(r["model"], r["T"], r["kind"]) for r in rows] == [
+        (m, T, k) for m in mixers for T in (24, 40) for k in prefill.KINDS
+    ]
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["peak_gib"] is None
+        assert r["chunk"] == (16 if r["kind"] == "chunked" else None)
+        assert (r["vs_forward"] == 1.0) == (r["kind"] == "forward")
+    assert "| mamba_130m | 40 | prefill, chunks of 16 |" in prefill.format_table(rows)

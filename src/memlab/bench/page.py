@@ -35,6 +35,9 @@ ABOUT = {
     "(`memlab.bench.loglikelihood`).",
     "mom": "The MoM layer against our GDN layer, SDPA attention and flash-linear-attention's layers, "
     "forward+backward (D 1024, 4 heads × 256, bf16, 32768 tokens per call; `memlab.bench.mom`).",
+    "prefill": "A prompt read into the decoding caches, in one pass and in chunks, against the "
+    "training forward of the same tokens: tokens/s and peak memory (340M and 130M shapes, bf16, "
+    "batch 1; `memlab.bench.prefill`).",
     "train_step": "Whole training steps at the 340M and 130M shapes: ms/step, tokens/s, MFU over "
     "active parameters and peak memory, against memlab's Transformer (bf16 autocast over fp32 weights, "
     "fused AdamW; `memlab.bench.train_step`).",

@@ -17,6 +17,7 @@ from memlab.bench import (
     lightning_step,
     loglikelihood,
     mom,
+    prefill,
     selective_scan,
     train_step,
 )
@@ -29,6 +30,7 @@ SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
     "lightning_step": lightning_step.run,
     "loglikelihood": loglikelihood.run,
     "mom": mom.run,
+    "prefill": prefill.run,
     "selective_scan": selective_scan.run,
     "train_step": train_step.run,
 }
