@@ -4,6 +4,7 @@ arm at its best learning rate, a metric against the state size."""
 import csv
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import yaml
 from memlab.utils.state_size import STATE_SIZE
 from memlab.utils.sweep_axes import best_lr_records, lower_is_better, state_size_lines
 from memlab.utils.sweep_summary import collect, default_metrics, summarize, write_summary
+
+from .cli import error_line, run_cli
 
 # model × d_model × lr × seed; mom wins at lr 3e-3, gdn at 1e-3
 STATE = {("mom", 32): 4096, ("mom", 64): 8192, ("gdn", 32): 1024, ("gdn", 64): 2048}
@@ -103,3 +106,27 @@ def test_state_size_plot_needs_the_metric(tmp_path: Path, capsys) -> None:
     assert len(write_summary(tmp_path, "val/acc", by_state_size=True)) == 2
     assert not (tmp_path / "summary_state_size.png").exists()
     assert f"no job of {tmp_path} logged {STATE_SIZE}" in capsys.readouterr().err
+
+
+def test_a_sweep_run_in_slices_summarizes_as_one(tmp_path: Path) -> None:
+    """A study run as one multirun per group of arms reads, from its folders, as one sweep."""
+    whole = collect(_sweep(tmp_path / "whole"))
+    slices = [tmp_path / "mom", tmp_path / "gdn"]
+    for record in whole:  # mom's jobs 0-7 to one folder, gdn's 8-15 to another, as 0-7
+        folder = slices[record["swept"]["model"] == "gdn"]
+        shutil.copytree(tmp_path / "whole" / record["job"], folder / str(int(record["job"]) % 8))
+    joined = collect(*slices)
+    assert [(r["arm"], r["seed"]) for r in joined] == [(r["arm"], r["seed"]) for r in whole]
+    assert joined[0]["job"] == "mom/0" and joined[-1]["job"] == "gdn/7"
+
+    res = run_cli(*map(str, slices), "--best-lr", "--out", str(tmp_path / "study"), script="summarize.py")
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = (tmp_path / "study" / "summary.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == [
+        "| model=mom,d_model=32",
+        "| model=mom,d_model=64",
+        "| model=gdn,d_model=32",
+        "| model=gdn,d_model=64",
+    ]
+    missing = run_cli(str(slices[0]), str(tmp_path / "nowhere"), script="summarize.py")
+    assert missing.returncode != 0 and error_line(missing) == f"error: {tmp_path / 'nowhere'} is not a folder"

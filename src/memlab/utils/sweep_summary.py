@@ -19,6 +19,7 @@ import csv
 import json
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,23 @@ _META = ("arm", "seed", "job", "swept", "lr")
 _PASSKEY_BY_LENGTH = "test/passkey_acc/len"
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One record per job: {"arm", "seed", "job", "swept", metrics...}; jobs without metrics are
-    skipped.
+def collect(*sweep_dirs: Path) -> list[dict[str, Any]]:
+    """One record per job of the sweep folders: {"arm", "seed", "job", "swept", metrics...};
+    jobs without metrics are skipped.
 
     An arm is named by the overrides that tell its jobs apart from the others, seed excluded;
-    ``swept`` maps their keys (moved keys under their new names) to their values.
+    ``swept`` maps their keys (moved keys under their new names) to their values. Several
+    folders (a study run in slices, say one multirun per group of arms) are read as one sweep;
+    their jobs are then named ``<folder>/<job>``.
     """
     jobs = []
-    for metrics_file in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: _job_number(p.parent.name)):
-        job = metrics_file.parent
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        jobs.append((job.name, overrides, json.loads(metrics_file.read_text())))
+    for sweep_dir in sweep_dirs:
+        found = sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: _job_number(p.parent.name))
+        for metrics_file in found:
+            job = metrics_file.parent
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+            name = job.name if len(sweep_dirs) == 1 else f"{sweep_dir.name}/{job.name}"
+            jobs.append((name, overrides, json.loads(metrics_file.read_text())))
     common = set.intersection(*(set(o) for _, o, _ in jobs)) if jobs else set()
     records = []
     for name, overrides, metrics in jobs:
@@ -121,16 +127,19 @@ def write_summary(
     best_lr: bool = False,
     by_state_size: bool = False,
     group_by: list[str] | None = None,
+    sources: Sequence[Path] = (),
 ) -> list[dict[str, Any]]:
     """Write summary.csv/.md/.png into ``sweep_dir`` and TensorBoard (``<sweep_dir>/summary``),
-    print the table, and return its rows.
+    print the table, and return its rows. The jobs are those of ``sources`` where given (read
+    as one sweep), else of ``sweep_dir``.
 
     best_lr: one row per arm with the best ``optimizer.lr`` by the first metric (``optimized``
     where the jobs logged it; see ``best_lr_records``). by_state_size: also
     ``summary_state_size.png``, that metric against the state size, one line per value of the
     ``group_by`` keys (default: the swept config groups, such as ``model``).
     """
-    records = collect(sweep_dir)
+    folders = list(sources) or [sweep_dir]
+    records = collect(*folders)
     if not records:
         return []
     metrics = default_metrics(records, optimized)
@@ -155,7 +164,8 @@ def write_summary(
         records, rows, metrics[0], group_by, sweep_dir / "summary_state_size.png"
     )
     if by_state_size and not plotted:
-        print(f"warning: no job of {sweep_dir} logged {STATE_SIZE}: no state-size plot", file=sys.stderr)
+        where = ", ".join(map(str, folders))
+        print(f"warning: no job of {where} logged {STATE_SIZE}: no state-size plot", file=sys.stderr)
     plots = [sweep_dir / "summary.png", *([sweep_dir / "summary_state_size.png"] if plotted else [])]
     write_tensorboard_summary(sweep_dir, "\n".join(lines) + "\n", plots)
     table = Table(title=f"sweep summary — {sweep_dir}")
