@@ -212,3 +212,21 @@ def test_prefill_rows_compare_with_the_forward() -> None:
         assert r["chunk"] == (16 if r["kind"] == "chunked" else None)
         assert (r["vs_forward"] == 1.0) == (r["kind"] == "forward")
     assert "| mamba_130m | 40 | prefill, chunks of 16 |" in prefill.format_table(rows)
+
+
+def test_small_step_builds_the_study_arms_and_times_them() -> None:
+    from memlab.bench import small_step
+
+    model, batch, length = small_step.study_model("mom8", 32)
+    assert (batch, length) == (128, 256) and len(model.layers) == 2
+    assert model.layers[0].mixer.num_memories == 8 and model.layers[0].mixer.head_dim == 32
+
+    rows = small_step.measure(("gdn", "transformer"), head_size=16, steps=5, device="cpu", shape=(2, 32))
+    assert [(r["arm"], r["mode"]) for r in rows] == [
+        (a, m) for a in ("gdn", "transformer") for m in small_step.MODES
+    ]
+    eager, graph = rows[0], rows[1]
+    assert eager["steps_per_s"] > 0 and eager["ms"] == pytest.approx(1e3 / eager["steps_per_s"])
+    # off the GPU the step cannot be captured: the row says so rather than failing the suite
+    assert graph["steps_per_s"] is None and "CUDA" in graph["note"]
+    assert "| gdn | 16 | 2 × 32 | graph | not capturable | - | - |" in small_step.format_table(rows)

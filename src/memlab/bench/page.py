@@ -38,6 +38,9 @@ ABOUT = {
     "prefill": "A prompt read into the decoding caches, in one pass and in chunks, against the "
     "training forward of the same tokens: tokens/s and peak memory (340M and 130M shapes, bf16, "
     "batch 1; `memlab.bench.prefill`).",
+    "small_step": "Training steps/s of the MQAR state-size study's models (2 layers, d_model 128), "
+    "kernels launched from Python against forward and backward replayed from CUDA graphs "
+    "(`memlab.bench.small_step`).",
     "train_step": "Whole training steps at the 340M and 130M shapes: ms/step, tokens/s, MFU over "
     "active parameters and peak memory, against memlab's Transformer (bf16 autocast over fp32 weights, "
     "fused AdamW; `memlab.bench.train_step`).",

@@ -19,6 +19,7 @@ from memlab.bench import (
     mom,
     prefill,
     selective_scan,
+    small_step,
     train_step,
 )
 
@@ -32,5 +33,6 @@ SUITES: dict[str, Callable[[], tuple[list[dict], str]]] = {
     "mom": mom.run,
     "prefill": prefill.run,
     "selective_scan": selective_scan.run,
+    "small_step": small_step.run,
     "train_step": train_step.run,
 }

@@ -22,6 +22,7 @@ import argparse
 import gc
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ from memlab.models.captured_loss import CapturedLoss
 from memlab.models.captured_step import NotCapturable
 from memlab.models.flops import active_parameters
 from memlab.utils.gpu_peak import peak_bf16_flops
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 MODELS = {
@@ -55,17 +59,22 @@ def build(name: str, checkpointing: str = "none") -> nn.Module:
     torch.manual_seed(0)
     if name == "hf_llama":
         return _hf_llama()
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
     overrides = [f"model={MODELS[name]}"]
     if checkpointing != "none":
         overrides.append(f"model.activation_checkpointing={checkpointing}")
+    return instantiate(train_config(overrides).model)
+
+
+def train_config(overrides: list[str]) -> DictConfig:
+    """``scripts/train.py``'s config composed with ``overrides`` (no run is made)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return instantiate(cfg.model)
+        return compose("train", overrides=overrides)
 
 
 def _hf_llama() -> nn.Module:
