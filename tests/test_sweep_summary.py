@@ -130,3 +130,35 @@ def test_a_sweep_run_in_slices_summarizes_as_one(tmp_path: Path) -> None:
     ]
     missing = run_cli(str(slices[0]), str(tmp_path / "nowhere"), script="summarize.py")
     assert missing.returncode != 0 and error_line(missing) == f"error: {tmp_path / 'nowhere'} is not a folder"
+
+
+def test_the_curves_are_read_from_each_jobs_tensorboard_run(tmp_path: Path) -> None:
+    """summary_curves.png: the metric against the step, seeds averaged, from the folders the
+    jobs' TensorBoard loggers wrote (named by arm, seed included); a job without events is left out."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from memlab.utils.sweep_curves import row_curves
+
+    sweeps = {"params": {"seed": "0,1"}}
+    multirun = {"hydra": {"sweeper": sweeps, "overrides": {"task": ["model=mom,gdn", "model.d_model=32,64"]}}}
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    for num, (model, width, seed) in enumerate(itertools.product(("mom", "gdn"), (32, 64), (0, 1))):
+        _job(tmp_path, num, [f"model={model}", f"model.d_model={width}", f"seed={seed}"], {"val/acc": 0.5})
+        if (model, width, seed) == ("gdn", 64, 1):
+            continue
+        writer = SummaryWriter(str(tmp_path / f"model={model},d_model={width},seed={seed}"))
+        for step in (100, 200, 300)[: 2 + seed]:  # seed 1 trains one validation longer
+            writer.add_scalar("val/acc", step / 1000 + width / 100 + seed / 10, step)
+        writer.close()
+    curves = row_curves(collect(tmp_path), "val/acc")
+    assert curves.keys() == {f"model={m},d_model={w}" for m in ("mom", "gdn") for w in (32, 64)}
+    steps, means = curves["model=mom,d_model=32"]
+    assert steps == [100, 200, 300] and means == pytest.approx([0.47, 0.57, 0.72])
+    assert curves["model=gdn,d_model=64"] == ([100, 200], pytest.approx([0.74, 0.84]))
+
+    write_summary(tmp_path, "val/acc", group_by=["model"])
+    assert (tmp_path / "summary_curves.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "multirun.yaml").unlink()  # no way back to the jobs' runs: no curves, no error
+    (tmp_path / "summary_curves.png").unlink()
+    write_summary(tmp_path, "val/acc")
+    assert not (tmp_path / "summary_curves.png").exists()

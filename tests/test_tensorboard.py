@@ -170,5 +170,6 @@ def test_router_load_heatmap_is_an_image_every_validation(server) -> None:
 
 def test_the_sweep_summary_is_a_run_of_its_own(server) -> None:
     url, _ = server
-    assert set(_get(url, "/data/plugin/images/tags")["summary"]) == {"summary/summary"}
+    images = _get(url, "/data/plugin/images/tags")["summary"]
+    assert set(images) == {"summary/summary", "summary/summary_curves"}
     assert set(_get(url, "/data/plugin/text/tags")["summary"]) == {"summary/table"}

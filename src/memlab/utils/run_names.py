@@ -59,13 +59,36 @@ def multirun_arm() -> Arm | None:
     sweep_dir = Path(hydra.sweep.dir)
     # the sweeper saves the multirun's own config (command line included) before any job starts
     saved = sweep_dir / "multirun.yaml"
-    source = OmegaConf.load(saved).hydra if saved.is_file() else hydra
-    params = OmegaConf.to_container(source.sweeper.get("params") or DictConfig({}), resolve=False)
-    keys = swept_keys(params, [] if source is hydra else list(source.overrides.task))
-    job = OverridesParser.create().parse_overrides(list(hydra.overrides.task))
-    swept = {o.key_or_group: o.value() for o in job if o.key_or_group in keys}
+    keys = _sweep_keys(OmegaConf.load(saved).hydra) if saved.is_file() else _sweep_keys(hydra, False)
+    swept = _job_swept(list(hydra.overrides.task), keys)
     num = int(hydra.job.num)
     return Arm(arm_name(swept) if swept else f"job{num}", swept, sweep_dir, num)
+
+
+def job_event_dir(job_dir: Path) -> Path | None:
+    """The TensorBoard folder that ``tensorboard_logger`` gave the finished multirun job
+    ``<sweep dir>/<job number>``: ``<sweep dir>/<arm>`` or ``<arm>,job=<n>``; None where the
+    sweep folder has no multirun.yaml or no such folder."""
+    sweep_dir, num = job_dir.parent, job_dir.name
+    saved, overrides = sweep_dir / "multirun.yaml", job_dir / ".hydra" / "overrides.yaml"
+    if not (saved.is_file() and overrides.is_file()):
+        return None
+    swept = _job_swept(list(OmegaConf.load(overrides)), _sweep_keys(OmegaConf.load(saved).hydra))
+    name = arm_name(swept) if swept else f"job{num}"
+    return next((d for d in (sweep_dir / f"{name},job={num}", sweep_dir / name) if d.is_dir()), None)
+
+
+def _sweep_keys(hydra: DictConfig, command_line: bool = True) -> set[str]:
+    """The keys a multirun varies, from its Hydra config (the sweeper's params, and the command
+    line's overrides where ``command_line``)."""
+    params = OmegaConf.to_container(hydra.sweeper.get("params") or DictConfig({}), resolve=False)
+    return swept_keys(params, list(hydra.overrides.task) if command_line else [])
+
+
+def _job_swept(overrides: list[str], keys: set[str]) -> dict[str, Any]:
+    """A job's values of the swept ``keys``, from its overrides, in their order."""
+    job = OverridesParser.create().parse_overrides(overrides)
+    return {o.key_or_group: o.value() for o in job if o.key_or_group in keys}
 
 
 def tensorboard_logger(

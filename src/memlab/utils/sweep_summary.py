@@ -9,6 +9,7 @@ Two options serve the Zoology / MQAR protocol: ``best_lr`` keeps, of the arms th
 in ``optimizer.lr``, the one whose optimised metric is best (its lr in an ``lr`` column), and
 ``by_state_size`` also plots the metric against ``model/state_size`` in
 ``summary_state_size.png``, one line per architecture (``memlab.utils.sweep_axes``).
+``summary_curves.png`` shows that metric over training (``memlab.utils.sweep_curves``).
 The table and the plots also go to TensorBoard, as the sweep folder's run ``summary``
 (``memlab.utils.sweep_tensorboard``).
 """
@@ -33,17 +34,18 @@ from memlab.utils.moved_keys import MOVED
 from memlab.utils.run_names import arm_name
 from memlab.utils.state_size import STATE_SIZE
 from memlab.utils.sweep_axes import best_lr_records, plot_by_state_size
+from memlab.utils.sweep_curves import plot_curves
 from memlab.utils.sweep_tensorboard import write_tensorboard_summary
 
 SEED_KEYS = ("seed",)
 # what a record holds besides metrics
-_META = ("arm", "seed", "job", "swept", "lr")
+_META = ("arm", "seed", "job", "dir", "swept", "lr")
 # passkey exact-match accuracy per context length: test/passkey_acc/len<n>
 _PASSKEY_BY_LENGTH = "test/passkey_acc/len"
 
 
 def collect(*sweep_dirs: Path) -> list[dict[str, Any]]:
-    """One record per job of the sweep folders: {"arm", "seed", "job", "swept", metrics...};
+    """One record per job of the sweep folders: {"arm", "seed", "job", "dir", "swept", metrics...};
     jobs without metrics are skipped.
 
     An arm is named by the overrides that tell its jobs apart from the others, seed excluded;
@@ -58,15 +60,15 @@ def collect(*sweep_dirs: Path) -> list[dict[str, Any]]:
             job = metrics_file.parent
             overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
             name = job.name if len(sweep_dirs) == 1 else f"{sweep_dir.name}/{job.name}"
-            jobs.append((name, overrides, json.loads(metrics_file.read_text())))
-    common = set.intersection(*(set(o) for _, o, _ in jobs)) if jobs else set()
+            jobs.append((name, job, overrides, json.loads(metrics_file.read_text())))
+    common = set.intersection(*(set(o) for _, _, o, _ in jobs)) if jobs else set()
     records = []
-    for name, overrides, metrics in jobs:
+    for name, job, overrides, metrics in jobs:
         seed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in SEED_KEYS), "")
         swept = dict(_key_value(o) for o in overrides if o not in common)
         swept = {k: v for k, v in swept.items() if k not in SEED_KEYS}
         arm = arm_name(swept) if swept else "(all jobs alike)"
-        records.append({"arm": arm, "seed": seed, "job": name, "swept": swept, **metrics})
+        records.append({"arm": arm, "seed": seed, "job": name, "dir": str(job), "swept": swept, **metrics})
     return records
 
 
@@ -136,7 +138,8 @@ def write_summary(
     best_lr: one row per arm with the best ``optimizer.lr`` by the first metric (``optimized``
     where the jobs logged it; see ``best_lr_records``). by_state_size: also
     ``summary_state_size.png``, that metric against the state size, one line per value of the
-    ``group_by`` keys (default: the swept config groups, such as ``model``).
+    ``group_by`` keys (default: the swept config groups, such as ``model``). Where the jobs
+    logged the first metric during training, ``summary_curves.png`` plots it against the step.
     """
     folders = list(sources) or [sweep_dir]
     records = collect(*folders)
@@ -166,7 +169,9 @@ def write_summary(
     if by_state_size and not plotted:
         where = ", ".join(map(str, folders))
         print(f"warning: no job of {where} logged {STATE_SIZE}: no state-size plot", file=sys.stderr)
+    curves = plot_curves(records, rows, metrics[0], group_by, sweep_dir / "summary_curves.png")
     plots = [sweep_dir / "summary.png", *([sweep_dir / "summary_state_size.png"] if plotted else [])]
+    plots += [sweep_dir / "summary_curves.png"] if curves else []
     write_tensorboard_summary(sweep_dir, "\n".join(lines) + "\n", plots)
     table = Table(title=f"sweep summary — {sweep_dir}")
     for name in header:
