@@ -10,9 +10,18 @@ import torch
 from memlab.kernels.compare import rel_err
 from tests.gpu.test_models import DEVICE, MIXERS, VOCAB, language_model
 
-# compiled <= 2·eager + COMPILE_TOL against fp32 eager (the layer checks' rule): inductor rounds to
-# bf16 elsewhere than eager, and cancelling sums (decay, bias grads) lose up to tens of % to either.
+# compiled <= 2·eager + a tolerance against fp32 eager (the layer checks' rule): inductor rounds to
+# bf16 elsewhere than eager. The decay parameters' gradients are sums over every token of terms of
+# both signs, which bf16 loses several % of either way (GDN's A_log: eager 3.9e-2, compiled
+# 9.4e-2 on an H100), so they get more room.
 COMPILE_TOL = 1e-2
+DECAY_TOL = 5e-2
+DECAY_PARAMS = ("A_log", "dt_bias")
+
+
+def compile_tol(name: str) -> float:
+    """The additive tolerance of a compiled gradient, by parameter name (``layers.0.mixer.A_log``)."""
+    return DECAY_TOL if name.rsplit(".", 1)[-1] in DECAY_PARAMS else COMPILE_TOL
 
 
 def _loss_and_grads(model, ids: torch.Tensor, bf16: bool = True) -> list[torch.Tensor]:
@@ -31,7 +40,8 @@ def test_compiled_blocks_train_as_eager(name: str, fresh_compiler: dict) -> None
     ids = torch.randint(VOCAB, (2, 257), device=DEVICE)
     names = ["loss", *(n for n, _ in model.named_parameters())]
     ref = _loss_and_grads(model, ids, bf16=False)
-    bounds = [2 * rel_err(e, r) + COMPILE_TOL for e, r in zip(_loss_and_grads(model, ids), ref, strict=True)]
+    eager = _loss_and_grads(model, ids)
+    bounds = [2 * rel_err(e, r) + compile_tol(n) for n, e, r in zip(names, eager, ref, strict=True)]
     model.compile_blocks()
     for _ in range(2):
         got = _loss_and_grads(model, ids)
