@@ -20,8 +20,12 @@ from memlab.kernels.backend import refuse_grad
 from memlab.kernels.selective_scan.triton_scan import program_channels
 from memlab.kernels.triton_math import softplus
 
-# Elements of the [BLOCK_D, N] state block per program.
+# Elements of the [BLOCK_D, N] state block per program, at most.
 _TILE = 2048
+# Programs a launch should have: at decoding's batch 1 a few large blocks leave most SMs idle,
+# so the channel block shrinks (to no fewer than _MIN_BLOCK_D channels) until there are this many.
+_MIN_PROGRAMS = 256
+_MIN_BLOCK_D = 16
 # Columns of dt_proj read per iteration when the op projects a low-rank dt itself.
 DT_RANK_TILE = 64
 
@@ -154,6 +158,8 @@ def selective_state_update_triton(
     out = buffers.empty(batch, dim, dtype=x.dtype, device=x.device)
     block_n = triton.next_power_of_2(N)
     block_d = min(max(_TILE // block_n, 1), triton.next_power_of_2(dg))
+    while block_d > _MIN_BLOCK_D and triton.cdiv(dg, block_d) * G * batch < _MIN_PROGRAMS:
+        block_d //= 2
     _state_update_kernel[(triton.cdiv(dg, block_d), G, batch)](
         state, x, dt, A, Bg, Cg, D, z, dt_bias, dt_proj, out,
         dim, N, R, dg, gB, gC, G // gB, G // gC, x.stride(0), dt.stride(0),

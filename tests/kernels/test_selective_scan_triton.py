@@ -31,15 +31,17 @@ BATCH = 2
 
 @pytest.fixture(autouse=True)
 def _small_blocks_and_fresh_seed(request, monkeypatch):
-    from memlab.kernels.selective_scan import triton_scan
+    from memlab.kernels.selective_scan import triton_scan, triton_state_update
 
     # States stored every 16 steps; forward programs of 2 channels in chunks of 8 steps,
     # backward programs of 4 channels walking the 16-step blocks, so the backward's programs
-    # differ from those of the forward that stored the states.
+    # differ from those of the forward that stored the states. The decoding step's channel
+    # block shrinks to 2 (a small batch has too few programs), so its programs split channels too.
     monkeypatch.setattr(triton_scan, "_STATE_EVERY", 16)
     monkeypatch.setattr(triton_scan, "_FWD_BLOCK_D", 2)
     monkeypatch.setattr(triton_scan, "_FWD_CHUNK_T", 8)
     monkeypatch.setattr(triton_scan, "_BWD_BLOCK_D", 4)
+    monkeypatch.setattr(triton_state_update, "_MIN_BLOCK_D", 2)
     monkeypatch.delenv("MEMLAB_KERNEL_BACKEND", raising=False)
     seed = zlib.crc32(request.node.nodeid.encode())
     print(f"seed={seed}")
