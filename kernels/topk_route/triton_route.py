@@ -9,7 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-D_TILE = 128
+# Router elements per iteration over D: one load covers a 340M model's whole [4, 1024] router,
+# since a token's program is latency-bound, one dependent load after another.
+TILE_ELEMENTS = 4096
 
 
 @triton.jit
@@ -59,10 +61,10 @@ def topk_route_triton(
         x = x.contiguous()
     weights = torch.empty(N, M, dtype=torch.float32, device=x.device)
     visited = torch.empty(N, M, dtype=torch.bool, device=x.device)
+    BE = max(triton.next_power_of_2(E), 2)
     if N:
         _topk_route_kernel[(N,)](
             x, router.contiguous(), weights, visited.view(torch.uint8), x.stride(0), D, E,
-            M=M, TOPK=topk, SHARED=shared_mem, BE=max(triton.next_power_of_2(E), 2),
-            BD=min(D_TILE, triton.next_power_of_2(D)),
+            M=M, TOPK=topk, SHARED=shared_mem, BE=BE, BD=min(TILE_ELEMENTS // BE, triton.next_power_of_2(D)),
         )  # fmt: skip
     return weights, visited
