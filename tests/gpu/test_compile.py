@@ -11,16 +11,17 @@ from memlab.kernels.compare import rel_err
 from tests.gpu.test_models import DEVICE, MIXERS, VOCAB, language_model
 
 # compiled <= 2·eager + a tolerance against fp32 eager (the layer checks' rule): inductor rounds to
-# bf16 elsewhere than eager. The decay parameters' gradients are sums over every token of terms of
-# both signs, which bf16 loses several % of in either mode, so they get more room.
+# bf16 elsewhere than eager. A few parameters of a few numbers each (the decay rates, MemMamba's
+# one-row note scorer) have gradients that sum terms of both signs from every token, which bf16
+# loses several % of in either mode, so they get more room.
 COMPILE_TOL = 1e-2
-DECAY_TOL = 5e-2
-DECAY_PARAMS = ("A_log", "dt_bias")
+SUMMED_TOL = 5e-2
+SUMMED_PARAMS = (".A_log", ".dt_bias", ".scorer.weight", ".scorer.bias")
 
 
 def compile_tol(name: str) -> float:
     """The additive tolerance of a compiled gradient, by parameter name (``layers.0.mixer.A_log``)."""
-    return DECAY_TOL if name.rsplit(".", 1)[-1] in DECAY_PARAMS else COMPILE_TOL
+    return SUMMED_TOL if name.endswith(SUMMED_PARAMS) else COMPILE_TOL
 
 
 def _loss_and_grads(model, ids: torch.Tensor, bf16: bool = True) -> list[torch.Tensor]:
