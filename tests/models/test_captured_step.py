@@ -70,7 +70,22 @@ def test_one_step_is_kept_per_shape() -> None:
 def test_host_values_that_change_cannot_be_captured() -> None:
     """A cache value kept on the host would be replayed stale from a graph: refused by name."""
     step = CapturedStep(model("mom"), 1, 16, CPU, torch.float64)
-    step.check_host_values()  # MoM's only host value, its number of memories, never changes
+    key = step._host_key()
+    step.check_host_values(key)  # MoM's only host value, its number of memories, never changes
     step.states[1].num_routed += 1
     with pytest.raises(NotCapturable, match=r"1\.num_routed"):
-        step.check_host_values()
+        step.check_host_values(key)
+
+
+def test_memmamba_schedules_a_step_of_each_kind() -> None:
+    """MemMamba's steps come in two kinds, the token ending its chunk (or unscheduled) and
+    not: a graph each; the positions of a chunk give both."""
+    lm = model("memmamba")
+    assert lm.step_period == 4
+    step = CapturedStep(lm, 1, 16, CPU, torch.float64)
+    assert sorted(step._schedules().values(), key=str) == [0, None]
+    kinds = []
+    for position in range(8):
+        lm.schedule_step(step.states, position)
+        kinds.append(step.states[0].pool.skip_notes)
+    assert kinds == [True, True, True, False] * 2

@@ -12,6 +12,11 @@ the caches started with and point the caches at them again. Captured, those copi
 the graph; on a CPU (no graphs) the same step runs eagerly, which is how the CPU tests check the
 bookkeeping. A cache that keeps something other than tensors and changes it per token (a host
 counter) cannot be replayed from a graph: capturing such a model raises ``NotCapturable``.
+
+What the host can foresee from the token's position alone (MemMamba: whether the token ends a
+chunk, the only steps whose note pool changes) is told to the mixers before each step
+(``LanguageModel.schedule_step``) as host values in their caches; one graph is captured per
+distinct set of those values, and each step replays its own.
 """
 
 from __future__ import annotations
@@ -63,8 +68,9 @@ class CapturedStep:
     ``states``: the per-layer caches the step reads and updates (static buffers); ``token``:
     int64 [batch_size, 1], the input of the next step; ``logits``: [batch_size, vocab] in the
     model dtype, the output of the last step. Usage: ``reset()``, fill ``states`` (a prefill
-    through the model, then ``reclaim()``), then per token: write ``token``, ``replay()``, read
-    ``logits``. On CUDA the step is captured at construction; elsewhere ``replay`` runs it.
+    through the model, then ``reclaim()``), then per token: write ``token``,
+    ``replay(position)``, read ``logits``. On CUDA the step is captured at construction, once
+    per schedule (see the module's docstring); elsewhere ``replay`` runs it.
     """
 
     def __init__(
@@ -78,7 +84,10 @@ class CapturedStep:
         self.initial = {p: t.clone() for p, t in self.buffers.items()}
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.logits: torch.Tensor | None = None
-        self.graph = self._capture() if torch.device(device).type == "cuda" else None
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if torch.device(device).type == "cuda":
+            for key, position in self._schedules().items():
+                self.graphs[key] = self._capture(position)
 
     def _step(self) -> torch.Tensor:
         logits = self.model(self.token, states=self.states).logits[:, -1]
@@ -101,35 +110,61 @@ class CapturedStep:
         for path, value in self.host.items():
             _set(self.states, path, value)
 
-    def replay(self) -> torch.Tensor:
-        """Run the step on ``token`` -> logits [batch_size, vocab]."""
-        if self.graph is None:
+    def replay(self, position: int | None = None) -> torch.Tensor:
+        """Run the step on ``token`` -> logits [batch_size, vocab]. ``position``: the token's
+        (the tokens before it), which lets the step skip what the host foresees; None: the
+        step decides everything on the device."""
+        self._schedule(position)
+        if not self.graphs:
             self.logits = self._step()
         else:
-            self.graph.replay()
+            graph, self.logits = self.graphs[self._host_key()]
+            graph.replay()
         return self.logits
 
-    def _capture(self) -> torch.cuda.CUDAGraph:
+    def _schedule(self, position: int | None) -> None:
+        if position is None:
+            for path, value in self.host.items():
+                _set(self.states, path, value)
+        else:
+            self.model.schedule_step(self.states, position)
+
+    def _host_key(self) -> tuple:
+        return tuple(_get(self.states, path) for path in self.host)
+
+    def _schedules(self) -> dict[tuple, int | None]:
+        """A position for each distinct schedule the steps can have, None for the unscheduled."""
+        found: dict[tuple, int | None] = {self._host_key(): None}
+        for position in range(self.model.step_period):
+            self._schedule(position)
+            found.setdefault(self._host_key(), position)
+        self._schedule(None)
+        return found
+
+    def _capture(self, position: int | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm-up passes (kernel compilation, library workspaces) on a side stream, as capture
         # requires; then the caches are emptied again and the step recorded.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
+                self._schedule(position)
                 self._step()
         torch.cuda.current_stream().wait_stream(stream)
         self.reset()
+        self._schedule(position)
+        key = self._host_key()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.logits = self._step()
-        self.check_host_values()
+            logits = self._step()
+        self.check_host_values(key)
         self.reset()
-        return graph
+        return graph, logits
 
-    def check_host_values(self) -> None:
-        """Raise NotCapturable if a step changed a cache's non-tensor value (a token count kept on
-        the host): a graph would replay the value it saw at capture."""
-        changed = [p for p, v in self.host.items() if _get(self.states, p) != v]
+    def check_host_values(self, key: tuple) -> None:
+        """Raise NotCapturable if a step changed a cache's non-tensor value from ``key`` (a
+        token count kept on the host): a graph would replay the value it saw at capture."""
+        changed = [p for p, v in zip(self.host, key, strict=True) if _get(self.states, p) != v]
         if changed:
             names = ", ".join(".".join(map(str, p)) for p in changed)
             raise NotCapturable(f"the decoding caches keep host values that change per token ({names})")

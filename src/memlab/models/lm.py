@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +113,20 @@ class LanguageModel(nn.Module):
         tokens (the mixers' ``state_size``; attention's KV cache grows with the length)."""
         return sum(layer.mixer.state_size(context_length) for layer in self.layers)
 
+    def schedule_step(self, states: list[Any], position: int) -> None:
+        """Tell the mixers whose decoding step skips what the host can foresee (MemMamba: the
+        note pool, except where the token ends a chunk) that the next token has ``position``
+        tokens before it, in every sequence of the batch."""
+        for layer, state in zip(self.layers, states, strict=True):
+            schedule = getattr(layer.mixer, "schedule_step", None)
+            if schedule is not None:
+                schedule(state, position)
+
+    @property
+    def step_period(self) -> int:
+        """Positions after which every mixer's ``schedule_step`` choice repeats (1: none makes one)."""
+        return math.lcm(*(getattr(layer.mixer, "step_period", 1) for layer in self.layers))
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -208,8 +223,9 @@ class LanguageModel(nn.Module):
                 break
             if cuda_graph:
                 step.token.copy_(nxt)
-                logits = step.replay()
+                logits = step.replay(T + i)
             else:
+                self.schedule_step(states, T + i)
                 logits = self(nxt, states=states).logits[:, -1]
 
     def prepare_decoding(self, dtype: torch.dtype) -> None:

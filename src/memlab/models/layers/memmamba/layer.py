@@ -120,6 +120,17 @@ class MemMamba(nn.Module):
             pool=self.pool.init_state(batch_size, device, dtype),
         )
 
+    @property
+    def step_period(self) -> int:
+        """Positions after which ``schedule_step``'s choice repeats: a chunk."""
+        return self.config.chunk_size
+
+    def schedule_step(self, state: MemMambaState, position: int) -> None:
+        """Tell the next decoding step that its token has ``position`` tokens before it: a token
+        that does not end its chunk skips the note pool's selection, which would give the pool
+        back unchanged (CUDA-graph decoding records a step of each kind)."""
+        state.pool.skip_notes = (position + 1) % self.config.chunk_size != 0
+
     def state_size(self, context_length: int) -> int:
         """Elements per sequence: the backbone's state plus the pool's K + R notes, each a summary
         and a priority; the running max-pool of the unfinished chunk is not counted."""

@@ -58,7 +58,9 @@ class NotePool(nn.Module):
             summary=torch.zeros(batch_size, slots, self.summary_dim, device=device, dtype=dtype),
             log_priority=torch.full((batch_size, slots), float("-inf"), device=device, dtype=score_dtype),
             valid=torch.zeros(batch_size, slots, device=device, dtype=torch.bool),
-            recent_index=torch.zeros(batch_size, self.recent_slots, device=device, dtype=torch.long),
+            # −1, as a selection leaves empty recent slots: a step that skips the selection
+            # keeps the same cache
+            recent_index=torch.full((batch_size, self.recent_slots), -1, device=device, dtype=torch.long),
         )
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> PoolState:
@@ -108,10 +110,16 @@ class NotePool(nn.Module):
 
         The pool read is the state's: its K best are sorted (ties in age order) and its FIFO's
         empty slots, only ever there before R chunks are complete, copy empty K-best slots, so
-        selecting it again, as ``forward`` does, gives it back unchanged.
+        selecting it again, as ``forward`` does, gives it back unchanged. Where the host has
+        said that the token does not end its chunk (``state.skip_notes``), no selection runs
+        at all: the step is the max-pool's update.
         """
         w, R = self.chunk_size, self.recent_slots
         view = PoolView(state.summary[:, None], state.log_priority[:, None])
+        if state.skip_notes:  # the pool stays as it is: only the chunk's max-pool moves
+            state.chunk_max = torch.maximum(x[:, 0], state.chunk_max)
+            state.position += 1
+            return view
         chunk, after = (state.position // w).reshape(1), state.position + 1
         ends = (after % w == 0).reshape(1, 1)
         chunk_max = torch.maximum(x, state.chunk_max[:, None])  # [B, 1, D]

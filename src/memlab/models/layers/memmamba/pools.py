@@ -34,10 +34,14 @@ class PoolState(PoolSlots):
     chunk_max: [B, D] model dtype, running max-pool of the unfinished chunk (−inf when empty).
     position: int64 [] on the device, tokens seen so far (a device value, so that a decoding
         step reads no host value).
+    skip_notes: the host knows that the next decoding step's token does not end its chunk
+        (``MemMamba.schedule_step``), so the step leaves the pool as it is; False: the step
+        decides on the device.
     """
 
     chunk_max: torch.Tensor
     position: torch.Tensor
+    skip_notes: bool = False
 
 
 @dataclass
