@@ -3,11 +3,16 @@ next-token losses of a text, and the greedy continuation of a prompt."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from memlab.models.chunked import chunks, prefill
+
+if TYPE_CHECKING:
+    from memlab.models import LanguageModel
 
 
 @torch.no_grad()
@@ -26,7 +31,7 @@ def token_nll(net: nn.Module, tokens: torch.Tensor, chunk_size: int | None = Non
 
 @torch.no_grad()
 def greedy_continuation(
-    net: nn.Module, prompt: torch.Tensor, new_tokens: int, chunk_size: int | None
+    net: LanguageModel, prompt: torch.Tensor, new_tokens: int, chunk_size: int | None
 ) -> torch.Tensor:
     """Greedy decoding after a prompt int64 [B, T] read chunk by chunk: -> int64 [B, new_tokens]."""
     param = next(net.parameters())
@@ -37,5 +42,6 @@ def greedy_continuation(
         nxt = logits.float().argmax(dim=-1, keepdim=True)
         out.append(nxt)
         if step + 1 < new_tokens:
+            net.schedule_step(states, prompt.shape[1] + step)  # MemMamba: skip what it can
             logits = net(nxt, states=states).logits[:, -1]
     return torch.cat(out, dim=1)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from memlab.eval.chunked import chunks
+
+if TYPE_CHECKING:
+    from memlab.models import LanguageModel
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
@@ -20,7 +23,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
 
 @torch.no_grad()
 def generate_until(
-    net: nn.Module,
+    net: LanguageModel,
     prompt: Sequence[int],
     decode: Callable[[list[int]], str],
     stops: Sequence[str],
@@ -48,5 +51,6 @@ def generate_until(
         if cut is not None:
             return cut
         if step + 1 < max_new_tokens:
+            net.schedule_step(states, len(prompt) + step)  # MemMamba: skip what it can
             logits = net(nxt, states=states).logits
     return decode(out)
