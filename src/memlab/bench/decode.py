@@ -97,8 +97,13 @@ def decode_once(
     prefill_s = time.perf_counter() - start
     del prompt
 
+    position = context
+
     def step(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal position
         token = logits.argmax(-1, keepdim=True)  # [B, 1]
+        model.schedule_step(states, position)  # as generation does (MemMamba skips what it can)
+        position += 1
         return model(token, states=states).logits[:, -1]
 
     # One untimed step first: it replaces cache entries that are views of prefill-sized
