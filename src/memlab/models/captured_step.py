@@ -104,11 +104,10 @@ class CapturedStep:
                 _set(self.states, path, buffer)
 
     def reset(self) -> None:
-        """Empty caches, in the same buffers."""
+        """Empty caches, in the same buffers, and no schedule."""
         for path, buffer in self.buffers.items():
             buffer.copy_(self.initial[path])
-        for path, value in self.host.items():
-            _set(self.states, path, value)
+        self._schedule(None)
 
     def replay(self, position: int | None = None) -> torch.Tensor:
         """Run the step on ``token`` -> logits [batch_size, vocab]. ``position``: the token's
@@ -123,6 +122,7 @@ class CapturedStep:
         return self.logits
 
     def _schedule(self, position: int | None) -> None:
+        """The host values of the step at ``position`` (None: the caches' initial ones)."""
         if position is None:
             for path, value in self.host.items():
                 _set(self.states, path, value)
